@@ -1,0 +1,77 @@
+"""pglab: policy-gradient reinforcement learning you can read, trust and run fast.
+
+>>> import pglab
+>>> run = pglab.train("CartPole-v1", algo="reinforce", weights="gae", total_steps=100_000)
+>>> action = run.agent.act(obs, deterministic=True)
+>>> pglab.evaluate(run.agent, "CartPole-v1", episodes=100).mean
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pglab.agent import Agent, load
+from pglab.config import Config, apply_values, build_config
+from pglab.errors import CheckpointError, ConfigError, EnvError, PglabError, TrainingError
+from pglab.evaluate import EvalResult, evaluate
+from pglab.train import Run
+from pglab.train import resume as _resume
+from pglab.train import train as _train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "CheckpointError",
+    "Config",
+    "ConfigError",
+    "EnvError",
+    "EvalResult",
+    "PglabError",
+    "Run",
+    "TrainingError",
+    "evaluate",
+    "load",
+    "resume",
+    "train",
+]
+
+
+def train(
+    env: str | None = None,
+    algo: str | None = None,
+    *,
+    config: str | Path | Config | None = None,
+    **options: Any,
+) -> Run:
+    """Train an agent and return the :class:`Run` (``.agent``, ``.summary``, ``.path``).
+
+    Options are the keys of ``pglab train --help``, written ``name=value`` when the
+    name is unique (``lr=0.01``, ``weights="fr"``, ``seed=3``, ``total_steps=50_000``)
+    or passed per section as a dict (``policy={"hidden": [8]}``). ``config`` is a
+    TOML file or a :class:`Config` to start from.
+
+    Example::
+
+        run = pglab.train("CartPole-v1", algo="reinforce", weights="fr", lr=0.01,
+                          policy={"hidden": [8]}, seed=0)
+    """
+    base = config if isinstance(config, Config) else build_config(config)
+    values: dict[str, Any] = {}
+    if env is not None:
+        values["env.id"] = env
+    if algo is not None:
+        values["algo.name"] = algo
+    for key, value in options.items():
+        if isinstance(value, Mapping) and key in ("env", "policy", "algo", "run") and key != "env":
+            values.update({f"{key}.{name}": inner for name, inner in value.items()})
+        else:
+            values[key] = value
+    return _train(apply_values(base, values, "pglab.train()"))
+
+
+def resume(run_dir: str | Path) -> Run:
+    """Continue an interrupted run from its last checkpoint, in the same folder."""
+    return _resume(run_dir)

@@ -1,0 +1,85 @@
+"""Checkpoints: plain tensors and a config dict, written atomically, read safely.
+
+A checkpoint is a ``torch.save`` of a dict of tensors, numbers, strings, lists and
+dicts only, so it loads with ``torch.load(..., weights_only=True)``: a file someone
+sends you cannot run code on your machine. Writes go to a temporary file in the same
+folder, are flushed to disk, and are renamed over the old file, so an interruption
+leaves either the old checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pglab.errors import CheckpointError
+
+FORMAT = "pglab-checkpoint"
+VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Atomically write ``state`` (plus the format marker) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file for a run folder or a checkpoint file path."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / CHECKPOINT_DIR / LAST
+        if not candidate.exists():
+            raise CheckpointError(f"run folder {str(path)!r} has no {CHECKPOINT_DIR}/{LAST}")
+        return candidate
+    if not path.exists():
+        raise CheckpointError(f"no run folder or checkpoint at {str(path)!r}")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint (file or run folder) with ``weights_only=True``.
+
+    Raises :class:`CheckpointError` with one line when the file is not a pglab
+    checkpoint, is truncated or corrupt, or holds Python objects (a pickle payload,
+    which is refused without being run).
+    """
+    file = checkpoint_path(path)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{str(file)!r} was refused: it holds Python objects, not just tensors and "
+            "data (nothing from it was run)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{str(file)!r} is not a readable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{str(file)!r} is not a pglab checkpoint")
+    if state.get("version") != VERSION:
+        raise CheckpointError(
+            f"{str(file)!r} is a pglab checkpoint of version {state.get('version')}; "
+            f"this pglab reads version {VERSION}"
+        )
+    return state

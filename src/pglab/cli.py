@@ -1,0 +1,170 @@
+"""The ``pglab`` command line: ``train`` and ``eval``.
+
+Every user mistake ends with one line on stderr (``pglab: error: ...``) and exit
+code 2; Ctrl-C during training saves a checkpoint and exits with code 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from pglab.config import build_config, option_fields, parse_override
+from pglab.errors import PglabError
+
+#: Named flags of ``pglab train`` and the option each one sets.
+TRAIN_FLAGS = {
+    "env": "env.id",
+    "algo": "algo.name",
+    "weights": "algo.weights",
+    "seed": "run.seed",
+    "steps": "run.total_steps",
+    "out": "run.out",
+    "name": "run.name",
+    "stop_at_return": "run.stop_at_return",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see '{self.prog} --help')")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"pglab: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _options_help() -> str:
+    lines = ["options (set with --set KEY=VALUE, a TOML file, or pglab.train(KEY=VALUE)):"]
+    for key, f, _ in option_fields():
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        shown = json.dumps(default) if not isinstance(default, str) else repr(default)
+        lines.append(f"  {key:<26} {f.metadata['help']} (default: {shown})")
+    return "\n".join(lines)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pglab", description="Policy-gradient reinforcement learning.")
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    train = commands.add_parser(
+        "train",
+        help="train an agent (default: CartPole-v1)",
+        description="Train an agent; the run is written to OUT/GROUP/NAME/.",
+        epilog=_options_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--env", help="Gymnasium id or package.module:Class (default: CartPole-v1)")
+    train.add_argument("--algo", help="learning rule (default: reinforce)")
+    train.add_argument("--weights", help="policy-gradient weights r|fr|dfr|dfrb|td|gae "
+                       "(default: gae)")
+    train.add_argument("--seed", help="random seed (default: 0)")
+    train.add_argument("--steps", help="environment steps to train for (default: 200000)")
+    train.add_argument("--out", help="folder for run groups (default: runs)")
+    train.add_argument("--name", help="run folder name (default: algo-weights-seedN-time)")
+    train.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
+    train.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="set any option (repeatable), e.g. lr=0.01")
+    train.add_argument("--stop-at-return", dest="stop_at_return", metavar="X",
+                       help="stop once an evaluation reaches X; 'none' never stops early "
+                       "(default: the env's reward threshold)")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue an interrupted run in its own folder")
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a trained agent",
+        description="Evaluate the agent of a run folder or checkpoint file.",
+    )
+    evaluate.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    evaluate.add_argument("--episodes", type=int, default=10,
+                          help="episodes to play (default: 10)")
+    evaluate.add_argument("--stochastic", action="store_true",
+                          help="sample actions instead of taking the most likely (default: off)")
+    evaluate.add_argument("--seed", type=int, default=0, help="env seed (default: 0)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def _version() -> str:
+    from pglab import __version__
+
+    return f"pglab {__version__}"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pglab.train import resume, train
+
+    if args.resume:
+        given = [flag for flag in TRAIN_FLAGS if getattr(args, flag) is not None]
+        if given or args.overrides or args.config:
+            _fail("--resume continues a run with its saved options; drop "
+                  + ", ".join(f"--{f.replace('_', '-')}" for f in given or ["set/--config"]))
+        run_dir = args.resume
+        run = resume(run_dir)
+    else:
+        flags = [f"{key}={getattr(args, flag)}" for flag, key in TRAIN_FLAGS.items()
+                 if getattr(args, flag) is not None]
+        flag_values = dict(parse_override(text) for text in flags)
+        for option in ("run.out", "run.name", "env.id", "algo.name", "algo.weights"):
+            if option in flag_values:  # names stay strings even when they look like numbers
+                flag = next(f for f, k in TRAIN_FLAGS.items() if k == option)
+                flag_values[option] = getattr(args, flag)
+        config = build_config(args.config, flag_values, args.overrides)
+        run = train(config)
+    s = run.summary
+    solved = "never" if s["solved_at_step"] is None else f"at step {s['solved_at_step']:,}"
+    print(f"{run.path}: {s['total_steps']:,} steps in {s['wall_seconds']:.1f}s, "
+          f"eval return {s['eval_return_mean']:.2f} ± {s['eval_return_std']:.2f}, solved {solved}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pglab.agent import load
+    from pglab.evaluate import evaluate
+
+    if args.episodes < 1:
+        _fail(f"--episodes must be an integer >= 1; got {args.episodes}")
+    agent = load(args.path)
+    result = evaluate(agent, episodes=args.episodes, deterministic=not args.stochastic,
+                      seed=args.seed)
+    if args.json:
+        print(json.dumps({"env": agent.config.env.id, "episodes": args.episodes,
+                          "deterministic": not args.stochastic, **result.to_dict()}))
+    else:
+        line = (f"{agent.config.env.id}: return {result.mean:.2f} ± {result.std:.2f} over "
+                f"{args.episodes} episodes ({'stochastic' if args.stochastic else 'deterministic'})")
+        if result.success_rate is not None:
+            line += f", success rate {result.success_rate:.0%}"
+        print(line)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pglab`` command."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return _train(args) if args.command == "train" else _eval(args)
+    except PglabError as error:
+        _fail(str(error))
+    except KeyboardInterrupt as interrupt:
+        where = str(interrupt)
+        if where:
+            print(f"pglab: interrupted; checkpoint saved. Continue with: pglab train --resume "
+                  f"{where}", file=sys.stderr)
+        else:
+            print("pglab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Making vector environments from a Gymnasium id or a ``package.module:Class`` path.
+
+Environments are always vectorised (N >= 1) and autoreset in Gymnasium's NEXT_STEP
+mode. Where Gymnasium has a fast vectorised implementation (``vector_entry_point``,
+for example CartPole) it is used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
+
+from pglab.envs.spaces import ActionAdapter, ObsEncoder, check_spaces
+from pglab.errors import EnvError
+
+__all__ = [
+    "ActionAdapter",
+    "ObsEncoder",
+    "check_spaces",
+    "make_vec_env",
+    "reward_threshold",
+    "validate_env_id",
+]
+
+LINEWORLD_ID = "pglab/LineWorld-v0"
+
+if LINEWORLD_ID not in gym.registry:
+    gym.register(id=LINEWORLD_ID, entry_point="pglab.envs.lineworld:LineWorldEnv")
+
+#: Namespaces that come from an optional extra, with the module that registers them.
+_EXTRA_NAMESPACES = {"ALE": ("ale_py", "atari")}
+
+
+def _load_namespace(env_id: str) -> None:
+    namespace = env_id.split("/", 1)[0] if "/" in env_id else None
+    if namespace not in _EXTRA_NAMESPACES:
+        return
+    module, extra = _EXTRA_NAMESPACES[namespace]
+    try:
+        gym.register_envs(importlib.import_module(module))
+    except ImportError:
+        raise EnvError(
+            f"env {env_id!r} needs the optional extra {extra!r}: pip install 'pglab[{extra}]'"
+        ) from None
+
+
+def _entry_class(env_id: str) -> type[gym.Env] | None:
+    """The class named by ``package.module:Class``, or None when ``env_id`` is a registry id."""
+    if ":" not in env_id:
+        return None
+    module_name, _, attr = env_id.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise EnvError(f"env {env_id!r}: cannot import module {module_name!r} ({error})") from None
+    target = getattr(module, attr, None)
+    if isinstance(target, type) and issubclass(target, gym.Env):
+        return target
+    if target is None and attr in gym.registry:
+        return None  # Gymnasium's own "module:EnvId" form: the import registered it
+    raise EnvError(f"env {env_id!r}: {attr!r} in {module_name!r} is not a gymnasium.Env class")
+
+
+def validate_env_id(env_id: str) -> None:
+    """Raise :class:`EnvError` naming the closest registered ids when ``env_id`` is unknown."""
+    if _entry_class(env_id) is not None:
+        return
+    _load_namespace(env_id)
+    name = env_id.split(":", 1)[1] if ":" in env_id else env_id
+    if name in gym.registry:
+        return
+    close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.5)
+    hint = f"closest registered ids: {', '.join(close)}" if close else "see gymnasium.pprint_registry()"
+    raise EnvError(f"unknown env {env_id!r}; {hint}")
+
+
+def reward_threshold(env_id: str) -> float | None:
+    """The env's registered reward threshold (the return that counts as solved), if any."""
+    if ":" in env_id and _entry_class(env_id) is not None:
+        return None
+    name = env_id.split(":", 1)[1] if ":" in env_id else env_id
+    spec = gym.registry.get(name)
+    return None if spec is None or spec.reward_threshold is None else float(spec.reward_threshold)
+
+
+def make_vec_env(
+    env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None
+) -> VectorEnv:
+    """``num_envs`` copies of ``env_id`` as one vector env (NEXT_STEP autoreset).
+
+    Uses Gymnasium's ``vector_entry_point`` when the env has one, else a synchronous
+    vector env. Seeding happens at ``reset(seed=...)``. Raises :class:`EnvError` for
+    unknown ids, bad keyword arguments and unsupported spaces.
+    """
+    validate_env_id(env_id)
+    kwargs = dict(env_kwargs or {})
+    env_class = _entry_class(env_id)
+    try:
+        if env_class is not None:
+            envs: VectorEnv = SyncVectorEnv([lambda: env_class(**kwargs) for _ in range(num_envs)])
+        else:
+            name = env_id.split(":", 1)[1] if ":" in env_id else env_id
+            spec = gym.spec(name)
+            mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
+            envs = gym.make_vec(name, num_envs=num_envs, vectorization_mode=mode, **kwargs)
+    except TypeError as error:
+        raise EnvError(f"env {env_id!r} rejected its options {kwargs}: {error}") from None
+    autoreset = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+    if autoreset != AutoresetMode.NEXT_STEP:
+        envs.close()
+        raise EnvError(f"env {env_id!r} autoresets in {autoreset} mode; pglab needs NEXT_STEP")
+    try:
+        check_spaces(env_id, envs.single_observation_space, envs.single_action_space)
+    except EnvError:
+        envs.close()
+        raise
+    return envs

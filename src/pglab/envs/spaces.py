@@ -1,0 +1,70 @@
+"""Which Gymnasium spaces pglab handles, and the conversions at the env boundary.
+
+Observations: ``Box`` (flattened to a vector) and ``Discrete`` (one-hot).
+Actions: ``Discrete`` (categorical or Bernoulli head) and 1-D ``Box`` (Gaussian head).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from pglab.errors import EnvError
+
+SUPPORTED_OBSERVATIONS = "Box or Discrete"
+SUPPORTED_ACTIONS = "Discrete or 1-D Box"
+
+
+def check_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Raise :class:`EnvError` with one line when a space is not supported."""
+    if not isinstance(observation_space, (gym.spaces.Box, gym.spaces.Discrete)):
+        raise EnvError(
+            f"env {env_id!r} has observation space {observation_space}; "
+            f"pglab supports {SUPPORTED_OBSERVATIONS} observations"
+        )
+    box_1d = isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1
+    if not (isinstance(action_space, gym.spaces.Discrete) or box_1d):
+        raise EnvError(
+            f"env {env_id!r} has action space {action_space}; "
+            f"pglab supports {SUPPORTED_ACTIONS} actions"
+        )
+
+
+class ObsEncoder:
+    """Turns a batch of observations from a vector env into a float32 ``[N, dim]`` tensor."""
+
+    def __init__(self, space: gym.Space) -> None:
+        self.space = space
+        if isinstance(space, gym.spaces.Discrete):
+            self.dim = int(space.n)
+        else:
+            self.dim = int(np.prod(space.shape))
+
+    def __call__(self, obs: np.ndarray) -> Tensor:
+        if isinstance(self.space, gym.spaces.Discrete):
+            index = torch.as_tensor(np.asarray(obs) - self.space.start, dtype=torch.long)
+            return torch.nn.functional.one_hot(index, self.dim).float()
+        array = np.asarray(obs, dtype=np.float32)
+        return torch.from_numpy(array.reshape(array.shape[0], self.dim))
+
+
+class ActionAdapter:
+    """Turns the policy's actions into what the env accepts.
+
+    Discrete actions are shifted by the space's ``start``; Box actions are clipped to
+    the bounds (the unclipped action stays in the batch for its log-probability).
+    """
+
+    def __init__(self, space: gym.Space) -> None:
+        self.space = space
+        if isinstance(space, gym.spaces.Box):
+            self.low = space.low.astype(np.float32)
+            self.high = space.high.astype(np.float32)
+
+    def __call__(self, actions: Tensor) -> np.ndarray:
+        array = actions.numpy()
+        if isinstance(self.space, gym.spaces.Discrete):
+            return array + self.space.start if self.space.start else array
+        return np.clip(array, self.low, self.high).astype(np.float32, copy=False)

@@ -1,0 +1,26 @@
+"""Exceptions that carry a one-line message meant for the user.
+
+Every mistake a user can make (a bad option, an unknown env, a broken checkpoint)
+raises a subclass of :class:`PglabError`. The command line prints its message on one
+line and exits with code 2; the Python API lets it propagate.
+"""
+
+
+class PglabError(Exception):
+    """A problem the user can fix; ``str(error)`` is a complete one-line message."""
+
+
+class ConfigError(PglabError):
+    """An option has a value outside what is allowed."""
+
+
+class EnvError(PglabError):
+    """An environment id cannot be made, or its spaces are not supported."""
+
+
+class CheckpointError(PglabError):
+    """A file is not a readable pglab checkpoint."""
+
+
+class TrainingError(PglabError):
+    """Training cannot go on (for example the loss became non-finite)."""

@@ -1,0 +1,56 @@
+"""Evaluating an agent over complete episodes on its own vector env."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pglab.agent import Agent
+from pglab.envs import make_vec_env
+from pglab.rollout import Collector, EpisodeStats
+
+
+@dataclass
+class EvalResult:
+    """Statistics of complete evaluation episodes."""
+
+    mean: float
+    std: float
+    returns: list[float]
+    lengths: list[int]
+    success_rate: float | None
+
+    @classmethod
+    def from_stats(cls, stats: EpisodeStats) -> EvalResult:
+        returns = np.asarray(stats.returns, dtype=np.float64)
+        success = float(np.mean(stats.successes)) if stats.successes else None
+        return cls(float(returns.mean()), float(returns.std()), stats.returns, stats.lengths, success)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(
+    agent: Agent,
+    env: str | None = None,
+    episodes: int = 10,
+    *,
+    deterministic: bool = True,
+    seed: int = 0,
+    num_envs: int | None = None,
+) -> EvalResult:
+    """Play ``episodes`` complete episodes and report their returns.
+
+    ``env`` defaults to the env the agent was trained on (with its options). The
+    episodes run in ``num_envs`` parallel copies (default: up to 16), env i seeded
+    with ``seed + i``; the most likely action is taken unless ``deterministic=False``.
+    """
+    env_id = env or agent.config.env.id
+    kwargs = agent.config.env.kwargs if env_id == agent.config.env.id else {}
+    envs = make_vec_env(env_id, num_envs or min(episodes, 16), kwargs)
+    try:
+        collector = Collector(envs, agent.actor, seed=seed)
+        return EvalResult.from_stats(collector.run_episodes(episodes, deterministic))
+    finally:
+        envs.close()

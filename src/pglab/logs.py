@@ -1,0 +1,119 @@
+"""What a run writes while it trains: ``metrics.csv``, TensorBoard events, progress."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.csv"
+
+
+def _tag(key: str) -> str:
+    if key.startswith("eval_"):
+        return f"eval/{key[5:]}"
+    if key.startswith("episode_") or key in ("steps_per_second", "episodes"):
+        return f"charts/{key}"
+    return f"train/{key}"
+
+
+class MetricsLogger:
+    """One row per update to ``metrics.csv`` and the same scalars to TensorBoard.
+
+    On resume the CSV keeps only rows up to the checkpoint's step (rows written
+    after the last checkpoint by a killed process are dropped, as they will be
+    produced again) and TensorBoard purges events past that step.
+    """
+
+    def __init__(self, run_dir: Path, columns: list[str], resume_step: int | None = None) -> None:
+        self.path = run_dir / METRICS_FILE
+        self.columns = columns
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
+        new = not self.path.exists()
+        self._file = open(self.path, "a", newline="")
+        self._csv = csv.DictWriter(self._file, fieldnames=columns, extrasaction="ignore")
+        if new:
+            self._csv.writeheader()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        with open(self.path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        kept = [row for row in rows if row.get("step") and int(row["step"]) <= step]
+        with open(self.path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+
+    def log(self, row: dict[str, Any]) -> None:
+        self._csv.writerow({k: _format(v) for k, v in row.items()})
+        self._file.flush()
+        step = int(row["step"])
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(_tag(key), value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        self._tb.close()
+
+
+def _format(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+class Progress:
+    """A progress bar on a terminal, plain lines otherwise (``mode``: auto|bar|plain|off)."""
+
+    def __init__(self, mode: str, total: int, title: str, start: int = 0) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "plain"
+        self.mode = mode
+        self.total = total
+        self._last_line = 0.0
+        self._bar = None
+        if mode == "bar":
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress as RichProgress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self._task = self._bar.add_task(title, total=total, completed=start, info="")
+            self._bar.start()
+        elif mode == "plain":
+            print(f"{title}: training for {total:,} steps", file=sys.stderr, flush=True)
+
+    def update(self, step: int, info: dict[str, float | None], force: bool = False) -> None:
+        text = "  ".join(
+            f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in info.items()
+            if v is not None
+        )
+        if self._bar is not None:
+            self._bar.update(self._task, completed=min(step, self.total), info=text)
+        elif self.mode == "plain":
+            now = time.monotonic()
+            if force or now - self._last_line >= 5.0:
+                self._last_line = now
+                print(f"step {step:,}/{self.total:,}  {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

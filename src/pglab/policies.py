@@ -1,0 +1,197 @@
+r"""Actors (stochastic policies) and critics (value functions).
+
+An actor is a body (:func:`pglab.nets.mlp`) followed by an action head. A head turns
+features into the parameters of a distribution and knows how to sample, take the
+mode, and compute :math:`\log \pi(a \mid s)` and the entropy. The heads are written
+with plain tensor operations (no ``torch.distributions``): sampling is on the hot
+path of data collection, and plain operations also run under ``torch.func.vmap``.
+
+==============  ==========================  ========================================
+head            action space                distribution
+==============  ==========================  ========================================
+categorical     ``Discrete(n)``             softmax over n logits
+bernoulli       ``Discrete(2)``             one logit, :math:`P(a = 1) = \sigma(l)`
+gaussian        ``Box`` (1-D)               :math:`\mathcal N(\mu(s), \mathrm{diag}(\sigma^2))`, state-independent :math:`\log\sigma`
+==============  ==========================  ========================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import gymnasium as gym
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pglab.nets import mlp, output_dim
+
+#: Head names selectable with ``policy.head`` (``auto`` picks from the action space).
+HEADS: tuple[str, ...] = ("auto", "categorical", "bernoulli", "gaussian")
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class CategoricalHead(nn.Module):
+    r"""Softmax policy over ``n`` actions: :math:`\pi(k \mid s) = e^{l_k} / \sum_j e^{l_j}`."""
+
+    def __init__(self, in_dim: int, n: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, n)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(features)
+
+    def sample(self, logits: Tensor) -> Tensor:
+        """Gumbel-max sampling: :math:`\\arg\\max_k (l_k - \\log E_k)`, :math:`E_k \\sim \\mathrm{Exp}(1)`."""
+        noise = torch.empty_like(logits).exponential_().log()
+        return (logits - noise).argmax(dim=-1)
+
+    def mode(self, logits: Tensor) -> Tensor:
+        return logits.argmax(dim=-1)
+
+    def log_prob(self, logits: Tensor, actions: Tensor) -> Tensor:
+        log_pi = logits.log_softmax(dim=-1)
+        return log_pi.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self, logits: Tensor) -> Tensor:
+        r""":math:`H = -\sum_k \pi_k \log \pi_k`."""
+        log_pi = logits.log_softmax(dim=-1)
+        return -(log_pi.exp() * log_pi).sum(dim=-1)
+
+
+class BernoulliHead(nn.Module):
+    r"""Two actions from one logit: :math:`P(a=1 \mid s) = \sigma(l(s))` (the classic Pong policy)."""
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, 1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(features).squeeze(-1)
+
+    def sample(self, logit: Tensor) -> Tensor:
+        return (torch.rand_like(logit) < torch.sigmoid(logit)).long()
+
+    def mode(self, logit: Tensor) -> Tensor:
+        return (logit > 0).long()
+
+    def log_prob(self, logit: Tensor, actions: Tensor) -> Tensor:
+        r""":math:`a \log\sigma(l) + (1-a)\log\sigma(-l)`."""
+        a = actions.to(logit.dtype)
+        return a * F.logsigmoid(logit) + (1.0 - a) * F.logsigmoid(-logit)
+
+    def entropy(self, logit: Tensor) -> Tensor:
+        p = torch.sigmoid(logit)
+        return -(p * F.logsigmoid(logit) + (1.0 - p) * F.logsigmoid(-logit))
+
+
+class GaussianHead(nn.Module):
+    r"""Diagonal Gaussian with a state-independent, clamped :math:`\log\sigma`.
+
+    .. math:: \log \pi(a \mid s) = -\sum_i \Big[\frac{(a_i - \mu_i)^2}{2\sigma_i^2}
+              + \log\sigma_i + \tfrac12 \log 2\pi\Big]
+
+    The action is unbounded; clipping to the Box happens only on the way to the env.
+    """
+
+    def __init__(self, in_dim: int, action_dim: int, log_std_init: float = 0.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, action_dim)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(features)
+
+    def _log_std(self) -> Tensor:
+        return self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, mean: Tensor) -> Tensor:
+        return mean + self._log_std().exp() * torch.randn_like(mean)
+
+    def mode(self, mean: Tensor) -> Tensor:
+        return mean
+
+    def log_prob(self, mean: Tensor, actions: Tensor) -> Tensor:
+        log_std = self._log_std()
+        z = (actions - mean) / log_std.exp()
+        return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+
+    def entropy(self, mean: Tensor) -> Tensor:
+        r""":math:`H = \sum_i \big(\tfrac12 + \tfrac12\log 2\pi + \log\sigma_i\big)`."""
+        per_dim = 0.5 + 0.5 * math.log(2 * math.pi) + self._log_std()
+        return per_dim.sum().expand(mean.shape[:-1])
+
+
+ActionHead = CategoricalHead | BernoulliHead | GaussianHead
+
+
+def make_head(
+    in_dim: int, action_space: gym.Space, head: str = "auto", log_std_init: float = 0.0
+) -> ActionHead:
+    """The action head for ``action_space``; ``head`` forces a kind (see :data:`HEADS`)."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        n = int(action_space.n)
+        if head == "bernoulli":
+            if n != 2:
+                raise ValueError(f"the bernoulli head needs Discrete(2), got Discrete({n})")
+            return BernoulliHead(in_dim)
+        if head in ("auto", "categorical"):
+            return CategoricalHead(in_dim, n)
+    elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        if head in ("auto", "gaussian"):
+            return GaussianHead(in_dim, action_space.shape[0], log_std_init)
+    raise ValueError(f"policy head {head!r} does not fit the action space {action_space}")
+
+
+class Actor(nn.Module):
+    r"""A stochastic policy :math:`\pi_\theta(a \mid s)`: body then head."""
+
+    def __init__(self, body: nn.Module, head: ActionHead) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """Distribution parameters (logits or means) for a batch of observations."""
+        return self.head(self.body(obs))
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Sample an action, or take the most likely one when ``deterministic``."""
+        params = self(obs)
+        return self.head.mode(params) if deterministic else self.head.sample(params)
+
+    def log_prob_entropy(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        r""":math:`\log \pi(a \mid s)` of given actions, and the entropy at each state."""
+        params = self(obs)
+        return self.head.log_prob(params, actions), self.head.entropy(params)
+
+
+class Critic(nn.Module):
+    r"""A state-value function :math:`V_\phi(s)`: an MLP with one output."""
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int], activation: str = "tanh") -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, 1, activation)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+def make_actor(
+    obs_dim: int,
+    action_space: gym.Space,
+    hidden: Sequence[int],
+    *,
+    activation: str = "tanh",
+    dropout: float = 0.0,
+    head: str = "auto",
+    log_std_init: float = 0.0,
+) -> Actor:
+    """An MLP actor for flat observations of width ``obs_dim``.
+
+    ``hidden=[]`` makes a linear policy (for a Discrete space: linear softmax).
+    """
+    body = mlp(obs_dim, hidden, None, activation, dropout)
+    return Actor(body, make_head(output_dim(obs_dim, hidden), action_space, head, log_std_init))

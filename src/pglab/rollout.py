@@ -1,0 +1,256 @@
+"""Collecting experience from a vector env into a time-major :class:`Batch`.
+
+Two ways to fill a batch:
+
+* :meth:`Collector.collect_steps` runs every env for T steps. Episodes continue
+  across batches; the last step of the batch is marked ``truncated`` so that
+  estimators bootstrap from the value of the observation that follows it.
+* :meth:`Collector.collect_episodes` resets the envs and runs them until K complete
+  episodes are in, each env contributing a fixed quota (``K // N``, the first
+  ``K % N`` envs one more). Fixing the quota in advance keeps short episodes from
+  being over-represented, and no partial episode of an older policy enters.
+
+Gymnasium's NEXT_STEP autoreset: the step after an episode ends is a reset step (its
+action is ignored, its reward is 0). It is recorded with ``valid = False`` and every
+estimator, loss and statistic ignores it. The observation stored at a reset step is
+the final observation of the episode that just ended, so ``values[t + 1]`` is the
+bootstrap value of a truncated step ``t``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from gymnasium.vector import VectorEnv
+from torch import Tensor
+
+from pglab.envs.spaces import ActionAdapter, ObsEncoder
+from pglab.policies import Actor, Critic
+
+ObsTransform = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class EpisodeStats:
+    """Returns, lengths and (where the env reports it) success of finished episodes."""
+
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    successes: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """Time-major experience: every tensor is ``[T, N]`` (``[T, N, ...]`` for obs, actions).
+
+    ``log_probs`` are under the policy that collected the data; ``values`` and
+    ``next_values`` (V of the observation after each step, the bootstrap values)
+    are filled when the collector has a critic.
+    """
+
+    obs: Tensor
+    actions: Tensor
+    log_probs: Tensor
+    rewards: Tensor
+    terminated: Tensor
+    truncated: Tensor
+    valid: Tensor
+    values: Tensor | None
+    next_values: Tensor | None
+    episodes: EpisodeStats
+
+    @property
+    def episode_ends(self) -> Tensor:
+        """``terminated | truncated``: where an episode (or the rollout) stopped."""
+        return self.terminated | self.truncated
+
+    @property
+    def num_steps(self) -> int:
+        """Number of real transitions (valid samples) in the batch."""
+        return int(self.valid.sum())
+
+
+class _Buffers:
+    """Preallocated numpy arrays ``[capacity, N, ...]`` that double when full."""
+
+    def __init__(self, capacity: int, n: int, obs_dim: int, action_shape: tuple, action_dtype) -> None:
+        self.arrays = {
+            "obs": np.empty((capacity, n, obs_dim), dtype=np.float32),
+            "actions": np.empty((capacity, n, *action_shape), dtype=action_dtype),
+            "rewards": np.empty((capacity, n), dtype=np.float32),
+            "terminated": np.empty((capacity, n), dtype=bool),
+            "truncated": np.empty((capacity, n), dtype=bool),
+            "valid": np.empty((capacity, n), dtype=bool),
+        }
+
+    def put(self, t: int, **values: np.ndarray) -> None:
+        if t == len(self.arrays["rewards"]):
+            self.arrays = {k: np.concatenate([a, np.empty_like(a)]) for k, a in self.arrays.items()}
+        for key, value in values.items():
+            self.arrays[key][t] = value
+
+    def tensors(self, length: int) -> dict[str, Tensor]:
+        return {k: torch.from_numpy(a[:length]) for k, a in self.arrays.items()}
+
+
+class Collector:
+    """Runs an actor in a vector env and returns :class:`Batch` objects.
+
+    Args:
+        envs: a NEXT_STEP-autoreset vector env.
+        actor: the policy that acts.
+        critic: a value function; when given, batches carry values and bootstrap values.
+        seed: seeds the envs at their first reset (env i gets ``seed + i``).
+        obs_transform: applied to encoded observations before the networks see them
+            (observation normalisation); stored observations are transformed ones.
+    """
+
+    def __init__(
+        self,
+        envs: VectorEnv,
+        actor: Actor,
+        critic: Critic | None = None,
+        *,
+        seed: int | None = None,
+        obs_transform: ObsTransform | None = None,
+    ) -> None:
+        self.envs = envs
+        self.actor = actor
+        self.critic = critic
+        self.num_envs = envs.num_envs
+        self.encode = ObsEncoder(envs.single_observation_space)
+        self.to_env = ActionAdapter(envs.single_action_space)
+        self.obs_transform = obs_transform
+        self._next_seed = seed
+        self._obs: Tensor | None = None
+        self._prev_done = np.zeros(self.num_envs, dtype=bool)
+        self._episode_return = np.zeros(self.num_envs)
+        self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
+        #: Every env step taken, including reset steps and steps beyond a quota.
+        self.env_steps = 0
+
+    def reset(self) -> None:
+        """Reset all envs (seeded on the first call) and forget episodes in progress."""
+        self.actor.eval()  # collection acts without dropout
+        raw, _ = self.envs.reset(seed=self._next_seed)
+        self._next_seed = None
+        self._obs = self._prepare(raw)
+        self._prev_done[:] = False
+        self._episode_return[:] = 0.0
+        self._episode_length[:] = 0
+
+    def _prepare(self, raw: np.ndarray) -> Tensor:
+        obs = self.encode(raw)
+        return self.obs_transform(obs) if self.obs_transform is not None else obs
+
+    def _step(self, deterministic: bool, active: np.ndarray, stats: EpisodeStats) -> dict[str, np.ndarray]:
+        """One step of every env; returns what the batch stores for it."""
+        obs = self._obs
+        with torch.inference_mode():
+            actions = self.actor.act(obs, deterministic)
+        raw, rewards, terminated, truncated, info = self.envs.step(self.to_env(actions))
+        self.env_steps += self.num_envs
+        valid = ~self._prev_done & active
+        rewards = np.asarray(rewards, dtype=np.float32)
+        self._episode_return += np.where(valid, rewards, 0.0)
+        self._episode_length += valid
+        ended = (terminated | truncated) & valid
+        if ended.any():
+            index = np.flatnonzero(ended)
+            stats.returns += self._episode_return[index].tolist()
+            stats.lengths += self._episode_length[index].tolist()
+            if "success" in info:
+                reported = info.get("_success", np.ones(self.num_envs, dtype=bool))
+                stats.successes += [bool(info["success"][i]) for i in index if reported[i]]
+            self._episode_return[index] = 0.0
+            self._episode_length[index] = 0
+        self._prev_done = terminated | truncated
+        self._obs = self._prepare(raw)
+        return {
+            "obs": obs.numpy(),
+            "actions": actions.numpy(),
+            "rewards": rewards,
+            "terminated": terminated,
+            "truncated": truncated,
+            "valid": valid,
+        }
+
+    def _buffers(self, capacity: int) -> _Buffers:
+        space = self.envs.single_action_space
+        shape = space.shape if len(space.shape) else ()
+        dtype = np.float32 if np.issubdtype(space.dtype, np.floating) else np.int64
+        return _Buffers(capacity, self.num_envs, self.encode.dim, shape, dtype)
+
+    def collect_steps(self, steps_per_env: int, deterministic: bool = False) -> Batch:
+        """Run every env ``steps_per_env`` steps, continuing episodes from the last batch."""
+        if self._obs is None:
+            self.reset()
+        self.actor.eval()
+        buffers = self._buffers(steps_per_env)
+        stats = EpisodeStats()
+        everyone = np.ones(self.num_envs, dtype=bool)
+        for t in range(steps_per_env):
+            buffers.put(t, **self._step(deterministic, everyone, stats))
+        return self._finish(buffers, steps_per_env, stats)
+
+    def _quota(self, num_episodes: int) -> np.ndarray:
+        quota = np.full(self.num_envs, num_episodes // self.num_envs)
+        quota[: num_episodes % self.num_envs] += 1
+        return quota
+
+    def collect_episodes(self, num_episodes: int, deterministic: bool = False) -> Batch:
+        """Reset the envs and run them until ``num_episodes`` complete episodes are in."""
+        self.reset()
+        quota = self._quota(num_episodes)
+        buffers = self._buffers(256)
+        stats = EpisodeStats()
+        done = np.zeros(self.num_envs, dtype=np.int64)
+        t = 0
+        while (done < quota).any():
+            record = self._step(deterministic, done < quota, stats)
+            done += (record["terminated"] | record["truncated"]) & record["valid"]
+            buffers.put(t, **record)
+            t += 1
+        return self._finish(buffers, t, stats)
+
+    def run_episodes(self, num_episodes: int, deterministic: bool = True) -> EpisodeStats:
+        """Play ``num_episodes`` complete episodes and return their statistics only."""
+        self.reset()
+        quota = self._quota(num_episodes)
+        stats = EpisodeStats()
+        done = np.zeros(self.num_envs, dtype=np.int64)
+        while (done < quota).any():
+            record = self._step(deterministic, done < quota, stats)
+            done += (record["terminated"] | record["truncated"]) & record["valid"]
+        return stats
+
+    def _finish(self, buffers: _Buffers, length: int, stats: EpisodeStats) -> Batch:
+        data = buffers.tensors(length)
+        # The rollout stops here: bootstrap from the next observation where the
+        # episode did not truly terminate.
+        truncated = data["truncated"].clone()
+        truncated[-1] |= ~data["terminated"][-1]
+        obs, actions = data["obs"], data["actions"]
+        flat_obs = obs.reshape(length * self.num_envs, -1)
+        with torch.no_grad():
+            log_probs, _ = self.actor.log_prob_entropy(flat_obs, actions.flatten(0, 1))
+            values = next_values = None
+            if self.critic is not None:
+                values = self.critic(flat_obs).reshape(length, self.num_envs)
+                last = self.critic(self._obs)
+                next_values = torch.cat([values[1:], last.unsqueeze(0)])
+        return Batch(
+            obs=obs,
+            actions=actions,
+            log_probs=log_probs.reshape(length, self.num_envs),
+            rewards=data["rewards"],
+            terminated=data["terminated"],
+            truncated=truncated,
+            valid=data["valid"],
+            values=values,
+            next_values=next_values,
+            episodes=stats,
+        )

@@ -1,0 +1,341 @@
+"""The training loop and the run folder it writes.
+
+A run writes ``runs/<group>/<name>/``::
+
+    config.toml       every resolved option
+    metrics.csv       one row per update (and the evaluations)
+    events.out.*      TensorBoard events
+    checkpoints/last.pt   model, optimizers, counters, RNG state
+    summary.json      the outcome
+
+The loop: collect a batch, update, log, evaluate every ``run.eval_every`` steps
+(stopping once an evaluation reaches ``run.stop_at_return``), checkpoint every
+``run.checkpoint_every`` steps. Ctrl-C (or SIGTERM) finishes the current update,
+writes a checkpoint and stops; ``pglab train --resume RUN_DIR`` continues it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pglab.agent import Agent, build_models
+from pglab.algos import make_algo
+from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, save_checkpoint
+from pglab.config import Config
+from pglab.envs import make_vec_env, reward_threshold, validate_env_id
+from pglab.errors import PglabError
+from pglab.evaluate import EvalResult
+from pglab.logs import MetricsLogger, Progress
+from pglab.rollout import Batch, Collector
+
+CONFIG_FILE = "config.toml"
+SUMMARY_FILE = "summary.json"
+_EVAL_SEED_OFFSET = 1_000_000
+_RESUME_SEED_STRIDE = 7919
+
+
+@dataclass
+class Run:
+    """A finished (or interrupted) run: its folder, its agent and its summary."""
+
+    path: Path
+    agent: Agent
+    summary: dict[str, Any]
+
+
+def _auto_num_envs(config: Config) -> int:
+    if config.env.num_envs:
+        return config.env.num_envs
+    if config.algo.batch_mode == "episodes":
+        return min(config.algo.batch_size, 32)
+    return 8
+
+
+def _new_run_dir(config: Config) -> Path:
+    group = Path(config.run.out) / config.run.group
+    if config.run.name:
+        path = group / config.run.name
+        if path.exists():
+            raise PglabError(
+                f"run folder {str(path)!r} already exists; choose another --name "
+                f"or continue it with --resume {path}"
+            )
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = f"{config.algo.name}-{config.algo.weights}-seed{config.run.seed}-{stamp}"
+        path, n = group / base, 1
+        while path.exists():
+            n += 1
+            path = group / f"{base}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+class _StopRequest:
+    """Turns the first SIGINT/SIGTERM into a flag checked between updates."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Builds everything a run needs (no files yet), then trains into a run folder."""
+
+    def __init__(self, config: Config, state: dict[str, Any] | None = None) -> None:
+        self.config = config
+        cfg = config
+        torch.set_num_threads(cfg.run.threads)
+        torch.manual_seed(cfg.run.seed)
+        counters = (state or {}).get("counters", {})
+        self.steps = int(counters.get("steps", 0))
+        self.env_steps = self.env_steps_before = int(counters.get("env_steps", 0))
+        self.updates = int(counters.get("updates", 0))
+        self.episodes = int(counters.get("episodes", 0))
+        self.wall_before = float(counters.get("wall_seconds", 0.0))
+        self.solved_at_step = counters.get("solved_at_step")
+        self.last_eval: dict[str, Any] | None = counters.get("last_eval")
+
+        seed_shift = _RESUME_SEED_STRIDE * self.updates
+        self.envs = make_vec_env(cfg.env.id, _auto_num_envs(cfg), cfg.env.kwargs)
+        eval_envs = cfg.env.eval_num_envs or min(cfg.run.eval_episodes, 16)
+        self.eval_envs = make_vec_env(cfg.env.id, eval_envs, cfg.env.kwargs)
+        obs_space = self.envs.single_observation_space
+        action_space = self.envs.single_action_space
+        try:
+            self.actor, self.critic = build_models(cfg, obs_space, action_space)
+        except ValueError as error:
+            raise PglabError(f"policy.head: {error}") from None
+        self.algo = make_algo(cfg.algo, self.actor, self.critic)
+        if state is not None:
+            self.actor.load_state_dict(state["actor"])
+            if self.critic is not None:
+                self.critic.load_state_dict(state["critic"])
+            self.algo.load_state_dict(state["algo"])
+            torch.set_rng_state(state["rng"]["torch"])
+        self.collector = Collector(self.envs, self.actor, self.critic,
+                                   seed=cfg.run.seed + seed_shift)
+        self.evaluator = Collector(self.eval_envs, self.actor,
+                                   seed=cfg.run.seed + _EVAL_SEED_OFFSET + seed_shift)
+        self.agent = Agent(self.actor, obs_space, action_space, cfg)
+        stop = cfg.run.stop_at_return
+        self.stop_at = None if stop == "none" else float(stop)
+        self.target = self.stop_at if self.stop_at is not None else reward_threshold(cfg.env.id)
+        self.recent_returns: collections.deque[float] = collections.deque(maxlen=100)
+
+    # ------------------------------------------------------------------ pieces
+
+    def collect(self) -> Batch:
+        algo = self.config.algo
+        if algo.batch_mode == "episodes":
+            return self.collector.collect_episodes(algo.batch_size)
+        return self.collector.collect_steps(max(1, -(-algo.batch_size // self.envs.num_envs)))
+
+    def evaluate(self) -> EvalResult:
+        run = self.config.run
+        stats = self.evaluator.run_episodes(run.eval_episodes, run.eval_deterministic)
+        result = EvalResult.from_stats(stats)
+        self.last_eval = {"step": self.steps, "mean": result.mean, "std": result.std,
+                          "success_rate": result.success_rate}
+        if self.target is not None and self.solved_at_step is None and result.mean >= self.target:
+            self.solved_at_step = self.steps
+        return result
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.perf_counter() - self._start
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict() if self.critic is not None else {},
+            "algo": self.algo.state_dict(),
+            "counters": {
+                "steps": self.steps,
+                "env_steps": self.env_steps,
+                "updates": self.updates,
+                "episodes": self.episodes,
+                "wall_seconds": self.wall_seconds(),
+                "solved_at_step": self.solved_at_step,
+                "last_eval": self.last_eval,
+            },
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def save(self, run_dir: Path) -> None:
+        save_checkpoint(run_dir / CHECKPOINT_DIR / LAST, self.state())
+
+    def summary(self, stopped: str) -> dict[str, Any]:
+        cfg = self.config
+        last = self.last_eval or {}
+        return {
+            "env": cfg.env.id,
+            "algo": cfg.algo.name,
+            "weights": cfg.algo.weights,
+            "seed": cfg.run.seed,
+            "total_steps": self.steps,
+            "budget_steps": cfg.run.total_steps,
+            "env_steps": self.env_steps,
+            "updates": self.updates,
+            "episodes": self.episodes,
+            "wall_seconds": round(self.wall_seconds(), 3),
+            "eval_return_mean": last.get("mean"),
+            "eval_return_std": last.get("std"),
+            "eval_success_rate": last.get("success_rate"),
+            "eval_step": last.get("step"),
+            "solved_at_step": self.solved_at_step,
+            "solved_threshold": self.target,
+            "stopped": stopped,
+        }
+
+    # ------------------------------------------------------------------ loop
+
+    def finished(self) -> bool:
+        solved = self.stop_at is not None and self.last_eval is not None and (
+            self.last_eval["mean"] >= self.stop_at
+        )
+        return self.steps >= self.config.run.total_steps or solved
+
+    def train(self, run_dir: Path, resumed: bool = False) -> Run:
+        cfg = self.config.run
+        algo_metrics = list(self.algo.METRICS)
+        columns = ["step", "env_steps", "updates", "episodes", "wall_seconds",
+                   "steps_per_second", "episode_return_mean", "episode_length_mean",
+                   "episode_success_rate", *algo_metrics,
+                   "eval_return_mean", "eval_return_std", "eval_success_rate"]
+        self._start = time.perf_counter()
+        logger = MetricsLogger(run_dir, columns, self.steps if resumed else None)
+        title = f"{self.config.algo.name}/{self.config.algo.weights} {self.config.env.id}"
+        progress = Progress(cfg.progress, cfg.total_steps, title, start=self.steps)
+        next_eval = self._next_multiple(cfg.eval_every)
+        next_checkpoint = self._next_multiple(cfg.checkpoint_every)
+        stopped = "budget"
+        try:
+            with _StopRequest() as stop:
+                while not self.finished():
+                    tick = time.perf_counter()
+                    batch = self.collect()
+                    metrics = self.algo.update(batch, progress=self.steps / cfg.total_steps)
+                    self.steps += batch.num_steps
+                    self.env_steps = self.env_steps_before + self.collector.env_steps
+                    self.updates += 1
+                    self.episodes += len(batch.episodes.returns)
+                    self.recent_returns.extend(batch.episodes.returns)
+                    row = self._row(batch, metrics)
+                    if cfg.eval_every and self.steps >= next_eval:
+                        row.update(self._eval_row())
+                        next_eval = self._next_multiple(cfg.eval_every)
+                    row["steps_per_second"] = batch.num_steps / (time.perf_counter() - tick)
+                    row["wall_seconds"] = self.wall_seconds()
+                    logger.log(row)
+                    if cfg.checkpoint_every and self.steps >= next_checkpoint:
+                        self.save(run_dir)
+                        next_checkpoint = self._next_multiple(cfg.checkpoint_every)
+                    progress.update(self.steps, self._progress_info(row))
+                    if stop.requested:
+                        stopped = "interrupted"
+                        break
+                if stopped != "interrupted":
+                    if self.last_eval is None or self.last_eval["step"] != self.steps:
+                        logger.log({"step": self.steps, **self._eval_row()})
+                    stopped = "solved" if self.stop_at is not None and (
+                        self.last_eval["mean"] >= self.stop_at) else "budget"
+        finally:
+            progress.update(self.steps, self._progress_info({}), force=True)
+            progress.close()
+            logger.close()
+            self.envs.close()
+            self.eval_envs.close()
+        self.save(run_dir)
+        summary = self.summary(stopped)
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        if stopped == "interrupted":
+            raise KeyboardInterrupt(str(run_dir))
+        return Run(run_dir, self.agent, summary)
+
+    def _next_multiple(self, every: int) -> int:
+        return (self.steps // every + 1) * every if every else 0
+
+    def _row(self, batch: Batch, metrics: dict[str, float]) -> dict[str, Any]:
+        episodes = batch.episodes
+        return {
+            "step": self.steps,
+            "env_steps": self.env_steps,
+            "updates": self.updates,
+            "episodes": self.episodes,
+            "episode_return_mean": float(np.mean(episodes.returns)) if episodes.returns else None,
+            "episode_length_mean": float(np.mean(episodes.lengths)) if episodes.lengths else None,
+            "episode_success_rate": float(np.mean(episodes.successes))
+            if episodes.successes else None,
+            **metrics,
+        }
+
+    def _eval_row(self) -> dict[str, Any]:
+        result = self.evaluate()
+        return {"eval_return_mean": result.mean, "eval_return_std": result.std,
+                "eval_success_rate": result.success_rate}
+
+    def _progress_info(self, row: dict[str, Any]) -> dict[str, Any]:
+        recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
+        sps = row.get("steps_per_second")
+        eta = None
+        if sps:
+            eta = f"{max(0, self.config.run.total_steps - self.steps) / sps:.0f}s"
+        return {
+            "return": recent,
+            "eval": None if self.last_eval is None else float(self.last_eval["mean"]),
+            "steps/s": None if sps is None else float(sps),
+            "eta": eta,
+        }
+
+
+def train(config: Config) -> Run:
+    """Train a new run described by ``config`` (``auto`` options are resolved here)."""
+    validate_env_id(config.env.id)
+    config = config.resolve(reward_threshold(config.env.id))
+    trainer = Trainer(config)  # envs and models first: a bad option leaves no folder
+    run_dir = _new_run_dir(config)
+    (run_dir / CONFIG_FILE).write_text(config.to_toml())
+    return trainer.train(run_dir)
+
+
+def resume(run_dir: str | Path) -> Run:
+    """Continue the run in ``run_dir`` from its last checkpoint, in the same folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PglabError(f"--resume expects a run folder; {str(run_dir)!r} is not a folder")
+    state = load_checkpoint(run_dir)
+    config = Config.from_dict(state["config"], source=f"{run_dir}/{CHECKPOINT_DIR}/{LAST}")
+    trainer = Trainer(config, state)
+    if trainer.finished():
+        raise PglabError(
+            f"run {str(run_dir)!r} already finished at step {trainer.steps:,} "
+            f"(budget {config.run.total_steps:,}); nothing to resume"
+        )
+    return trainer.train(run_dir, resumed=True)
