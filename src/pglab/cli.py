@@ -62,30 +62,45 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--env", help="Gymnasium id or package.module:Class (default: CartPole-v1)")
     train.add_argument("--algo", help="learning rule (default: reinforce)")
-    train.add_argument("--weights", help="policy-gradient weights r|fr|dfr|dfrb|td|gae "
-                       "(default: gae)")
+    train.add_argument(
+        "--weights", help="policy-gradient weights r|fr|dfr|dfrb|td|gae (default: gae)"
+    )
     train.add_argument("--seed", help="random seed (default: 0)")
     train.add_argument("--steps", help="environment steps to train for (default: 200000)")
     train.add_argument("--out", help="folder for run groups (default: runs)")
     train.add_argument("--name", help="run folder name (default: algo-weights-seedN-time)")
     train.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
-    train.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE", help="set any option (repeatable), e.g. lr=0.01")
-    train.add_argument("--stop-at-return", dest="stop_at_return", metavar="X",
-                       help="stop once an evaluation reaches X; 'none' never stops early "
-                       "(default: the env's reward threshold)")
-    train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue an interrupted run in its own folder")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any option (repeatable), e.g. lr=0.01",
+    )
+    train.add_argument(
+        "--stop-at-return",
+        dest="stop_at_return",
+        metavar="X",
+        help="stop once an evaluation reaches X; 'none' never stops early "
+        "(default: the env's reward threshold)",
+    )
+    train.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run in its own folder"
+    )
 
     evaluate = commands.add_parser(
-        "eval", help="evaluate a trained agent",
+        "eval",
+        help="evaluate a trained agent",
         description="Evaluate the agent of a run folder or checkpoint file.",
     )
     evaluate.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
-    evaluate.add_argument("--episodes", type=int, default=10,
-                          help="episodes to play (default: 10)")
-    evaluate.add_argument("--stochastic", action="store_true",
-                          help="sample actions instead of taking the most likely (default: off)")
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes to play (default: 10)")
+    evaluate.add_argument(
+        "--stochastic",
+        action="store_true",
+        help="sample actions instead of taking the most likely (default: off)",
+    )
     evaluate.add_argument("--seed", type=int, default=0, help="env seed (default: 0)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
@@ -103,13 +118,18 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         given = [flag for flag in TRAIN_FLAGS if getattr(args, flag) is not None]
         if given or args.overrides or args.config:
-            _fail("--resume continues a run with its saved options; drop "
-                  + ", ".join(f"--{f.replace('_', '-')}" for f in given or ["set/--config"]))
+            _fail(
+                "--resume continues a run with its saved options; drop "
+                + ", ".join(f"--{f.replace('_', '-')}" for f in given or ["set/--config"])
+            )
         run_dir = args.resume
         run = resume(run_dir)
     else:
-        flags = [f"{key}={getattr(args, flag)}" for flag, key in TRAIN_FLAGS.items()
-                 if getattr(args, flag) is not None]
+        flags = [
+            f"{key}={getattr(args, flag)}"
+            for flag, key in TRAIN_FLAGS.items()
+            if getattr(args, flag) is not None
+        ]
         flag_values = dict(parse_override(text) for text in flags)
         for option in ("run.out", "run.name", "env.id", "algo.name", "algo.weights"):
             if option in flag_values:  # names stay strings even when they look like numbers
@@ -119,8 +139,10 @@ def _train(args: argparse.Namespace) -> int:
         run = train(config)
     s = run.summary
     solved = "never" if s["solved_at_step"] is None else f"at step {s['solved_at_step']:,}"
-    print(f"{run.path}: {s['total_steps']:,} steps in {s['wall_seconds']:.1f}s, "
-          f"eval return {s['eval_return_mean']:.2f} ± {s['eval_return_std']:.2f}, solved {solved}")
+    print(
+        f"{run.path}: {s['total_steps']:,} steps in {s['wall_seconds']:.1f}s, "
+        f"eval return {s['eval_return_mean']:.2f} ± {s['eval_return_std']:.2f}, solved {solved}"
+    )
     return 0
 
 
@@ -131,14 +153,25 @@ def _eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         _fail(f"--episodes must be an integer >= 1; got {args.episodes}")
     agent = load(args.path)
-    result = evaluate(agent, episodes=args.episodes, deterministic=not args.stochastic,
-                      seed=args.seed)
+    result = evaluate(
+        agent, episodes=args.episodes, deterministic=not args.stochastic, seed=args.seed
+    )
     if args.json:
-        print(json.dumps({"env": agent.config.env.id, "episodes": args.episodes,
-                          "deterministic": not args.stochastic, **result.to_dict()}))
+        print(
+            json.dumps(
+                {
+                    "env": agent.config.env.id,
+                    "episodes": args.episodes,
+                    "deterministic": not args.stochastic,
+                    **result.to_dict(),
+                }
+            )
+        )
     else:
-        line = (f"{agent.config.env.id}: return {result.mean:.2f} ± {result.std:.2f} over "
-                f"{args.episodes} episodes ({'stochastic' if args.stochastic else 'deterministic'})")
+        line = (
+            f"{agent.config.env.id}: return {result.mean:.2f} ± {result.std:.2f} over "
+            f"{args.episodes} episodes ({'stochastic' if args.stochastic else 'deterministic'})"
+        )
         if result.success_rate is not None:
             line += f", success rate {result.success_rate:.0%}"
         print(line)
@@ -159,8 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         where = str(interrupt)
         if where:
-            print(f"pglab: interrupted; checkpoint saved. Continue with: pglab train --resume "
-                  f"{where}", file=sys.stderr)
+            print(
+                f"pglab: interrupted; checkpoint saved. Continue with: pglab train --resume "
+                f"{where}",
+                file=sys.stderr,
+            )
         else:
             print("pglab: interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,7 @@ run writes to its ``config.toml``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -163,13 +164,13 @@ def _stop_at_return(value: Any, key: str) -> float | str:
     if isinstance(value, str) and value.lower() in ("auto", "none"):
         return value.lower()
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
-    raise ConfigError(f"{key} must be a number, 'auto' (the env's threshold) or 'none'; got {value!r}")
+    raise ConfigError(
+        f"{key} must be a number, 'auto' (the env's threshold) or 'none'; got {value!r}"
+    )
 
 
 # ---------------------------------------------------------------- the sections
@@ -198,8 +199,9 @@ class PolicyConfig:
 
     hidden: list[int] = opt([64, 64], "actor hidden layer sizes; [] = linear policy")
     activation: str = opt("tanh", "hidden activation", Choice(tuple(ACTIVATIONS)))
-    dropout: float = opt(0.0, "dropout after each actor hidden layer (training only)",
-                         Range(0, 1, high_open=True))
+    dropout: float = opt(
+        0.0, "dropout after each actor hidden layer (training only)", Range(0, 1, high_open=True)
+    )
     head: str = opt("auto", "action distribution", Choice(HEADS))
     log_std_init: float = opt(0.0, "initial log std of the Gaussian head", Range())
     value_hidden: list[int] = opt([64, 64], "critic hidden layer sizes")
@@ -219,21 +221,23 @@ class AlgoConfig:
     lr: float = opt(0.003, "policy learning rate", POSITIVE)
     gamma: float = opt(0.99, "discount factor", UNIT)
     lam: float = opt(0.95, "GAE lambda", UNIT)
-    batch_mode: str = opt("auto", "fill batches with complete episodes or a fixed number of "
-                          "steps; auto = episodes for r/fr/dfr, steps for critic weights",
-                          Choice(BATCH_MODES))
-    batch_size: int = opt(0, "episodes (or steps, over all envs) per batch; 0 = auto",
-                          NON_NEGATIVE)
+    batch_mode: str = opt(
+        "auto",
+        "fill batches with complete episodes or a fixed number of "
+        "steps; auto = episodes for r/fr/dfr, steps for critic weights",
+        Choice(BATCH_MODES),
+    )
+    batch_size: int = opt(0, "episodes (or steps, over all envs) per batch; 0 = auto", NON_NEGATIVE)
     normalize_weights: bool = opt(True, "standardise the weights over each batch")
     entropy_coef: float = opt(0.0, "entropy bonus coefficient", NON_NEGATIVE)
-    max_grad_norm: float = opt(0.0, "clip the global gradient norm; 0 = no clipping",
-                               NON_NEGATIVE)
+    max_grad_norm: float = opt(0.0, "clip the global gradient norm; 0 = no clipping", NON_NEGATIVE)
     weight_decay: float = opt(0.0, "L2 weight decay of the policy optimizer", NON_NEGATIVE)
-    lr_schedule: str = opt("constant", "learning-rate schedule (linear decays to 0)",
-                           Choice(LR_SCHEDULES))
+    lr_schedule: str = opt(
+        "constant", "learning-rate schedule (linear decays to 0)", Choice(LR_SCHEDULES)
+    )
     optimizer: str = opt("adam", "optimizer of policy and critic", Choice(OPTIMIZERS))
     value_lr: float = opt(0.01, "critic learning rate", POSITIVE)
-    value_epochs: int = opt(5, "critic gradient steps on each batch", Range(1, None))
+    value_epochs: int = opt(25, "critic gradient steps on each batch", Range(1, None))
     value_reset_optimizer: bool = opt(False, "re-create the critic optimizer every batch")
 
     def __post_init__(self) -> None:
@@ -262,17 +266,19 @@ class RunConfig:
     out: str = opt("runs", "folder that holds run groups")
     group: str = opt("", "group folder under out; empty = the env id")
     name: str = opt("", "run folder name; empty = algo-weights-seed-time")
-    eval_every: int = opt(10_000, "steps between evaluations; 0 = only at the end",
-                          NON_NEGATIVE)
+    eval_every: int = opt(10_000, "steps between evaluations; 0 = only at the end", NON_NEGATIVE)
     eval_episodes: int = opt(10, "episodes per evaluation", Range(1, None))
     eval_deterministic: bool = opt(True, "evaluate the most likely action")
-    stop_at_return: str = opt("auto", "stop once an evaluation reaches this mean return; "
-                              "auto = the env's reward threshold, none = never")
-    checkpoint_every: int = opt(20_000, "steps between checkpoints; 0 = only at the end",
-                                NON_NEGATIVE)
+    stop_at_return: str = opt(
+        "auto",
+        "stop once an evaluation reaches this mean return; "
+        "auto = the env's reward threshold, none = never",
+    )
+    checkpoint_every: int = opt(
+        20_000, "steps between checkpoints; 0 = only at the end", NON_NEGATIVE
+    )
     threads: int = opt(1, "torch CPU threads", Range(1, None))
-    progress: str = opt("auto", "progress display (auto: a bar on a terminal)",
-                        Choice(PROGRESS))
+    progress: str = opt("auto", "progress display (auto: a bar on a terminal)", Choice(PROGRESS))
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -341,7 +347,9 @@ def qualify(key: str, source: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise ConfigError(f"option {key!r} in {source} is ambiguous; write one of {', '.join(matches)}")
+        raise ConfigError(
+            f"option {key!r} in {source} is ambiguous; write one of {', '.join(matches)}"
+        )
     short = [k.split(".", 1)[1] for k in keys]
     close = difflib.get_close_matches(key, keys + short, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(close)}?" if close else "see 'pglab train --help'"

@@ -25,7 +25,9 @@ class EvalResult:
     def from_stats(cls, stats: EpisodeStats) -> EvalResult:
         returns = np.asarray(stats.returns, dtype=np.float64)
         success = float(np.mean(stats.successes)) if stats.successes else None
-        return cls(float(returns.mean()), float(returns.std()), stats.returns, stats.lengths, success)
+        return cls(
+            float(returns.mean()), float(returns.std()), stats.returns, stats.lengths, success
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

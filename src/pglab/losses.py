@@ -12,9 +12,7 @@ from torch import Tensor
 from pglab.returns import masked_mean, masked_var
 
 
-def policy_gradient_loss(
-    log_probs: Tensor, weights: Tensor, valid: Tensor | None = None
-) -> Tensor:
+def policy_gradient_loss(log_probs: Tensor, weights: Tensor, valid: Tensor | None = None) -> Tensor:
     r"""Surrogate loss whose gradient is minus the policy-gradient estimate.
 
     .. math::

@@ -139,9 +139,12 @@ def make_head(
             return BernoulliHead(in_dim)
         if head in ("auto", "categorical"):
             return CategoricalHead(in_dim, n)
-    elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
-        if head in ("auto", "gaussian"):
-            return GaussianHead(in_dim, action_space.shape[0], log_std_init)
+    elif (
+        isinstance(action_space, gym.spaces.Box)
+        and len(action_space.shape) == 1
+        and head in ("auto", "gaussian")
+    ):
+        return GaussianHead(in_dim, action_space.shape[0], log_std_init)
     raise ValueError(f"policy head {head!r} does not fit the action space {action_space}")
 
 

@@ -104,9 +104,7 @@ def discounted_reward_to_go(
     return _mask(returns, valid)
 
 
-def reward_to_go(
-    rewards: Tensor, episode_ends: Tensor, *, valid: Tensor | None = None
-) -> Tensor:
+def reward_to_go(rewards: Tensor, episode_ends: Tensor, *, valid: Tensor | None = None) -> Tensor:
     r"""Undiscounted reward-to-go (code ``fr``): :math:`\sum_{t'=t}^{\text{end}} r_{t'}`.
 
     Equal to :func:`discounted_reward_to_go` with :math:`\gamma = 1`. Shapes ``[T, N]``.
@@ -114,9 +112,7 @@ def reward_to_go(
     return discounted_reward_to_go(rewards, episode_ends, 1.0, valid=valid)
 
 
-def total_return(
-    rewards: Tensor, episode_ends: Tensor, *, valid: Tensor | None = None
-) -> Tensor:
+def total_return(rewards: Tensor, episode_ends: Tensor, *, valid: Tensor | None = None) -> Tensor:
     r"""Return of the whole episode at every one of its steps (code ``r``).
 
     .. math:: \Psi_t = R(\tau) = \sum_{t'=\text{start}}^{\text{end}} r_{t'}
@@ -273,6 +269,4 @@ def policy_gradient_weights(
         )
     if kind == "td":
         return td_residual(rewards, values, next_values, terminated, gamma, valid=valid)
-    return gae(
-        rewards, values, next_values, terminated, episode_ends, gamma, lam, valid=valid
-    )
+    return gae(rewards, values, next_values, terminated, episode_ends, gamma, lam, valid=valid)

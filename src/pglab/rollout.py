@@ -76,7 +76,9 @@ class Batch:
 class _Buffers:
     """Preallocated numpy arrays ``[capacity, N, ...]`` that double when full."""
 
-    def __init__(self, capacity: int, n: int, obs_dim: int, action_shape: tuple, action_dtype) -> None:
+    def __init__(
+        self, capacity: int, n: int, obs_dim: int, action_shape: tuple, action_dtype
+    ) -> None:
         self.arrays = {
             "obs": np.empty((capacity, n, obs_dim), dtype=np.float32),
             "actions": np.empty((capacity, n, *action_shape), dtype=action_dtype),
@@ -146,7 +148,9 @@ class Collector:
         obs = self.encode(raw)
         return self.obs_transform(obs) if self.obs_transform is not None else obs
 
-    def _step(self, deterministic: bool, active: np.ndarray, stats: EpisodeStats) -> dict[str, np.ndarray]:
+    def _step(
+        self, deterministic: bool, active: np.ndarray, stats: EpisodeStats
+    ) -> dict[str, np.ndarray]:
         """One step of every env; returns what the batch stores for it."""
         obs = self._obs
         with torch.inference_mode():

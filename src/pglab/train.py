@@ -139,10 +139,12 @@ class Trainer:
                 self.critic.load_state_dict(state["critic"])
             self.algo.load_state_dict(state["algo"])
             torch.set_rng_state(state["rng"]["torch"])
-        self.collector = Collector(self.envs, self.actor, self.critic,
-                                   seed=cfg.run.seed + seed_shift)
-        self.evaluator = Collector(self.eval_envs, self.actor,
-                                   seed=cfg.run.seed + _EVAL_SEED_OFFSET + seed_shift)
+        self.collector = Collector(
+            self.envs, self.actor, self.critic, seed=cfg.run.seed + seed_shift
+        )
+        self.evaluator = Collector(
+            self.eval_envs, self.actor, seed=cfg.run.seed + _EVAL_SEED_OFFSET + seed_shift
+        )
         self.agent = Agent(self.actor, obs_space, action_space, cfg)
         stop = cfg.run.stop_at_return
         self.stop_at = None if stop == "none" else float(stop)
@@ -161,8 +163,12 @@ class Trainer:
         run = self.config.run
         stats = self.evaluator.run_episodes(run.eval_episodes, run.eval_deterministic)
         result = EvalResult.from_stats(stats)
-        self.last_eval = {"step": self.steps, "mean": result.mean, "std": result.std,
-                          "success_rate": result.success_rate}
+        self.last_eval = {
+            "step": self.steps,
+            "mean": result.mean,
+            "std": result.std,
+            "success_rate": result.success_rate,
+        }
         if self.target is not None and self.solved_at_step is None and result.mean >= self.target:
             self.solved_at_step = self.steps
         return result
@@ -217,18 +223,31 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def finished(self) -> bool:
-        solved = self.stop_at is not None and self.last_eval is not None and (
-            self.last_eval["mean"] >= self.stop_at
+        solved = (
+            self.stop_at is not None
+            and self.last_eval is not None
+            and (self.last_eval["mean"] >= self.stop_at)
         )
         return self.steps >= self.config.run.total_steps or solved
 
     def train(self, run_dir: Path, resumed: bool = False) -> Run:
         cfg = self.config.run
         algo_metrics = list(self.algo.METRICS)
-        columns = ["step", "env_steps", "updates", "episodes", "wall_seconds",
-                   "steps_per_second", "episode_return_mean", "episode_length_mean",
-                   "episode_success_rate", *algo_metrics,
-                   "eval_return_mean", "eval_return_std", "eval_success_rate"]
+        columns = [
+            "step",
+            "env_steps",
+            "updates",
+            "episodes",
+            "wall_seconds",
+            "steps_per_second",
+            "episode_return_mean",
+            "episode_length_mean",
+            "episode_success_rate",
+            *algo_metrics,
+            "eval_return_mean",
+            "eval_return_std",
+            "eval_success_rate",
+        ]
         self._start = time.perf_counter()
         logger = MetricsLogger(run_dir, columns, self.steps if resumed else None)
         title = f"{self.config.algo.name}/{self.config.algo.weights} {self.config.env.id}"
@@ -264,8 +283,11 @@ class Trainer:
                 if stopped != "interrupted":
                     if self.last_eval is None or self.last_eval["step"] != self.steps:
                         logger.log({"step": self.steps, **self._eval_row()})
-                    stopped = "solved" if self.stop_at is not None and (
-                        self.last_eval["mean"] >= self.stop_at) else "budget"
+                    stopped = (
+                        "solved"
+                        if self.stop_at is not None and (self.last_eval["mean"] >= self.stop_at)
+                        else "budget"
+                    )
         finally:
             progress.update(self.steps, self._progress_info({}), force=True)
             progress.close()
@@ -292,14 +314,18 @@ class Trainer:
             "episode_return_mean": float(np.mean(episodes.returns)) if episodes.returns else None,
             "episode_length_mean": float(np.mean(episodes.lengths)) if episodes.lengths else None,
             "episode_success_rate": float(np.mean(episodes.successes))
-            if episodes.successes else None,
+            if episodes.successes
+            else None,
             **metrics,
         }
 
     def _eval_row(self) -> dict[str, Any]:
         result = self.evaluate()
-        return {"eval_return_mean": result.mean, "eval_return_std": result.std,
-                "eval_success_rate": result.success_rate}
+        return {
+            "eval_return_mean": result.mean,
+            "eval_return_std": result.std,
+            "eval_success_rate": result.success_rate,
+        }
 
     def _progress_info(self, row: dict[str, Any]) -> dict[str, Any]:
         recent = float(np.mean(self.recent_returns)) if self.recent_returns else None

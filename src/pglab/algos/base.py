@@ -53,14 +53,18 @@ def gradient_step(
     parameters untouched.
     """
     if not torch.isfinite(loss):
-        raise TrainingError(f"the {what} became non-finite ({loss.item()}); "
-                            "lower the learning rate or enable gradient clipping")
+        raise TrainingError(
+            f"the {what} became non-finite ({loss.item()}); "
+            "lower the learning rate or enable gradient clipping"
+        )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     limit = max_grad_norm if max_grad_norm > 0 else math.inf
     norm = float(torch.nn.utils.clip_grad_norm_(params, limit, foreach=True))
     if not math.isfinite(norm):
-        raise TrainingError(f"the gradient of the {what} became non-finite; "
-                            "lower the learning rate or enable gradient clipping")
+        raise TrainingError(
+            f"the gradient of the {what} became non-finite; "
+            "lower the learning rate or enable gradient clipping"
+        )
     optimizer.step()
     return norm

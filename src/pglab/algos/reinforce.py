@@ -35,8 +35,16 @@ class Reinforce:
     """The REINFORCE family of ``--weights r|fr|dfr|dfrb|td|gae``."""
 
     #: Diagnostics returned by :meth:`update`, in logging order.
-    METRICS = ("policy_loss", "entropy", "grad_norm", "lr", "weights_mean", "weights_var",
-               "value_loss", "explained_variance")
+    METRICS = (
+        "policy_loss",
+        "entropy",
+        "grad_norm",
+        "lr",
+        "weights_mean",
+        "weights_var",
+        "value_loss",
+        "explained_variance",
+    )
 
     def __init__(self, actor: Actor, critic: Critic | None, config: AlgoConfig) -> None:
         self.actor = actor
@@ -81,7 +89,10 @@ class Reinforce:
         pg_loss = policy_gradient_loss(log_probs, weights, valid)
         loss = pg_loss + cfg.entropy_coef * entropy_loss(entropy, valid)
         grad_norm = gradient_step(
-            self.policy_optimizer, loss, list(self.actor.parameters()), cfg.max_grad_norm,
+            self.policy_optimizer,
+            loss,
+            list(self.actor.parameters()),
+            cfg.max_grad_norm,
             "policy loss",
         )
         metrics = {
@@ -106,8 +117,13 @@ class Reinforce:
         for _ in range(cfg.value_epochs):
             values = self.critic(obs).view_as(targets)
             loss = value_loss(values, targets, batch.valid)
-            gradient_step(self.value_optimizer, loss, list(self.critic.parameters()),
-                          cfg.max_grad_norm, "value loss")
+            gradient_step(
+                self.value_optimizer,
+                loss,
+                list(self.critic.parameters()),
+                cfg.max_grad_norm,
+                "value loss",
+            )
         return {
             "value_loss": loss.item(),
             "explained_variance": explained_variance(batch.values, targets, batch.valid).item(),

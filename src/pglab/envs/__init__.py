@@ -74,7 +74,11 @@ def validate_env_id(env_id: str) -> None:
     if name in gym.registry:
         return
     close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.5)
-    hint = f"closest registered ids: {', '.join(close)}" if close else "see gymnasium.pprint_registry()"
+    hint = (
+        f"closest registered ids: {', '.join(close)}"
+        if close
+        else "see gymnasium.pprint_registry()"
+    )
     raise EnvError(f"unknown env {env_id!r}; {hint}")
 
 
@@ -87,9 +91,7 @@ def reward_threshold(env_id: str) -> float | None:
     return None if spec is None or spec.reward_threshold is None else float(spec.reward_threshold)
 
 
-def make_vec_env(
-    env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None
-) -> VectorEnv:
+def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` as one vector env (NEXT_STEP autoreset).
 
     Uses Gymnasium's ``vector_entry_point`` when the env has one, else a synchronous

@@ -1,0 +1,91 @@
+"""Every validation rule answers with one line naming the option, the rule and the value."""
+
+import pytest
+
+from pglab.config import Config, build_config, parse_override
+from pglab.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("lr=-0.01", ["algo.lr", "> 0", "-0.01"]),
+        ("value_lr=0", ["algo.value_lr", "> 0", "0"]),
+        ("gamma=1.5", ["algo.gamma", "[0, 1]", "1.5"]),
+        ("lam=-0.1", ["algo.lam", "[0, 1]", "-0.1"]),
+        ("weights=xyz", ["algo.weights", "r, fr, dfr, dfrb, td, gae", "xyz"]),
+        ("algo.name=nope", ["algo.name", "reinforce", "nope"]),
+        ("optimizer=lbfgs", ["algo.optimizer", "adam", "lbfgs"]),
+        ("seed=-1", ["run.seed", ">= 0", "-1"]),
+        ("seed=1.5", ["run.seed", "integer", "1.5"]),
+        ("total_steps=0", ["run.total_steps", ">= 1", "0"]),
+        ("hidden=[8, -1]", ["policy.hidden", "positive integers", "-1"]),
+        ("hidden=8", ["policy.hidden", "list", "8"]),
+        ("dropout=1.0", ["policy.dropout", "[0, 1)", "1.0"]),
+        ("activation=swishy", ["policy.activation", "tanh", "swishy"]),
+        ("normalize_weights=3", ["algo.normalize_weights", "true or false", "3"]),
+        ("stop_at_return=soon", ["run.stop_at_return", "auto", "soon"]),
+        ("batch_mode=weekly", ["algo.batch_mode", "episodes", "weekly"]),
+        ("eval_episodes=0", ["run.eval_episodes", ">= 1", "0"]),
+        ("kwargs=3", ["env.kwargs", "table", "3"]),
+        ("lr=nan", ["algo.lr", "> 0", "nan"]),
+    ],
+)
+def test_bad_values_get_one_clear_line(override, words):
+    with pytest.raises(ConfigError) as error:
+        build_config(overrides=[override])
+    message = str(error.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_unknown_and_ambiguous_keys():
+    with pytest.raises(ConfigError, match="unknown option 'lrr'.*did you mean lr"):
+        build_config(overrides=["lrr=0.1"])
+    with pytest.raises(ConfigError, match="ambiguous.*algo.name, run.name"):
+        build_config(overrides=["name=x"])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("lr")
+
+
+def test_toml_file(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('lr = 0.02\n[policy]\nhidden = [8]\n[algo]\nweights = "fr"\n')
+    config = build_config(path, overrides=["lr=0.05"])
+    assert config.policy.hidden == [8] and config.algo.weights == "fr"
+    assert config.algo.lr == 0.05  # --set beats the file
+
+
+def test_toml_file_errors(tmp_path):
+    bad_key = tmp_path / "a.toml"
+    bad_key.write_text("[algo]\nlearning_rate = 0.1\n")
+    with pytest.raises(ConfigError, match="unknown option 'algo.learning_rate' in .*a.toml"):
+        build_config(bad_key)
+    bad_type = tmp_path / "b.toml"
+    bad_type.write_text('[run]\nseed = "three"\n')
+    with pytest.raises(ConfigError, match="run.seed must be an integer; got 'three'"):
+        build_config(bad_type)
+    broken = tmp_path / "c.toml"
+    broken.write_text("[algo\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        build_config(broken)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config(tmp_path / "missing.toml")
+
+
+def test_resolve_fills_auto_values_and_round_trips():
+    config = build_config(overrides=["weights=fr"]).resolve(475.0)
+    assert config.algo.batch_mode == "episodes" and config.algo.batch_size == 20
+    assert config.run.stop_at_return == 475.0 and config.run.group == "CartPole-v1"
+    critic = build_config(overrides=["weights=gae"]).resolve(None)
+    assert critic.algo.batch_mode == "steps" and critic.run.stop_at_return == "none"
+    assert Config.from_dict(config.to_dict()) == config
+
+
+def test_override_values_are_read_as_toml():
+    assert parse_override("policy.hidden=[8]") == ("policy.hidden", [8])
+    assert parse_override("lr=1e-3") == ("algo.lr", 0.001)
+    assert parse_override("weights=gae") == ("algo.weights", "gae")
+    assert parse_override("normalize_weights=false") == ("algo.normalize_weights", False)
+    assert build_config(overrides=["total_steps=2e5"]).run.total_steps == 200_000

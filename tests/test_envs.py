@@ -1,0 +1,73 @@
+"""Environments: ids, entry points, the line world."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from pglab.envs import make_vec_env, reward_threshold, validate_env_id
+from pglab.envs.lineworld import LineWorldEnv
+from pglab.errors import EnvError
+
+
+def test_cartpole_uses_fast_vector_entry_point():
+    envs = make_vec_env("CartPole-v1", 4)
+    assert type(envs).__name__ == "CartPoleVectorEnv"
+    envs.close()
+
+
+def test_unknown_env_lists_closest_ids():
+    with pytest.raises(EnvError, match="closest registered ids: CartPole-v1"):
+        validate_env_id("CartPol-v1")
+
+
+def test_class_entry_point():
+    envs = make_vec_env("pglab.envs.lineworld:LineWorldEnv", 2, {"grid_size": 5})
+    obs, _ = envs.reset(seed=0)
+    assert obs.shape == (2, 2) and obs.max() <= 4
+    envs.close()
+
+
+def test_bad_class_entry_point():
+    with pytest.raises(EnvError, match="not a gymnasium.Env class"):
+        make_vec_env("pglab.envs.lineworld:np", 1)
+    with pytest.raises(EnvError, match="cannot import"):
+        make_vec_env("no_such_module_xyz:Env", 1)
+
+
+def test_bad_env_kwargs():
+    with pytest.raises(EnvError, match="rejected its options"):
+        make_vec_env("pglab/LineWorld-v0", 1, {"no_such_option": 1})
+
+
+def test_reward_threshold():
+    assert reward_threshold("CartPole-v1") == 475.0
+    assert reward_threshold("pglab/LineWorld-v0") is None
+
+
+def test_lineworld_rewards_and_success():
+    env = LineWorldEnv(grid_size=5, episode_length=3)
+    obs, _ = env.reset(seed=0)
+    position, target = int(obs[0]), int(obs[1])
+    toward = 2 if target > position else (0 if target < position else 1)
+    total = 0.0
+    for t in range(3):
+        obs, reward, terminated, truncated, info = env.step(toward if obs[0] != obs[1] else 1)
+        assert reward == -abs(obs[0] - obs[1]) / 4
+        total += reward
+        assert terminated == (t == 2) and not truncated
+    assert info["success"] == (abs(position - target) <= 3)
+    assert reward <= 0
+
+
+def test_lineworld_in_two_dimensions():
+    env = gym.make("pglab/LineWorld-v0", dimensions=2, grid_size=4)
+    assert env.action_space.n == 9
+    obs, _ = env.reset(seed=1)
+    assert obs.shape == (4,)
+    image = env.unwrapped.render()
+    assert image.shape[2] == 3 and image.dtype == np.uint8
+
+
+def test_lineworld_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="grid_size"):
+        LineWorldEnv(grid_size=1)

@@ -1,0 +1,98 @@
+"""Models: heads against closed forms and torch.distributions; unsupported spaces."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from pglab.envs.spaces import check_spaces
+from pglab.errors import EnvError
+from pglab.nets import mlp
+from pglab.policies import BernoulliHead, CategoricalHead, GaussianHead, make_actor
+
+
+def test_linear_softmax_gradient_matches_closed_form():
+    torch.manual_seed(0)
+    space = gym.spaces.Discrete(3)
+    actor = make_actor(4, space, hidden=[])
+    (linear,) = [m for m in actor.modules() if isinstance(m, torch.nn.Linear)]
+    s = torch.randn(4)
+    for a in range(3):
+        actor.zero_grad()
+        log_prob, _ = actor.log_prob_entropy(s.unsqueeze(0), torch.tensor([a]))
+        log_prob.sum().backward()
+        pi = torch.softmax(linear(s), -1).detach()
+        indicator = torch.nn.functional.one_hot(torch.tensor(a), 3).float()
+        expected = torch.outer(indicator - pi, s)  # d log pi(a|s) / dW_k = s (1[k=a] - pi_k)
+        assert torch.allclose(linear.weight.grad, expected, atol=1e-6)
+        assert torch.allclose(linear.bias.grad, indicator - pi, atol=1e-6)
+
+
+def test_mlp_shapes_and_dropout():
+    net = mlp(4, [8, 8], 2, "relu", dropout=0.1)
+    assert net(torch.randn(5, 4)).shape == (5, 2)
+    assert sum(isinstance(m, torch.nn.Dropout) for m in net) == 2
+    assert len(mlp(4, [], None)) == 0
+
+
+def test_categorical_head_matches_torch():
+    head = CategoricalHead(3, 4)
+    logits = torch.randn(6, 4)
+    actions = torch.randint(0, 4, (6,))
+    reference = torch.distributions.Categorical(logits=logits)
+    assert torch.allclose(head.log_prob(logits, actions), reference.log_prob(actions))
+    assert torch.allclose(head.entropy(logits), reference.entropy())
+
+
+def test_categorical_sampling_frequencies():
+    torch.manual_seed(0)
+    head = CategoricalHead(1, 3)
+    logits = torch.log(torch.tensor([0.2, 0.3, 0.5])).expand(40_000, 3)
+    counts = torch.bincount(head.sample(logits), minlength=3).float() / 40_000
+    assert torch.allclose(counts, torch.tensor([0.2, 0.3, 0.5]), atol=0.01)
+
+
+def test_bernoulli_head_matches_torch():
+    head = BernoulliHead(3)
+    logit = torch.randn(8)
+    actions = torch.randint(0, 2, (8,))
+    reference = torch.distributions.Bernoulli(logits=logit)
+    assert torch.allclose(head.log_prob(logit, actions), reference.log_prob(actions.float()))
+    assert torch.allclose(head.entropy(logit), reference.entropy())
+
+
+def test_gaussian_head_matches_torch():
+    head = GaussianHead(3, 2, log_std_init=-0.5)
+    mean = torch.randn(5, 2)
+    actions = torch.randn(5, 2)
+    std = torch.exp(torch.tensor(-0.5))
+    reference = torch.distributions.Normal(mean, std)
+    assert torch.allclose(head.log_prob(mean, actions), reference.log_prob(actions).sum(-1))
+    assert torch.allclose(head.entropy(mean), reference.entropy().sum(-1))
+
+
+def test_bernoulli_needs_two_actions():
+    with pytest.raises(ValueError, match="Discrete\\(2\\)"):
+        make_actor(4, gym.spaces.Discrete(3), [8], head="bernoulli")
+
+
+@pytest.mark.parametrize(
+    ("obs", "act", "words"),
+    [
+        (gym.spaces.Dict({"a": gym.spaces.Discrete(2)}), gym.spaces.Discrete(2), "observation"),
+        (gym.spaces.Box(-1, 1, (3,)), gym.spaces.MultiBinary(3), "MultiBinary"),
+        (gym.spaces.Box(-1, 1, (3,)), gym.spaces.Tuple([gym.spaces.Discrete(2)]), "Tuple"),
+        (gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2, 2)), "1-D Box"),
+    ],
+)
+def test_unsupported_spaces_get_one_line(obs, act, words):
+    with pytest.raises(EnvError) as error:
+        check_spaces("X-v0", obs, act)
+    message = str(error.value)
+    assert "\n" not in message and words in message and "supports" in message
+
+
+def test_actor_acts_on_a_batch():
+    actor = make_actor(2, gym.spaces.Box(-1, 1, (3,), dtype=np.float32), [8])
+    assert actor.act(torch.randn(4, 2)).shape == (4, 3)
+    assert torch.equal(actor.act(torch.ones(1, 2), True), actor.act(torch.ones(1, 2), True))

@@ -1,0 +1,124 @@
+"""The collector on a tiny deterministic env whose returns are known by hand."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import SyncVectorEnv
+
+from pglab.policies import make_actor
+from pglab.returns import discounted_reward_to_go, gae
+from pglab.rollout import Collector
+
+
+class Countdown(gym.Env):
+    """Observation = steps taken so far; reward = 1 each step.
+
+    Ends after ``length`` steps, by termination or (``truncate=True``) truncation.
+    """
+
+    def __init__(self, length: int = 3, truncate: bool = False):
+        self.length, self.truncate = length, truncate
+        self.observation_space = gym.spaces.Box(0, 100, (1,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        end = self.t >= self.length
+        obs = np.array([float(self.t)], dtype=np.float32)
+        return obs, 1.0, end and not self.truncate, end and self.truncate, {}
+
+
+class ObsCritic(torch.nn.Module):
+    """V(s) = 10 * s: the bootstrap value names the observation it came from."""
+
+    def forward(self, obs):
+        return 10.0 * obs[..., 0]
+
+
+def collector(length=3, truncate=False, n=1, critic=None):
+    envs = SyncVectorEnv([lambda: Countdown(length, truncate) for _ in range(n)])
+    torch.manual_seed(0)
+    actor = make_actor(1, envs.single_action_space, [4])
+    return Collector(envs, actor, critic, seed=0)
+
+
+def test_termination_and_reset_step():
+    batch = collector(length=3).collect_steps(8)
+    column = lambda x: x[:, 0].tolist()  # noqa: E731
+    # steps: 3 transitions, reset step, 3 transitions, reset step
+    assert column(batch.valid) == [True, True, True, False, True, True, True, False]
+    assert column(batch.terminated) == [False, False, True, False, False, False, True, False]
+    assert column(batch.rewards) == [1, 1, 1, 0, 1, 1, 1, 0]
+    # the reset step holds the final observation of the episode that ended
+    assert column(batch.obs[..., 0]) == [0, 1, 2, 3, 0, 1, 2, 3]
+    returns = discounted_reward_to_go(batch.rewards, batch.episode_ends, 0.5, valid=batch.valid)
+    assert column(returns) == [1.75, 1.5, 1.0, 0.0, 1.75, 1.5, 1.0, 0.0]
+    assert batch.episodes.returns == [3.0, 3.0] and batch.episodes.lengths == [3, 3]
+    assert batch.num_steps == 6
+
+
+def test_truncation_bootstraps_from_real_final_observation():
+    batch = collector(length=2, truncate=True, critic=ObsCritic()).collect_steps(3)
+    assert batch.truncated[1, 0] and not batch.terminated[1, 0]
+    # V of the real final observation (2), not of the reset observation (0)
+    assert batch.next_values[1, 0].item() == 20.0
+    advantages = gae(
+        batch.rewards,
+        batch.values,
+        batch.next_values,
+        batch.terminated,
+        batch.episode_ends,
+        1.0,
+        1.0,
+        valid=batch.valid,
+    )
+    # G_0 = 1 + 1 + V(s_2) = 22, minus V(s_0) = 0
+    assert advantages[0, 0].item() == 22.0
+
+
+def test_rollout_end_is_marked_truncated_and_bootstrapped():
+    c = collector(length=10, critic=ObsCritic())
+    batch = c.collect_steps(4)
+    assert batch.truncated[-1, 0] and not batch.terminated[-1, 0]
+    assert batch.next_values[-1, 0].item() == 40.0
+    # the next batch continues the episode where this one stopped
+    assert c.collect_steps(1).obs[0, 0, 0].item() == 4.0
+
+
+def test_episode_batches_are_complete_and_fresh():
+    c = collector(length=3, n=2)
+    c.collect_steps(2)  # leave episodes half-done
+    batch = c.collect_episodes(5)
+    assert batch.episodes.lengths == [3] * 5
+    assert batch.num_steps == 15
+    # env 0 does 3 episodes, env 1 does 2: its third episode is not in the batch
+    assert batch.valid[:, 0].sum() == 9 and batch.valid[:, 1].sum() == 6
+    assert batch.obs[0, :, 0].tolist() == [0.0, 0.0]
+
+
+def test_log_probs_are_those_of_the_collecting_policy():
+    c = collector(length=3)
+    batch = c.collect_steps(5)
+    log_probs, _ = c.actor.log_prob_entropy(batch.obs.flatten(0, 1), batch.actions.flatten(0, 1))
+    assert torch.allclose(batch.log_probs.flatten(), log_probs)
+
+
+def test_success_is_recorded_from_info():
+    envs = gym.make_vec("pglab/LineWorld-v0", num_envs=2, vectorization_mode="sync")
+    actor = make_actor(2, envs.single_action_space, [])
+    stats = Collector(envs, actor, seed=0).run_episodes(4)
+    assert len(stats.successes) == 4 and stats.lengths == [20] * 4
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_env_step_count_includes_every_step(n):
+    c = collector(length=3, n=n)
+    c.collect_steps(5)
+    assert c.env_steps == 5 * n
