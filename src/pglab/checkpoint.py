@@ -69,7 +69,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        if "unsupported global" not in str(error).lower():  # garbage, not a refused object
+            raise CheckpointError(f"{str(file)!r} is not a readable checkpoint") from None
         raise CheckpointError(
             f"{str(file)!r} was refused: it holds Python objects, not just tensors and "
             "data (nothing from it was run)"

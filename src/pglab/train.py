@@ -267,7 +267,8 @@ class Trainer:
                     self.episodes += len(batch.episodes.returns)
                     self.recent_returns.extend(batch.episodes.returns)
                     row = self._row(batch, metrics)
-                    if cfg.eval_every and self.steps >= next_eval:
+                    due = cfg.eval_every and self.steps >= next_eval
+                    if due or self.steps >= cfg.total_steps:  # the last update always evaluates
                         row.update(self._eval_row())
                         next_eval = self._next_multiple(cfg.eval_every)
                     row["steps_per_second"] = batch.num_steps / (time.perf_counter() - tick)
@@ -280,14 +281,8 @@ class Trainer:
                     if stop.requested:
                         stopped = "interrupted"
                         break
-                if stopped != "interrupted":
-                    if self.last_eval is None or self.last_eval["step"] != self.steps:
-                        logger.log({"step": self.steps, **self._eval_row()})
-                    stopped = (
-                        "solved"
-                        if self.stop_at is not None and (self.last_eval["mean"] >= self.stop_at)
-                        else "budget"
-                    )
+                if stopped != "interrupted" and self.stop_at is not None:
+                    stopped = "solved" if self.last_eval["mean"] >= self.stop_at else "budget"
         finally:
             progress.update(self.steps, self._progress_info({}), force=True)
             progress.close()
