@@ -29,22 +29,52 @@ def run_cli(args, capsys):
 
 
 def test_train_writes_a_complete_run_folder(tmp_path, capsys):
-    code, out, _ = run_cli(["train", "--weights", "fr", "--steps", "3000", "--out", str(tmp_path),
-                            "--name", "r1", "--set", "policy.hidden=[8]", *QUICK], capsys)
+    code, out, _ = run_cli(
+        [
+            "train",
+            "--weights",
+            "fr",
+            "--steps",
+            "3000",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "r1",
+            "--set",
+            "policy.hidden=[8]",
+            *QUICK,
+        ],
+        capsys,
+    )
     assert code == 0, out
     run = tmp_path / "CartPole-v1" / "r1"
     assert {"config.toml", "metrics.csv", "summary.json", "checkpoints"} <= set(os.listdir(run))
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run))
     summary = json.loads((run / "summary.json").read_text())
-    for key in ("env", "algo", "weights", "seed", "total_steps", "wall_seconds",
-                "eval_return_mean", "eval_return_std", "solved_at_step"):
+    for key in (
+        "env",
+        "algo",
+        "weights",
+        "seed",
+        "total_steps",
+        "wall_seconds",
+        "eval_return_mean",
+        "eval_return_std",
+        "solved_at_step",
+    ):
         assert key in summary
     assert summary["weights"] == "fr" and summary["total_steps"] >= 3000
     config = (run / "config.toml").read_text()
     assert "hidden = [\n    8,\n]" in config and 'batch_mode = "episodes"' in config
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert rows and {"policy_loss", "entropy", "grad_norm", "weights_mean",
-                     "weights_var", "steps_per_second"} <= set(rows[0])
+    assert rows and {
+        "policy_loss",
+        "entropy",
+        "grad_norm",
+        "weights_mean",
+        "weights_var",
+        "steps_per_second",
+    } <= set(rows[0])
     assert "eval return" in out
 
 
@@ -54,8 +84,9 @@ def test_eval_command(tmp_path, capsys):
     code, out, _ = run_cli(["eval", str(run), "--episodes", "4", "--json"], capsys)
     result = json.loads(out)
     assert code == 0 and len(result["returns"]) == 4 and result["deterministic"] is True
-    code, out, _ = run_cli(["eval", str(run / "checkpoints" / "last.pt"), "--episodes", "2",
-                            "--stochastic"], capsys)
+    code, out, _ = run_cli(
+        ["eval", str(run / "checkpoints" / "last.pt"), "--episodes", "2", "--stochastic"], capsys
+    )
     assert code == 0 and "stochastic" in out
 
 
@@ -106,16 +137,28 @@ def test_help_documents_every_option_with_default(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    for key, default in [("algo.lr", "0.003"), ("policy.hidden", "[64, 64]"),
-                         ("run.total_steps", "200000"), ("algo.value_reset_optimizer", "false")]:
+    for key, default in [
+        ("algo.lr", "0.003"),
+        ("policy.hidden", "[64, 64]"),
+        ("run.total_steps", "200000"),
+        ("algo.value_reset_optimizer", "false"),
+    ]:
         line = next(line for line in out.splitlines() if line.strip().startswith(key))
         assert f"(default: {default})" in line
 
 
 def test_python_api(tmp_path):
-    run = pglab.train("CartPole-v1", algo="reinforce", weights="fr", lr=0.01,
-                      policy={"hidden": [8]}, seed=1, total_steps=2000, out=str(tmp_path),
-                      progress="off")
+    run = pglab.train(
+        "CartPole-v1",
+        algo="reinforce",
+        weights="fr",
+        lr=0.01,
+        policy={"hidden": [8]},
+        seed=1,
+        total_steps=2000,
+        out=str(tmp_path),
+        progress="off",
+    )
     assert run.path.exists() and run.summary["seed"] == 1
     obs = np.zeros(4, dtype=np.float32)
     action = run.agent.act(obs)
@@ -133,8 +176,14 @@ def test_python_api(tmp_path):
 
 def _spawn(args, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pglab.cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pglab.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, timeout=60.0):
@@ -148,8 +197,23 @@ def _steps(run: Path):
     return [int(row["step"]) for row in csv.DictReader(open(run / "metrics.csv"))]
 
 
-LONG = ["train", "--weights", "fr", "--stop-at-return", "none", "--out", "o", "--name", "r",
-        "--set", "checkpoint_every=1000", "--set", "progress=plain", "--set", "eval_every=0"]
+LONG = [
+    "train",
+    "--weights",
+    "fr",
+    "--stop-at-return",
+    "none",
+    "--out",
+    "o",
+    "--name",
+    "r",
+    "--set",
+    "checkpoint_every=1000",
+    "--set",
+    "progress=plain",
+    "--set",
+    "eval_every=0",
+]
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "kill-9"])
@@ -172,12 +236,17 @@ def test_interrupted_run_resumes_into_the_same_folder(how, tmp_path):
     # finish quickly: the resumed run keeps its options, so shorten its budget in place
     state = pglab.checkpoint.load_checkpoint(run)
     state["config"]["run"]["total_steps"] = stopped_at + 3000
-    pglab.checkpoint.save_checkpoint(run / "checkpoints" / "last.pt",
-                                     {k: v for k, v in state.items()
-                                      if k not in ("format", "version")})
-    resumed = subprocess.run([sys.executable, "-m", "pglab.cli", "train", "--resume",
-                              str(run)], cwd=tmp_path, capture_output=True, text=True,
-                             timeout=120)
+    pglab.checkpoint.save_checkpoint(
+        run / "checkpoints" / "last.pt",
+        {k: v for k, v in state.items() if k not in ("format", "version")},
+    )
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pglab.cli", "train", "--resume", str(run)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert resumed.returncode == 0, resumed.stderr
     steps = _steps(run)
     assert steps == sorted(set(steps)), "metrics rows must continue, not repeat"

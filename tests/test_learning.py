@@ -10,13 +10,21 @@ FAST = {"progress": "off", "checkpoint_every": 0}
 
 
 def solved_at(weights, seed, steps, tmp_path):
-    run = pglab.train("CartPole-v1", algo="reinforce", weights=weights, seed=seed,
-                      total_steps=steps, out=str(tmp_path), **FAST)
+    run = pglab.train(
+        "CartPole-v1",
+        algo="reinforce",
+        weights=weights,
+        seed=seed,
+        total_steps=steps,
+        out=str(tmp_path),
+        **FAST,
+    )
     return run.summary["solved_at_step"]
 
 
-@pytest.mark.parametrize(("weights", "budget"), [("gae", 200_000), ("dfrb", 200_000),
-                                                 ("fr", 500_000)])
+@pytest.mark.parametrize(
+    ("weights", "budget"), [("gae", 200_000), ("dfrb", 200_000), ("fr", 500_000)]
+)
 def test_cartpole_solved_by_most_seeds(weights, budget, tmp_path):
     solved = [solved_at(weights, seed, budget, tmp_path) for seed in range(5)]
     assert sum(s is not None and s <= budget for s in solved) >= 4, solved
@@ -24,12 +32,21 @@ def test_cartpole_solved_by_most_seeds(weights, budget, tmp_path):
         assert solved[0] is not None and solved[0] <= budget
 
 
-@pytest.mark.parametrize(("weights", "steps", "target"), [("r", 60_000, 200.0),
-                                                          ("dfr", 60_000, 200.0),
-                                                          ("td", 100_000, 100.0)])
+@pytest.mark.parametrize(
+    ("weights", "steps", "target"),
+    [("r", 60_000, 200.0), ("dfr", 60_000, 200.0), ("td", 100_000, 100.0)],
+)
 def test_other_weights_learn_cartpole(weights, steps, target, tmp_path):
-    run = pglab.train("CartPole-v1", algo="reinforce", weights=weights, seed=0,
-                      total_steps=steps, stop_at_return="none", out=str(tmp_path), **FAST)
+    run = pglab.train(
+        "CartPole-v1",
+        algo="reinforce",
+        weights=weights,
+        seed=0,
+        total_steps=steps,
+        stop_at_return="none",
+        out=str(tmp_path),
+        **FAST,
+    )
     assert run.summary["eval_return_mean"] >= target, run.summary
 
 
@@ -38,7 +55,15 @@ def test_every_weight_learns_lineworld(weights, tmp_path):
     # On the default line world (10 cells, 20 steps) a uniformly random policy scores
     # about -7.4 with 10% success, always staying -7.0, walking straight to the
     # target -0.66 with 100% success.
-    run = pglab.train("pglab/LineWorld-v0", algo="reinforce", weights=weights, seed=0,
-                      total_steps=40_000, out=str(tmp_path), eval_episodes=50, **FAST)
+    run = pglab.train(
+        "pglab/LineWorld-v0",
+        algo="reinforce",
+        weights=weights,
+        seed=0,
+        total_steps=40_000,
+        out=str(tmp_path),
+        eval_episodes=50,
+        **FAST,
+    )
     assert run.summary["eval_return_mean"] >= -2.5, run.summary
     assert run.summary["eval_success_rate"] >= 0.4, run.summary

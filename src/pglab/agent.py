@@ -64,7 +64,7 @@ class Agent:
         batch = array[None] if single else array
         self.actor.eval()
         with torch.inference_mode():
-            actions = self.to_env(self.actor.act(self.encode(batch), deterministic))
+            actions = self.to_env(self.actor.act(self.encode(batch), deterministic).numpy())
         if not single:
             return actions
         return actions[0].item() if actions[0].ndim == 0 else actions[0]

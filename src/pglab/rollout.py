@@ -129,7 +129,7 @@ class Collector:
         self._next_seed = seed
         self._obs: Tensor | None = None
         self._prev_done = np.zeros(self.num_envs, dtype=bool)
-        self._episode_return = np.zeros(self.num_envs)
+        self._episode_return = np.zeros(self.num_envs, dtype=np.float64)
         self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
         #: Every env step taken, including reset steps and steps beyond a quota.
         self.env_steps = 0
@@ -149,38 +149,67 @@ class Collector:
         return self.obs_transform(obs) if self.obs_transform is not None else obs
 
     def _step(
-        self, deterministic: bool, active: np.ndarray, stats: EpisodeStats
-    ) -> dict[str, np.ndarray]:
-        """One step of every env; returns what the batch stores for it."""
+        self,
+        t: int,
+        buffers: _Buffers | None,
+        deterministic: bool,
+        active: np.ndarray,
+        stats: EpisodeStats,
+    ) -> np.ndarray:
+        """One step of every env, stored at row ``t``; returns where a counted episode ended."""
         obs = self._obs
         with torch.inference_mode():
-            actions = self.actor.act(obs, deterministic)
+            actions = self.actor.act(obs, deterministic).numpy()
         raw, rewards, terminated, truncated, info = self.envs.step(self.to_env(actions))
         self.env_steps += self.num_envs
         valid = ~self._prev_done & active
-        rewards = np.asarray(rewards, dtype=np.float32)
-        self._episode_return += np.where(valid, rewards, 0.0)
-        self._episode_length += valid
         ended = (terminated | truncated) & valid
-        if ended.any():
-            index = np.flatnonzero(ended)
-            stats.returns += self._episode_return[index].tolist()
-            stats.lengths += self._episode_length[index].tolist()
-            if "success" in info:
-                reported = info.get("_success", np.ones(self.num_envs, dtype=bool))
-                stats.successes += [bool(info["success"][i]) for i in index if reported[i]]
-            self._episode_return[index] = 0.0
-            self._episode_length[index] = 0
+        if buffers is not None:
+            buffers.put(
+                t,
+                obs=obs.numpy(),
+                actions=actions,
+                rewards=rewards,
+                terminated=terminated,
+                truncated=truncated,
+                valid=valid,
+            )
+        else:
+            self._count_episodes(rewards[None], valid[None], ended[None], stats)
+        if "success" in info and ended.any():
+            reported = info.get("_success", np.ones(self.num_envs, dtype=bool))
+            stats.successes += info["success"][ended & reported].astype(bool).tolist()
         self._prev_done = terminated | truncated
         self._obs = self._prepare(raw)
-        return {
-            "obs": obs.numpy(),
-            "actions": actions.numpy(),
-            "rewards": rewards,
-            "terminated": terminated,
-            "truncated": truncated,
-            "valid": valid,
-        }
+        return ended
+
+    def _count_episodes(
+        self, rewards: np.ndarray, valid: np.ndarray, ended: np.ndarray, stats: EpisodeStats
+    ) -> None:
+        """Add the episodes that end within these ``[T, N]`` steps to ``stats``, in time order.
+
+        Episodes still running carry their partial return and length to the next call.
+        """
+        totals = np.cumsum(np.where(valid, rewards, 0.0), axis=0)
+        counts = np.cumsum(valid, axis=0)
+        finished: list[tuple[int, int, float, int]] = []
+        for i in np.flatnonzero(ended.any(axis=0)):
+            ends = np.flatnonzero(ended[:, i])
+            # sums up to each end, minus sums up to the end before (the carry before the first)
+            ret = totals[ends, i] - np.concatenate(
+                [[-self._episode_return[i]], totals[ends[:-1], i]]
+            )
+            length = counts[ends, i] - np.concatenate(
+                [[-self._episode_length[i]], counts[ends[:-1], i]]
+            )
+            finished += zip(ends.tolist(), [i] * len(ends), ret.tolist(), length.tolist())
+            self._episode_return[i] = -totals[ends[-1], i]
+            self._episode_length[i] = -counts[ends[-1], i]
+        for _, _, episode_return, episode_length in sorted(finished):
+            stats.returns.append(float(episode_return))
+            stats.lengths.append(int(episode_length))
+        self._episode_return += totals[-1]
+        self._episode_length += counts[-1]
 
     def _buffers(self, capacity: int) -> _Buffers:
         space = self.envs.single_action_space
@@ -197,42 +226,52 @@ class Collector:
         stats = EpisodeStats()
         everyone = np.ones(self.num_envs, dtype=bool)
         for t in range(steps_per_env):
-            buffers.put(t, **self._step(deterministic, everyone, stats))
+            self._step(t, buffers, deterministic, everyone, stats)
         return self._finish(buffers, steps_per_env, stats)
 
-    def _quota(self, num_episodes: int) -> np.ndarray:
-        quota = np.full(self.num_envs, num_episodes // self.num_envs)
-        quota[: num_episodes % self.num_envs] += 1
-        return quota
+    def _run_episodes(
+        self,
+        num_episodes: int,
+        buffers: _Buffers | None,
+        deterministic: bool,
+        stats: EpisodeStats,
+    ) -> int:
+        """Reset, then step until ``num_episodes`` complete episodes are in; returns T.
+
+        Which episodes count is decided when they start (the first ``num_episodes``
+        started, over all envs), never by when they end, so long episodes are not
+        under-represented. An env whose next episode would not count idles (its
+        steps are invalid) until the others finish.
+        """
+        self.reset()
+        counted = np.arange(self.num_envs) < num_episodes  # does the current episode count?
+        started = int(counted.sum())
+        t = 0
+        while counted.any():
+            ended = self._step(t, buffers, deterministic, counted, stats)
+            t += 1
+            for i in np.flatnonzero(ended):
+                counted[i] = started < num_episodes
+                started += int(counted[i])
+        return t
 
     def collect_episodes(self, num_episodes: int, deterministic: bool = False) -> Batch:
         """Reset the envs and run them until ``num_episodes`` complete episodes are in."""
-        self.reset()
-        quota = self._quota(num_episodes)
         buffers = self._buffers(256)
         stats = EpisodeStats()
-        done = np.zeros(self.num_envs, dtype=np.int64)
-        t = 0
-        while (done < quota).any():
-            record = self._step(deterministic, done < quota, stats)
-            done += (record["terminated"] | record["truncated"]) & record["valid"]
-            buffers.put(t, **record)
-            t += 1
-        return self._finish(buffers, t, stats)
+        length = self._run_episodes(num_episodes, buffers, deterministic, stats)
+        return self._finish(buffers, length, stats)
 
     def run_episodes(self, num_episodes: int, deterministic: bool = True) -> EpisodeStats:
         """Play ``num_episodes`` complete episodes and return their statistics only."""
-        self.reset()
-        quota = self._quota(num_episodes)
         stats = EpisodeStats()
-        done = np.zeros(self.num_envs, dtype=np.int64)
-        while (done < quota).any():
-            record = self._step(deterministic, done < quota, stats)
-            done += (record["terminated"] | record["truncated"]) & record["valid"]
+        self._run_episodes(num_episodes, None, deterministic, stats)
         return stats
 
     def _finish(self, buffers: _Buffers, length: int, stats: EpisodeStats) -> Batch:
         data = buffers.tensors(length)
+        ends = (data["terminated"] | data["truncated"]) & data["valid"]
+        self._count_episodes(data["rewards"].numpy(), data["valid"].numpy(), ends.numpy(), stats)
         # The rollout stops here: bootstrap from the next observation where the
         # episode did not truly terminate.
         truncated = data["truncated"].clone()

@@ -63,8 +63,7 @@ class ActionAdapter:
             self.low = space.low.astype(np.float32)
             self.high = space.high.astype(np.float32)
 
-    def __call__(self, actions: Tensor) -> np.ndarray:
-        array = actions.numpy()
+    def __call__(self, array: np.ndarray) -> np.ndarray:
         if isinstance(self.space, gym.spaces.Discrete):
             return array + self.space.start if self.space.start else array
         return np.clip(array, self.low, self.high).astype(np.float32, copy=False)
