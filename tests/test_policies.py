@@ -96,3 +96,47 @@ def test_actor_acts_on_a_batch():
     actor = make_actor(2, gym.spaces.Box(-1, 1, (3,), dtype=np.float32), [8])
     assert actor.act(torch.randn(4, 2)).shape == (4, 3)
     assert torch.equal(actor.act(torch.ones(1, 2), True), actor.act(torch.ones(1, 2), True))
+
+
+def test_numpy_actor_acts_like_the_torch_actor():
+    from pglab.policies import NumpyActor
+
+    torch.manual_seed(0)
+    obs = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    for space, hidden, head in [
+        (gym.spaces.Discrete(3), [8, 8], "auto"),
+        (gym.spaces.Discrete(2), [], "bernoulli"),
+        (gym.spaces.Box(-1, 1, (2,), dtype=np.float32), [8], "auto"),
+    ]:
+        actor = make_actor(4, space, hidden, head=head)
+        mirror = NumpyActor.build(actor)
+        expected = actor.act(torch.from_numpy(obs), deterministic=True).detach().numpy()
+        assert np.allclose(mirror.act(obs, deterministic=True), expected, atol=1e-5)
+        # after an update the mirror follows once synced
+        with torch.no_grad():
+            for p in actor.parameters():
+                p.add_(0.5)
+        mirror.sync()
+        expected = actor.act(torch.from_numpy(obs), deterministic=True).detach().numpy()
+        assert np.allclose(mirror.act(obs, deterministic=True), expected, atol=1e-5)
+
+
+def test_numpy_actor_samples_the_policy_distribution():
+    from pglab.policies import NumpyActor
+
+    torch.manual_seed(1)
+    actor = make_actor(2, gym.spaces.Discrete(3), [4])
+    mirror = NumpyActor.build(actor)
+    obs = np.tile(np.array([[0.3, -0.7]], dtype=np.float32), (60_000, 1))
+    probs = torch.softmax(actor(torch.from_numpy(obs[:1])), -1).detach().numpy()[0]
+    freq = np.bincount(mirror.act(obs), minlength=3) / len(obs)
+    assert np.allclose(freq, probs, atol=0.01)
+    gaussian = make_actor(2, gym.spaces.Box(-1, 1, (1,), dtype=np.float32), [], log_std_init=-1.0)
+    samples = NumpyActor.build(gaussian).act(obs)
+    assert abs(samples.std() - np.exp(-1.0)) < 0.01
+
+
+def test_numpy_actor_declines_unknown_layers():
+    from pglab.policies import NumpyActor
+
+    assert NumpyActor.build(make_actor(4, gym.spaces.Discrete(2), [8], activation="gelu")) is None

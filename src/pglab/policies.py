@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 
 import gymnasium as gym
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -198,3 +199,89 @@ def make_actor(
     """
     body = mlp(obs_dim, hidden, None, activation, dropout)
     return Actor(body, make_head(output_dim(obs_dim, hidden), action_space, head, log_std_init))
+
+
+_NUMPY_ACTIVATIONS = {
+    nn.Tanh: np.tanh,
+    nn.ReLU: lambda x: np.maximum(x, 0.0),
+    nn.LeakyReLU: lambda x: np.where(x > 0, x, 0.01 * x),
+    nn.ELU: lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+}
+
+
+class NumpyActor:
+    r"""A numpy mirror of a small MLP actor, for acting during data collection.
+
+    For the tiny networks of classic control, a torch call costs far more in dispatch
+    than in arithmetic; the same layers in numpy act several times faster. The
+    mirror samples from the same distribution as the actor (categorical by
+    Gumbel-max, :math:`\arg\max_k (l_k + G_k)`; Bernoulli by a uniform draw; Gaussian
+    as :math:`\mu + \sigma \epsilon`). It holds copies of the weights: call
+    :meth:`sync` after every update. Log-probabilities are not taken from here: the
+    collector recomputes them with the torch actor.
+
+    :meth:`build` returns None when the actor has a layer the mirror does not know.
+    """
+
+    def __init__(self, actor: Actor, layers: list, seed: int) -> None:
+        self.actor = actor
+        self._layers = layers  # ("linear", module) or ("act", numpy function)
+        self._rng = np.random.default_rng(seed)
+        self._weights: list[tuple[np.ndarray, np.ndarray]] = []
+        self._log_std: np.ndarray | None = None
+        self.sync()
+
+    @classmethod
+    def build(cls, actor: Actor) -> NumpyActor | None:
+        layers: list = []
+        for module in [*actor.body, actor.head.linear]:
+            if isinstance(module, nn.Linear):
+                layers.append(("linear", module))
+            elif type(module) in _NUMPY_ACTIVATIONS:
+                if isinstance(module, nn.LeakyReLU) and module.negative_slope != 0.01:
+                    return None
+                if isinstance(module, nn.ELU) and module.alpha != 1.0:
+                    return None
+                layers.append(("act", _NUMPY_ACTIVATIONS[type(module)]))
+            elif isinstance(module, nn.Dropout):
+                continue  # collection acts in eval mode: dropout is the identity
+            else:
+                return None
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # follows the torch seed
+        return cls(actor, layers, seed)
+
+    def sync(self) -> None:
+        """Copy the actor's current weights."""
+        with torch.no_grad():
+            self._weights = [
+                (m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
+                for kind, m in self._layers
+                if kind == "linear"
+            ]
+            if isinstance(self.actor.head, GaussianHead):
+                self._log_std = self.actor.head._log_std().detach().numpy().copy()
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Actions for a ``[N, obs_dim]`` float32 batch, as the torch actor would draw them."""
+        x = obs
+        weights = iter(self._weights)
+        for kind, layer in self._layers:
+            if kind == "linear":
+                w, b = next(weights)
+                x = x @ w + b
+            else:
+                x = layer(x)
+        head = self.actor.head
+        if isinstance(head, CategoricalHead):
+            if not deterministic:
+                x = x + self._rng.gumbel(size=x.shape).astype(x.dtype)
+            return x.argmax(axis=-1)
+        if isinstance(head, BernoulliHead):
+            logit = x[..., 0]
+            if deterministic:
+                return (logit > 0).astype(np.int64)
+            return (self._rng.random(logit.shape) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
+        if deterministic:
+            return x
+        noise = self._rng.standard_normal(x.shape).astype(np.float32)
+        return (x + np.exp(self._log_std) * noise).astype(np.float32)

@@ -28,7 +28,7 @@ from gymnasium.vector import VectorEnv
 from torch import Tensor
 
 from pglab.envs.spaces import ActionAdapter, ObsEncoder
-from pglab.policies import Actor, Critic
+from pglab.policies import Actor, Critic, NumpyActor
 
 ObsTransform = Callable[[Tensor], Tensor]
 
@@ -126,6 +126,8 @@ class Collector:
         self.encode = ObsEncoder(envs.single_observation_space)
         self.to_env = ActionAdapter(envs.single_action_space)
         self.obs_transform = obs_transform
+        # Small MLP actors act through a numpy mirror: same distribution, far less overhead.
+        self._fast_actor = NumpyActor.build(actor)
         self._next_seed = seed
         self._obs: Tensor | None = None
         self._prev_done = np.zeros(self.num_envs, dtype=bool)
@@ -136,13 +138,19 @@ class Collector:
 
     def reset(self) -> None:
         """Reset all envs (seeded on the first call) and forget episodes in progress."""
-        self.actor.eval()  # collection acts without dropout
+        self._begin()
         raw, _ = self.envs.reset(seed=self._next_seed)
         self._next_seed = None
         self._obs = self._prepare(raw)
         self._prev_done[:] = False
         self._episode_return[:] = 0.0
         self._episode_length[:] = 0
+
+    def _begin(self) -> None:
+        """Act with the actor's current weights, without dropout."""
+        self.actor.eval()
+        if self._fast_actor is not None:
+            self._fast_actor.sync()
 
     def _prepare(self, raw: np.ndarray) -> Tensor:
         obs = self.encode(raw)
@@ -158,8 +166,11 @@ class Collector:
     ) -> np.ndarray:
         """One step of every env, stored at row ``t``; returns where a counted episode ended."""
         obs = self._obs
-        with torch.inference_mode():
-            actions = self.actor.act(obs, deterministic).numpy()
+        if self._fast_actor is not None:
+            actions = self._fast_actor.act(obs.numpy(), deterministic)
+        else:
+            with torch.inference_mode():
+                actions = self.actor.act(obs, deterministic).numpy()
         raw, rewards, terminated, truncated, info = self.envs.step(self.to_env(actions))
         self.env_steps += self.num_envs
         valid = ~self._prev_done & active
@@ -221,7 +232,7 @@ class Collector:
         """Run every env ``steps_per_env`` steps, continuing episodes from the last batch."""
         if self._obs is None:
             self.reset()
-        self.actor.eval()
+        self._begin()
         buffers = self._buffers(steps_per_env)
         stats = EpisodeStats()
         everyone = np.ones(self.num_envs, dtype=bool)
