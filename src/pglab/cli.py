@@ -29,6 +29,9 @@ TRAIN_FLAGS = {
 }
 
 
+_NUMERIC = ("seed", "steps", "stop_at_return")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         _fail(f"{message} (see '{self.prog} --help')")
@@ -125,16 +128,13 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = args.resume
         run = resume(run_dir)
     else:
-        flags = [
-            f"{key}={getattr(args, flag)}"
-            for flag, key in TRAIN_FLAGS.items()
-            if getattr(args, flag) is not None
-        ]
-        flag_values = dict(parse_override(text) for text in flags)
-        for option in ("run.out", "run.name", "env.id", "algo.name", "algo.weights"):
-            if option in flag_values:  # names stay strings even when they look like numbers
-                flag = next(f for f, k in TRAIN_FLAGS.items() if k == option)
-                flag_values[option] = getattr(args, flag)
+        flag_values = {}
+        for flag, key in TRAIN_FLAGS.items():
+            value = getattr(args, flag)
+            if value is not None:  # numbers are read as TOML; names stay strings
+                flag_values[key] = (
+                    parse_override(f"{key}={value}")[1] if flag in _NUMERIC else value
+                )
         config = build_config(args.config, flag_values, args.overrides)
         run = train(config)
     s = run.summary
