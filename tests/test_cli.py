@@ -32,6 +32,8 @@ def test_train_writes_a_complete_run_folder(tmp_path, capsys):
     code, out, _ = run_cli(
         [
             "train",
+            "--algo",
+            "reinforce",
             "--weights",
             "fr",
             "--steps",
@@ -199,6 +201,8 @@ def _steps(run: Path):
 
 LONG = [
     "train",
+    "--algo",
+    "reinforce",
     "--weights",
     "fr",
     "--stop-at-return",

@@ -51,10 +51,28 @@ def test_unknown_and_ambiguous_keys():
 
 def test_toml_file(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('lr = 0.02\n[policy]\nhidden = [8]\n[algo]\nweights = "fr"\n')
+    path.write_text('lr = 0.02\n[policy]\nhidden = [8]\n[algo]\nname = "reinforce"\nweights = "fr"\n')
     config = build_config(path, overrides=["lr=0.05"])
     assert config.policy.hidden == [8] and config.algo.weights == "fr"
     assert config.algo.lr == 0.05  # --set beats the file
+
+
+def test_presets_layer_under_the_users_values(tmp_path):
+    config = build_config(flags={"env.id": "CartPole-v1", "algo.name": "ppo"})
+    assert config.run.preset == "ppo/CartPole-v1"
+    assert config.algo.epochs == 20 and config.policy.ortho_init  # preset, algo defaults
+    mine = build_config(flags={"algo.name": "ppo"}, overrides=["epochs=3"])
+    assert mine.algo.epochs == 3 and mine.algo.gamma == 0.98
+    bare = build_config(flags={"algo.name": "ppo", "run.preset": "none"})
+    assert bare.run.preset == "none" and bare.algo.epochs == 10  # PPO's own defaults
+    borrowed = build_config(flags={"env.id": "Acrobot-v1", "run.preset": "ppo/CartPole-v1"})
+    assert borrowed.env.id == "Acrobot-v1" and borrowed.algo.gamma == 0.98
+    with pytest.raises(ConfigError, match="run.preset must be auto, none or one of .*ppo/CartPole-v1"):
+        build_config(flags={"run.preset": "ppo/NoSuchEnv-v0"})
+    with pytest.raises(ConfigError, match="algo.weights must be gae for ppo.*--algo reinforce"):
+        build_config(overrides=["weights=fr"])
+    with pytest.raises(ConfigError, match="policy.shared must be false for trpo"):
+        build_config(overrides=["algo=trpo", "shared=true"])
 
 
 def test_toml_file_errors(tmp_path):
@@ -75,10 +93,10 @@ def test_toml_file_errors(tmp_path):
 
 
 def test_resolve_fills_auto_values_and_round_trips():
-    config = build_config(overrides=["weights=fr"]).resolve(475.0)
+    config = build_config(overrides=["algo=reinforce", "weights=fr"]).resolve(475.0)
     assert config.algo.batch_mode == "episodes" and config.algo.batch_size == 20
     assert config.run.stop_at_return == 475.0 and config.run.group == "CartPole-v1"
-    critic = build_config(overrides=["weights=gae"]).resolve(None)
+    critic = build_config(overrides=["algo=reinforce", "weights=gae"]).resolve(None)
     assert critic.algo.batch_mode == "steps" and critic.run.stop_at_return == "none"
     assert Config.from_dict(config.to_dict()) == config
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pglab.agent import Agent, load
-from pglab.config import Config, apply_values, build_config
+from pglab.config import Config, build_config
 from pglab.errors import CheckpointError, ConfigError, EnvError, PglabError, TrainingError
 from pglab.evaluate import EvalResult, evaluate
 from pglab.train import Run
@@ -51,25 +51,28 @@ def train(
     Options are the keys of ``pglab train --help``, written ``name=value`` when the
     name is unique (``lr=0.01``, ``weights="fr"``, ``seed=3``, ``total_steps=50_000``)
     or passed per section as a dict (``policy={"hidden": [8]}``). ``config`` is a
-    TOML file or a :class:`Config` to start from.
+    TOML file, or a :class:`Config` to start from (then no preset is applied). The
+    tuned preset for the env and algorithm applies unless ``preset="none"``.
 
     Example::
 
         run = pglab.train("CartPole-v1", algo="reinforce", weights="fr", lr=0.01,
                           policy={"hidden": [8]}, seed=0)
     """
-    base = config if isinstance(config, Config) else build_config(config)
     values: dict[str, Any] = {}
     if env is not None:
         values["env.id"] = env
     if algo is not None:
         values["algo.name"] = algo
     for key, value in options.items():
-        if isinstance(value, Mapping) and key in ("policy", "algo", "run"):
+        if isinstance(value, Mapping) and key in ("env", "policy", "algo", "run"):
             values.update({f"{key}.{name}": inner for name, inner in value.items()})
         else:
             values[key] = value
-    return _train(apply_values(base, values, "pglab.train()"))
+    source = "pglab.train()"
+    if isinstance(config, Config):
+        return _train(build_config(flags=values, flags_source=source, base=config))
+    return _train(build_config(config, values, flags_source=source))
 
 
 def resume(run_dir: str | Path) -> Run:

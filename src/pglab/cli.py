@@ -26,6 +26,7 @@ TRAIN_FLAGS = {
     "out": "run.out",
     "name": "run.name",
     "stop_at_return": "run.stop_at_return",
+    "preset": "run.preset",
 }
 
 
@@ -43,7 +44,13 @@ def _fail(message: str) -> NoReturn:
 
 
 def _options_help() -> str:
-    lines = ["options (set with --set KEY=VALUE, a TOML file, or pglab.train(KEY=VALUE)):"]
+    lines = [
+        "options (set with --set KEY=VALUE, a TOML file, or pglab.train(KEY=VALUE)).",
+        "The defaults shown are the base values; a2c, ppo and trpo start from their own",
+        "defaults (pglab/presets/ALGO.toml), and a tuned preset for the env and algorithm",
+        "(pglab/presets/ALGO/ENV.toml) applies when one ships, unless --preset none.",
+        "config.toml in the run folder records every value used.",
+    ]
     for key, f, _ in option_fields():
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         shown = json.dumps(default) if not isinstance(default, str) else repr(default)
@@ -64,7 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--env", help="Gymnasium id or package.module:Class (default: CartPole-v1)")
-    train.add_argument("--algo", help="learning rule (default: reinforce)")
+    train.add_argument("--algo", help="learning rule reinforce|a2c|ppo|trpo (default: ppo)")
     train.add_argument(
         "--weights", help="policy-gradient weights r|fr|dfr|dfrb|td|gae (default: gae)"
     )
@@ -87,6 +94,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="X",
         help="stop once an evaluation reaches X; 'none' never stops early "
         "(default: the env's reward threshold)",
+    )
+    train.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="tuned settings: auto (the shipped preset for the env and algo, if any), none, "
+        "or ALGO/ENV_ID to borrow one (default: auto)",
     )
     train.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run in its own folder"

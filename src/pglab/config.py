@@ -1,9 +1,11 @@
 """Every option of a run, as typed dataclasses validated on construction.
 
 A run is configured by four sections: ``env``, ``policy``, ``algo`` and ``run``.
-Values come, from lowest to highest precedence, from the defaults below, a TOML file
-(``--config``), the command line's named flags, and ``--set key=value`` overrides.
-A key is written ``section.name`` or, when the name is unique, just ``name``.
+Values come, from lowest to highest precedence, from the defaults below, the
+algorithm's defaults (``presets/<algo>.toml``), the tuned preset for the env and
+algorithm (``presets/<algo>/<env>.toml``, unless ``run.preset = "none"``), a TOML
+file (``--config``), the command line's named flags, and ``--set key=value``
+overrides. A key is written ``section.name`` or, when the name is unique, just ``name``.
 
 A bad value raises :class:`~pglab.errors.ConfigError` with one line naming the
 option, what is allowed and what was given. Options whose default is ``auto`` (or 0
@@ -36,11 +38,14 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 #: The learning rules ``algo.name`` may name.
-ALGOS: tuple[str, ...] = ("reinforce",)
+ALGOS: tuple[str, ...] = ("reinforce", "a2c", "ppo", "trpo")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "rmsprop")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "linear")
 BATCH_MODES: tuple[str, ...] = ("auto", "episodes", "steps")
 PROGRESS: tuple[str, ...] = ("auto", "bar", "plain", "off")
+PREPROCESS: tuple[str, ...] = ("none", "pong", "atari")
+BODIES: tuple[str, ...] = ("auto", "mlp", "cnn")
+PRESETS_DIR = Path(__file__).parent / "presets"
 
 
 # ---------------------------------------------------------------- validation rules
@@ -186,6 +191,16 @@ class EnvConfig:
     num_envs: int = opt(0, "parallel envs for training; 0 = auto", NON_NEGATIVE)
     eval_num_envs: int = opt(0, "parallel envs for evaluation; 0 = auto", NON_NEGATIVE)
     kwargs: dict = opt({}, "keyword arguments passed to the env constructor")
+    preprocess: str = opt(
+        "none",
+        "observation pipeline: pong = 80x80 difference frames and UP/DOWN actions, "
+        "atari = the standard Atari wrappers (84x84 gray, 4 stacked frames)",
+        Choice(PREPROCESS),
+    )
+    normalize_obs: bool = opt(False, "normalise observations by running mean and std")
+    normalize_reward: bool = opt(False, "scale rewards by the running std of the discounted return")
+    clip_obs: float = opt(10.0, "clip normalised observations to +-this; 0 = no clip", NON_NEGATIVE)
+    clip_reward: float = opt(10.0, "clip scaled rewards to +-this; 0 = no clip", NON_NEGATIVE)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -204,7 +219,12 @@ class PolicyConfig:
     )
     head: str = opt("auto", "action distribution", Choice(HEADS))
     log_std_init: float = opt(0.0, "initial log std of the Gaussian head", Range())
-    value_hidden: list[int] = opt([64, 64], "critic hidden layer sizes")
+    value_hidden: list[int] = opt([64, 64], "critic hidden layer sizes (unless shared)")
+    shared: bool = opt(False, "actor and critic share one body (hidden), two output layers")
+    ortho_init: bool = opt(
+        False, "orthogonal init: gains sqrt 2 (hidden), 0.01 (policy out), 1 (value out)"
+    )
+    body: str = opt("auto", "network body; auto = cnn for image observations", Choice(BODIES))
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -216,8 +236,10 @@ class AlgoConfig:
 
     SECTION: typing.ClassVar[str] = "algo"
 
-    name: str = opt("reinforce", "learning rule", Choice(ALGOS))
-    weights: str = opt("gae", "policy-gradient weights Psi_t", Choice(WEIGHT_KINDS))
+    name: str = opt("ppo", "learning rule", Choice(ALGOS))
+    weights: str = opt(
+        "gae", "policy-gradient weights Psi_t (a2c, ppo, trpo: gae only)", Choice(WEIGHT_KINDS)
+    )
     lr: float = opt(0.003, "policy learning rate", POSITIVE)
     gamma: float = opt(0.99, "discount factor", UNIT)
     lam: float = opt(0.95, "GAE lambda", UNIT)
@@ -228,7 +250,9 @@ class AlgoConfig:
         Choice(BATCH_MODES),
     )
     batch_size: int = opt(0, "episodes (or steps, over all envs) per batch; 0 = auto", NON_NEGATIVE)
-    normalize_weights: bool = opt(True, "standardise the weights over each batch")
+    normalize_weights: bool = opt(
+        True, "standardise the weights (advantages) over each batch (ppo: each minibatch)"
+    )
     entropy_coef: float = opt(0.0, "entropy bonus coefficient", NON_NEGATIVE)
     max_grad_norm: float = opt(0.0, "clip the global gradient norm; 0 = no clipping", NON_NEGATIVE)
     weight_decay: float = opt(0.0, "L2 weight decay of the policy optimizer", NON_NEGATIVE)
@@ -236,16 +260,46 @@ class AlgoConfig:
         "constant", "learning-rate schedule (linear decays to 0)", Choice(LR_SCHEDULES)
     )
     optimizer: str = opt("adam", "optimizer of policy and critic", Choice(OPTIMIZERS))
+    eps: float = opt(1e-8, "epsilon of adam / rmsprop", POSITIVE)
     value_lr: float = opt(0.01, "critic learning rate", POSITIVE)
     value_epochs: int = opt(25, "critic gradient steps on each batch", Range(1, None))
     value_reset_optimizer: bool = opt(False, "re-create the critic optimizer every batch")
+    reset_return_at_reward: bool = opt(
+        False, "restart the return after every non-zero reward (a point scored in Pong)"
+    )
+    vf_coef: float = opt(0.5, "a2c, ppo: weight of the value loss", NON_NEGATIVE)
+    epochs: int = opt(10, "ppo: passes over each batch", Range(1, None))
+    minibatches: int = opt(32, "ppo, trpo (critic): minibatches per pass", Range(1, None))
+    clip_range: float = opt(0.2, "ppo: clip range epsilon of the ratio", POSITIVE)
+    clip_schedule: str = opt(
+        "constant", "ppo: clip-range schedule (linear decays to 0)", Choice(LR_SCHEDULES)
+    )
+    value_clip: float = opt(0.0, "ppo: clip the value change to +-this; 0 = off", NON_NEGATIVE)
+    target_kl: float = opt(
+        0.0, "ppo: stop the epochs once approx KL exceeds this; 0 = off", NON_NEGATIVE
+    )
+    max_kl: float = opt(0.01, "trpo: trust-region size (max mean KL per update)", POSITIVE)
+    cg_iters: int = opt(10, "trpo: conjugate-gradient iterations", Range(1, None))
+    cg_damping: float = opt(0.1, "trpo: damping added to the Fisher matrix", NON_NEGATIVE)
+    line_search_steps: int = opt(10, "trpo: backtracking line-search steps", Range(1, None))
+    line_search_decay: float = opt(
+        0.8, "trpo: step shrink factor of the line search", Range(0, 1, True, True)
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
 
+    def check(self) -> None:
+        if self.name != "reinforce" and self.weights != "gae":
+            raise ConfigError(
+                f"algo.weights must be gae for {self.name} (its advantages are GAE(lambda); "
+                f"set lam=1 for Monte Carlo returns, lam=0 for TD; the other weights are "
+                f"REINFORCE's: --algo reinforce); got {self.weights!r}"
+            )
+
     @property
     def uses_critic(self) -> bool:
-        return self.weights in CRITIC_WEIGHTS
+        return self.name != "reinforce" or self.weights in CRITIC_WEIGHTS
 
     def resolve(self) -> AlgoConfig:
         mode = self.batch_mode
@@ -279,9 +333,39 @@ class RunConfig:
     )
     threads: int = opt(1, "torch CPU threads", Range(1, None))
     progress: str = opt("auto", "progress display (auto: a bar on a terminal)", Choice(PROGRESS))
+    preset: str = opt(
+        "auto", "tuned settings for the env and algo: auto = use them if shipped, none = don't"
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    def check(self) -> None:
+        if self.preset not in ("auto", "none") and preset_path(self.preset) is None:
+            raise ConfigError(
+                f"run.preset must be auto, none or one of {', '.join(available_presets())}; "
+                f"got {self.preset!r}"
+            )
+
+
+def _preset_file_name(env_id: str) -> str:
+    return env_id.replace("/", "-").replace(":", "-")
+
+
+def preset_path(name: str) -> Path | None:
+    """The file of the preset ``<algo>/<env id>``, or None when it is not shipped."""
+    algo, _, env_id = name.partition("/")
+    path = PRESETS_DIR / algo / f"{_preset_file_name(env_id)}.toml"
+    return path if env_id and path.is_file() else None
+
+
+def available_presets() -> list[str]:
+    """Every shipped preset, as ``<algo>/<env id>``."""
+    names = []
+    for path in sorted(PRESETS_DIR.glob("*/*.toml")):
+        env_id = load_toml(path).get("env", {}).get("id", path.stem)
+        names.append(f"{path.parent.name}/{env_id}")
+    return names
 
 
 SECTIONS: dict[str, type] = {
@@ -300,6 +384,13 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.policy.shared and self.algo.name in ("reinforce", "trpo"):
+            raise ConfigError(
+                f"policy.shared must be false for {self.algo.name} (its critic is trained "
+                "apart from the policy); got true"
+            )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (TOML- and checkpoint-safe)."""
@@ -338,11 +429,17 @@ def _all_keys() -> list[str]:
     return [key for key, _, _ in option_fields()]
 
 
+#: Short names that name a section's main option, as the command line's flags do.
+_ALIASES = {"algo": "algo.name", "env": "env.id", "steps": "run.total_steps"}
+
+
 def qualify(key: str, source: str) -> str:
     """``section.name`` for a key written in full or by its unique short name."""
     keys = _all_keys()
     if key in keys:
         return key
+    if key in _ALIASES:
+        return _ALIASES[key]
     matches = [k for k in keys if k.split(".", 1)[1] == key]
     if len(matches) == 1:
         return matches[0]
@@ -400,16 +497,58 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
 
 
+def _preset_layers(config: Config) -> tuple[list[tuple[dict[str, Any], str]], str]:
+    """The algorithm's defaults, then the env's tuned preset (when one is chosen).
+
+    Also returns the preset's name (``none`` when there is none).
+    """
+    layers = []
+    algo_defaults = PRESETS_DIR / f"{config.algo.name}.toml"
+    if algo_defaults.is_file():
+        layers.append((_flatten(load_toml(algo_defaults), algo_defaults.name), algo_defaults.name))
+    name = config.run.preset
+    if name == "auto":
+        name = f"{config.algo.name}/{config.env.id}"
+    path = preset_path(name) if name != "none" else None
+    if path is not None:
+        values = _flatten(load_toml(path), f"preset {name}")
+        values.pop("env.id", None)  # a preset may be borrowed by another env
+        layers.append((values, f"preset {name}"))
+        return layers, name
+    return layers, "none"
+
+
 def build_config(
     config_file: str | Path | None = None,
     flags: Mapping[str, Any] | None = None,
     overrides: Iterable[str] = (),
+    *,
+    flags_source: str = "flags",
+    base: Config | None = None,
 ) -> Config:
-    """Defaults, then a TOML file, then named flags, then ``key=value`` overrides."""
-    config = Config()
+    """Defaults, presets, then a TOML file, then named flags, then ``key=value`` overrides.
+
+    The env and algorithm (which pick the presets) are read from the user's layers
+    first. With a ``base`` config the presets are not applied: ``base`` already
+    holds a value for every option.
+    """
+    user: list[tuple[dict[str, Any], str]] = []
     if config_file is not None:
-        config = Config.from_dict(load_toml(config_file), source=str(config_file))
+        user.append((_flatten(load_toml(config_file), str(config_file)), str(config_file)))
     if flags:
-        config = apply_values(config, {k: v for k, v in flags.items() if v is not None}, "flags")
-    parsed = dict(parse_override(text) for text in overrides)
-    return apply_values(config, parsed, "--set") if parsed else config
+        given = {k: v for k, v in flags.items() if v is not None}
+        user.append(({qualify(k, flags_source): v for k, v in given.items()}, flags_source))
+    user.append((dict(parse_override(text) for text in overrides), "--set"))
+
+    def apply(config: Config, layers: list[tuple[dict[str, Any], str]]) -> Config:
+        for values, source in layers:
+            if values:
+                config = apply_values(config, values, source)
+        return config
+
+    if base is not None:
+        return apply(base, user)
+    chosen = apply(Config(), user)  # validates the user's values, names env and algo
+    presets, name = _preset_layers(chosen)
+    config = apply(Config(), [*presets, *user])
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, preset=name))

@@ -116,6 +116,13 @@ class Progress:
                 self._last_line = now
                 print(f"step {step:,}/{self.total:,}  {text}", file=sys.stderr, flush=True)
 
+    def warn(self, message: str) -> None:
+        """One warning line on stderr (above the bar when there is one), in every mode."""
+        if self._bar is not None:
+            self._bar.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        else:
+            print(f"pglab: warning: {message}", file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()

@@ -7,6 +7,7 @@ inside the losses: they are data, never a path for the gradient.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from pglab.returns import masked_mean, masked_var
@@ -51,3 +52,62 @@ def explained_variance(predictions: Tensor, targets: Tensor, valid: Tensor | Non
 
     target_var = masked_var(targets, valid)
     return 1.0 - masked_var(targets - predictions, valid) / target_var
+
+
+def clipped_surrogate_loss(
+    log_ratio: Tensor, advantages: Tensor, clip_range: float, valid: Tensor | None = None
+) -> Tensor:
+    r"""PPO's clipped surrogate, negated so that it is minimised (Schulman et al. 2017, eq. 7).
+
+    .. math::
+        L^{CLIP}(\theta) = -\frac{1}{|\mathcal V|}\sum \min\big(\rho_t A_t,\
+            \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon)\, A_t\big),
+        \qquad \rho_t = \frac{\pi_\theta(a_t \mid s_t)}{\pi_{\theta_{old}}(a_t \mid s_t)}
+
+    ``log_ratio`` is :math:`\log\rho_t`. Once :math:`\rho_t` leaves
+    :math:`[1-\epsilon, 1+\epsilon]` in the direction the advantage favours, the
+    sample's gradient is zero: the update has no incentive to move it further.
+    ``advantages`` carry no gradient. Any shape; ``valid`` masks samples.
+    """
+    ratio = log_ratio.exp()
+    advantages = advantages.detach()
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * advantages
+    return -masked_mean(torch.minimum(unclipped, clipped), valid)
+
+
+def clipped_value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    targets: Tensor,
+    clip_range: float,
+    valid: Tensor | None = None,
+) -> Tensor:
+    r"""Value MSE, optionally with PPO's clipping of the value change.
+
+    With :math:`\epsilon_V > 0`:
+    :math:`\max\big((V - \hat R)^2,\ (V_{old} + \mathrm{clip}(V - V_{old}, \pm\epsilon_V) - \hat R)^2\big)`;
+    with :math:`\epsilon_V = 0` plain :func:`value_loss`. ``old_values`` and
+    ``targets`` carry no gradient.
+    """
+    if clip_range <= 0:
+        return value_loss(values, targets, valid)
+    targets, old_values = targets.detach(), old_values.detach()
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    worst = torch.maximum((values - targets) ** 2, (clipped - targets) ** 2)
+    return masked_mean(worst, valid)
+
+
+def approx_kl(log_ratio: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r"""Two estimators of :math:`\mathrm{KL}(\pi_{old} \,\|\, \pi_\theta)` from samples of :math:`\pi_{old}`.
+
+    With :math:`\log\rho = \log\pi_\theta - \log\pi_{old}` (Schulman, "Approximating
+    KL divergence", 2020):
+
+    * k1 :math:`= \mathbb E[-\log\rho]`, unbiased but can be negative;
+    * k3 :math:`= \mathbb E[(\rho - 1) - \log\rho]`, unbiased and never negative.
+    """
+    log_ratio = log_ratio.detach()
+    k1 = masked_mean(-log_ratio, valid)
+    k3 = masked_mean(log_ratio.exp() - 1.0 - log_ratio, valid)
+    return k1, k3

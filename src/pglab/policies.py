@@ -12,7 +12,16 @@ head            action space                distribution
 categorical     ``Discrete(n)``             softmax over n logits
 bernoulli       ``Discrete(2)``             one logit, :math:`P(a = 1) = \sigma(l)`
 gaussian        ``Box`` (1-D)               :math:`\mathcal N(\mu(s), \mathrm{diag}(\sigma^2))`, state-independent :math:`\log\sigma`
+tanh_gaussian   ``Box`` (1-D, bounded)      :math:`a = \ell + (h - \ell)(\tanh u + 1)/2`, :math:`u \sim \mathcal N(\mu, \sigma^2)`
 ==============  ==========================  ========================================
+
+Every head also gives the KL divergence between two of its distributions
+(:meth:`kl`), which TRPO's trust region is measured in.
+
+Gaussian actions live in the batch as drawn: the plain Gaussian's are clipped to the
+Box only on the way to the env, and the tanh head's are the pre-squash :math:`u`,
+squashed on the way to the env. Either way the log-probability is that of exactly
+what was sampled.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from torch import Tensor, nn
 from pglab.nets import mlp, output_dim
 
 #: Head names selectable with ``policy.head`` (``auto`` picks from the action space).
-HEADS: tuple[str, ...] = ("auto", "categorical", "bernoulli", "gaussian")
+HEADS: tuple[str, ...] = ("auto", "categorical", "bernoulli", "gaussian", "tanh_gaussian")
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -61,6 +70,11 @@ class CategoricalHead(nn.Module):
         log_pi = logits.log_softmax(dim=-1)
         return -(log_pi.exp() * log_pi).sum(dim=-1)
 
+    def kl(self, old: Tensor, new: Tensor, old_log_std: Tensor | None = None) -> Tensor:
+        r""":math:`\mathrm{KL}(\pi_{old} \| \pi_{new}) = \sum_k \pi^{old}_k (\log \pi^{old}_k - \log \pi^{new}_k)`."""
+        old_log_pi = old.log_softmax(dim=-1)
+        return (old_log_pi.exp() * (old_log_pi - new.log_softmax(dim=-1))).sum(dim=-1)
+
 
 class BernoulliHead(nn.Module):
     r"""Two actions from one logit: :math:`P(a=1 \mid s) = \sigma(l(s))` (the classic Pong policy)."""
@@ -86,6 +100,13 @@ class BernoulliHead(nn.Module):
     def entropy(self, logit: Tensor) -> Tensor:
         p = torch.sigmoid(logit)
         return -(p * F.logsigmoid(logit) + (1.0 - p) * F.logsigmoid(-logit))
+
+    def kl(self, old: Tensor, new: Tensor, old_log_std: Tensor | None = None) -> Tensor:
+        r""":math:`p \log\frac{p}{q} + (1-p)\log\frac{1-p}{1-q}` with :math:`p = \sigma(l_{old}), q = \sigma(l_{new})`."""
+        p = torch.sigmoid(old)
+        return p * (F.logsigmoid(old) - F.logsigmoid(new)) + (1.0 - p) * (
+            F.logsigmoid(-old) - F.logsigmoid(-new)
+        )
 
 
 class GaussianHead(nn.Module):
@@ -124,8 +145,59 @@ class GaussianHead(nn.Module):
         per_dim = 0.5 + 0.5 * math.log(2 * math.pi) + self._log_std()
         return per_dim.sum().expand(mean.shape[:-1])
 
+    def std(self) -> Tensor:
+        """The current standard deviation per action dimension."""
+        return self._log_std().exp()
 
-ActionHead = CategoricalHead | BernoulliHead | GaussianHead
+    def kl(self, old: Tensor, new: Tensor, old_log_std: Tensor | None = None) -> Tensor:
+        r""":math:`\sum_i \log\frac{\sigma_i}{\sigma^{old}_i} + \frac{(\sigma^{old}_i)^2 + (\mu^{old}_i - \mu_i)^2}{2\sigma_i^2} - \frac12`.
+
+        ``old`` and ``new`` are means; ``old_log_std`` is the old (detached) log std,
+        the current one by default.
+        """
+        log_std = self._log_std()
+        old_log_std = log_std.detach() if old_log_std is None else old_log_std
+        var = (2 * log_std).exp()
+        per_dim = log_std - old_log_std + ((2 * old_log_std).exp() + (old - new) ** 2) / (2 * var)
+        return (per_dim - 0.5).sum(dim=-1)
+
+
+class TanhGaussianHead(GaussianHead):
+    r"""A Gaussian squashed by tanh into the Box :math:`[\ell, h]`.
+
+    The head samples :math:`u \sim \mathcal N(\mu, \sigma^2)`; the env receives
+    :math:`a = \ell + (h - \ell)(\tanh u + 1)/2` (see :meth:`squash`). By the change
+    of variables,
+
+    .. math::
+        \log \pi(a \mid s) = \log \mathcal N(u; \mu, \sigma^2)
+            - \sum_i \Big[\log\big(1 - \tanh^2 u_i\big) + \log\tfrac{h_i - \ell_i}{2}\Big]
+
+    with :math:`\log(1 - \tanh^2 u) = 2(\log 2 - u - \mathrm{softplus}(-2u))` for
+    stability. The batch stores :math:`u`. :meth:`entropy` is that of :math:`u` (the
+    squashed entropy has no closed form); the KL is the same for :math:`u` and
+    :math:`a`, since the squash is a bijection.
+    """
+
+    def __init__(
+        self, in_dim: int, low: np.ndarray, high: np.ndarray, log_std_init: float = 0.0
+    ) -> None:
+        super().__init__(in_dim, len(low), log_std_init)
+        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
+
+    def squash(self, u: Tensor) -> Tensor:
+        """The env action :math:`\\ell + (h - \\ell)(\tanh u + 1)/2`."""
+        return self.low + (self.high - self.low) * (torch.tanh(u) + 1.0) / 2.0
+
+    def log_prob(self, mean: Tensor, actions: Tensor) -> Tensor:
+        u = actions
+        log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+        log_scale = torch.log((self.high - self.low) / 2.0)
+        return super().log_prob(mean, u) - (log_det + log_scale).sum(dim=-1)
+
+
+ActionHead = CategoricalHead | BernoulliHead | GaussianHead | TanhGaussianHead
 
 
 def make_head(
@@ -140,12 +212,14 @@ def make_head(
             return BernoulliHead(in_dim)
         if head in ("auto", "categorical"):
             return CategoricalHead(in_dim, n)
-    elif (
-        isinstance(action_space, gym.spaces.Box)
-        and len(action_space.shape) == 1
-        and head in ("auto", "gaussian")
-    ):
-        return GaussianHead(in_dim, action_space.shape[0], log_std_init)
+    elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        if head in ("auto", "gaussian"):
+            return GaussianHead(in_dim, action_space.shape[0], log_std_init)
+        if head == "tanh_gaussian":
+            low, high = action_space.low, action_space.high
+            if not (np.isfinite(low).all() and np.isfinite(high).all()):
+                raise ValueError(f"the tanh_gaussian head needs finite bounds, got {action_space}")
+            return TanhGaussianHead(in_dim, low, high, log_std_init)
     raise ValueError(f"policy head {head!r} does not fit the action space {action_space}")
 
 
@@ -173,14 +247,37 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    r"""A state-value function :math:`V_\phi(s)`: an MLP with one output."""
+    r"""A state-value function :math:`V_\phi(s)`: a body and one linear output.
 
-    def __init__(self, obs_dim: int, hidden: Sequence[int], activation: str = "tanh") -> None:
+    The body may be the actor's own (a shared body), in which case the two
+    networks are trained through one loss.
+    """
+
+    def __init__(self, body: nn.Module, feature_dim: int) -> None:
         super().__init__()
-        self.net = mlp(obs_dim, hidden, 1, activation)
+        self.body = body
+        self.value = nn.Linear(feature_dim, 1)
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.net(obs).squeeze(-1)
+        return self.value(self.body(obs)).squeeze(-1)
+
+
+def make_body(
+    obs_dim: int,
+    hidden: Sequence[int],
+    activation: str = "tanh",
+    dropout: float = 0.0,
+    image_shape: Sequence[int] | None = None,
+) -> tuple[nn.Module, int]:
+    """A body for flat observations of width ``obs_dim`` and the width of its features.
+
+    ``image_shape`` ``(C, H, W)`` makes a Nature CNN (with ``hidden[-1]`` units,
+    512 when empty) for pixel observations; otherwise an MLP.
+    """
+    if image_shape is not None:
+        units = hidden[-1] if hidden else 512
+        return NatureCNN(tuple(image_shape), units), units
+    return mlp(obs_dim, hidden, None, activation, dropout), output_dim(obs_dim, hidden)
 
 
 def make_actor(
@@ -192,13 +289,91 @@ def make_actor(
     dropout: float = 0.0,
     head: str = "auto",
     log_std_init: float = 0.0,
+    image_shape: Sequence[int] | None = None,
 ) -> Actor:
-    """An MLP actor for flat observations of width ``obs_dim``.
+    """An actor for flat observations of width ``obs_dim``.
 
     ``hidden=[]`` makes a linear policy (for a Discrete space: linear softmax).
     """
-    body = mlp(obs_dim, hidden, None, activation, dropout)
-    return Actor(body, make_head(output_dim(obs_dim, hidden), action_space, head, log_std_init))
+    body, width = make_body(obs_dim, hidden, activation, dropout, image_shape)
+    return Actor(body, make_head(width, action_space, head, log_std_init))
+
+
+def make_critic(
+    obs_dim: int,
+    hidden: Sequence[int],
+    activation: str = "tanh",
+    image_shape: Sequence[int] | None = None,
+) -> Critic:
+    """A critic with a body of its own."""
+    return Critic(*make_body(obs_dim, hidden, activation, 0.0, image_shape))
+
+
+def shared_critic(actor: Actor) -> Critic:
+    """A critic on the actor's own body (one set of features, two heads)."""
+    width = actor.head.linear.in_features
+    return Critic(actor.body, width)
+
+
+def orthogonal_init(actor: Actor, critic: Critic | None) -> None:
+    r"""Orthogonal initialisation with the usual gains (Engstrom et al. 2020; Huang et al. 2022).
+
+    Hidden layers: gain :math:`\sqrt 2`; the policy output: 0.01 (a near-uniform
+    initial policy); the value output: 1. Biases are zero.
+    """
+
+    def init(module: nn.Module, gain: float) -> None:
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.orthogonal_(module.weight, gain)
+            nn.init.zeros_(module.bias)
+
+    for network in [actor.body] + ([critic.body] if critic is not None else []):
+        for module in network.modules():
+            init(module, math.sqrt(2))
+    init(actor.head.linear, 0.01)
+    if critic is not None:
+        init(critic.value, 1.0)
+
+
+def unique_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
+    """The parameters of ``modules``, each once (a shared body appears in both nets)."""
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        if module is not None:
+            for p in module.parameters():
+                seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+class NatureCNN(nn.Module):
+    """The Atari CNN of Mnih et al. (2015) on flattened ``(C, H, W)`` frames in [0, 255].
+
+    Three convolutions (32 8x8 stride 4, 64 4x4 stride 2, 64 3x3 stride 1), then a
+    ReLU layer of ``units``. Pixel values are scaled to [0, 1] inside.
+    """
+
+    def __init__(self, shape: tuple[int, ...], units: int = 512) -> None:
+        super().__init__()
+        self.shape = shape
+        channels = shape[0]
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, *shape)).shape[-1]
+        self.fc = nn.Sequential(nn.Linear(flat, units), nn.ReLU())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        frames = obs.reshape(*obs.shape[:-1], *self.shape) / 255.0
+        lead = frames.shape[: -len(self.shape)]
+        features = self.fc(self.conv(frames.reshape(-1, *self.shape)))
+        return features.reshape(*lead, -1)
 
 
 _NUMPY_ACTIVATIONS = {
@@ -233,6 +408,8 @@ class NumpyActor:
 
     @classmethod
     def build(cls, actor: Actor) -> NumpyActor | None:
+        if not isinstance(actor.body, nn.Sequential):
+            return None
         layers: list = []
         for module in [*actor.body, actor.head.linear]:
             if isinstance(module, nn.Linear):

@@ -19,7 +19,6 @@ bootstrap value of a truncated step ``t``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,10 +26,9 @@ import torch
 from gymnasium.vector import VectorEnv
 from torch import Tensor
 
+from pglab.envs.normalize import Normalizer
 from pglab.envs.spaces import ActionAdapter, ObsEncoder
-from pglab.policies import Actor, Critic, NumpyActor
-
-ObsTransform = Callable[[Tensor], Tensor]
+from pglab.policies import Actor, Critic, NumpyActor, TanhGaussianHead
 
 
 @dataclass
@@ -106,8 +104,11 @@ class Collector:
         actor: the policy that acts.
         critic: a value function; when given, batches carry values and bootstrap values.
         seed: seeds the envs at their first reset (env i gets ``seed + i``).
-        obs_transform: applied to encoded observations before the networks see them
-            (observation normalisation); stored observations are transformed ones.
+        normalizer: observation normalisation and reward scaling; stored
+            observations are the normalised ones, stored rewards the scaled ones
+            (episode statistics stay in the env's own units).
+        update_normalizer: fold what is seen into the normaliser's statistics
+            (training); False applies them frozen (evaluation).
     """
 
     def __init__(
@@ -117,15 +118,19 @@ class Collector:
         critic: Critic | None = None,
         *,
         seed: int | None = None,
-        obs_transform: ObsTransform | None = None,
+        normalizer: Normalizer | None = None,
+        update_normalizer: bool = True,
     ) -> None:
         self.envs = envs
         self.actor = actor
         self.critic = critic
         self.num_envs = envs.num_envs
         self.encode = ObsEncoder(envs.single_observation_space)
-        self.to_env = ActionAdapter(envs.single_action_space)
-        self.obs_transform = obs_transform
+        self.to_env = ActionAdapter(
+            envs.single_action_space, squash=isinstance(actor.head, TanhGaussianHead)
+        )
+        self.normalizer = normalizer
+        self.update_normalizer = update_normalizer and normalizer is not None
         # Small MLP actors act through a numpy mirror: same distribution, far less overhead.
         self._fast_actor = NumpyActor.build(actor)
         self._next_seed = seed
@@ -154,7 +159,9 @@ class Collector:
 
     def _prepare(self, raw: np.ndarray) -> Tensor:
         obs = self.encode(raw)
-        return self.obs_transform(obs) if self.obs_transform is not None else obs
+        if self.normalizer is None:
+            return obs
+        return self.normalizer.observe(obs, self.update_normalizer)
 
     def _step(
         self,
@@ -175,6 +182,8 @@ class Collector:
         self.env_steps += self.num_envs
         valid = ~self._prev_done & active
         ended = (terminated | truncated) & valid
+        if self.update_normalizer:
+            self.normalizer.track_rewards(rewards, valid, ended)
         if buffers is not None:
             buffers.put(
                 t,
@@ -296,11 +305,14 @@ class Collector:
                 values = self.critic(flat_obs).reshape(length, self.num_envs)
                 last = self.critic(self._obs)
                 next_values = torch.cat([values[1:], last.unsqueeze(0)])
+        rewards = data["rewards"]
+        if self.normalizer is not None:
+            rewards = self.normalizer.rewards(rewards)
         return Batch(
             obs=obs,
             actions=actions,
             log_probs=log_probs.reshape(length, self.num_envs),
-            rewards=data["rewards"],
+            rewards=rewards,
             terminated=data["terminated"],
             truncated=truncated,
             valid=data["valid"],

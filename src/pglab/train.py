@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import signal
 import threading
 import time
@@ -29,10 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pglab.agent import Agent, build_models
+from pglab.agent import Agent, build_models, build_normalizer
 from pglab.algos import make_algo
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, save_checkpoint
 from pglab.config import Config
+from pglab.diagnostics import HealthMonitor
 from pglab.envs import make_vec_env, reward_threshold, validate_env_id
 from pglab.errors import PglabError
 from pglab.evaluate import EvalResult
@@ -62,6 +64,12 @@ def _auto_num_envs(config: Config) -> int:
     return 8
 
 
+def run_label(config: Config) -> str:
+    """``ppo``, ``a2c``, ``trpo``, or ``reinforce-<weights>``."""
+    algo = config.algo
+    return f"reinforce-{algo.weights}" if algo.name == "reinforce" else algo.name
+
+
 def _new_run_dir(config: Config) -> Path:
     group = Path(config.run.out) / config.run.group
     if config.run.name:
@@ -73,7 +81,7 @@ def _new_run_dir(config: Config) -> Path:
             )
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = f"{config.algo.name}-{config.algo.weights}-seed{config.run.seed}-{stamp}"
+        base = f"{run_label(config)}-seed{config.run.seed}-{stamp}"
         path, n = group / base, 1
         while path.exists():
             n += 1
@@ -123,29 +131,39 @@ class Trainer:
         self.last_eval: dict[str, Any] | None = counters.get("last_eval")
 
         seed_shift = _RESUME_SEED_STRIDE * self.updates
-        self.envs = make_vec_env(cfg.env.id, _auto_num_envs(cfg), cfg.env.kwargs)
-        eval_envs = cfg.env.eval_num_envs or min(cfg.run.eval_episodes, 16)
-        self.eval_envs = make_vec_env(cfg.env.id, eval_envs, cfg.env.kwargs)
+        env = cfg.env
+        self.envs = make_vec_env(env.id, _auto_num_envs(cfg), env.kwargs, env.preprocess)
+        eval_envs = env.eval_num_envs or min(cfg.run.eval_episodes, 16)
+        self.eval_envs = make_vec_env(env.id, eval_envs, env.kwargs, env.preprocess)
         obs_space = self.envs.single_observation_space
         action_space = self.envs.single_action_space
-        try:
-            self.actor, self.critic = build_models(cfg, obs_space, action_space)
-        except ValueError as error:
-            raise PglabError(f"policy.head: {error}") from None
+        self.actor, self.critic = build_models(cfg, obs_space, action_space)
         self.algo = make_algo(cfg.algo, self.actor, self.critic)
+        self.normalizer = build_normalizer(cfg, obs_space, self.envs.num_envs)
         if state is not None:
             self.actor.load_state_dict(state["actor"])
             if self.critic is not None:
                 self.critic.load_state_dict(state["critic"])
             self.algo.load_state_dict(state["algo"])
+            if self.normalizer is not None:
+                self.normalizer.load_state_dict(state["normalizer"])
             torch.set_rng_state(state["rng"]["torch"])
         self.collector = Collector(
-            self.envs, self.actor, self.critic, seed=cfg.run.seed + seed_shift
+            self.envs,
+            self.actor,
+            self.critic,
+            seed=cfg.run.seed + seed_shift,
+            normalizer=self.normalizer,
         )
         self.evaluator = Collector(
-            self.eval_envs, self.actor, seed=cfg.run.seed + _EVAL_SEED_OFFSET + seed_shift
+            self.eval_envs,
+            self.actor,
+            seed=cfg.run.seed + _EVAL_SEED_OFFSET + seed_shift,
+            normalizer=self.normalizer,
+            update_normalizer=False,
         )
-        self.agent = Agent(self.actor, obs_space, action_space, cfg)
+        self.agent = Agent(self.actor, obs_space, action_space, cfg, self.normalizer)
+        self.monitor = HealthMonitor(cfg.algo.target_kl)
         stop = cfg.run.stop_at_return
         self.stop_at = None if stop == "none" else float(stop)
         self.target = self.stop_at if self.stop_at is not None else reward_threshold(cfg.env.id)
@@ -182,6 +200,7 @@ class Trainer:
             "actor": self.actor.state_dict(),
             "critic": self.critic.state_dict() if self.critic is not None else {},
             "algo": self.algo.state_dict(),
+            "normalizer": self.normalizer.state_dict() if self.normalizer is not None else {},
             "counters": {
                 "steps": self.steps,
                 "env_steps": self.env_steps,
@@ -204,6 +223,7 @@ class Trainer:
             "env": cfg.env.id,
             "algo": cfg.algo.name,
             "weights": cfg.algo.weights,
+            "preset": cfg.run.preset,
             "seed": cfg.run.seed,
             "total_steps": self.steps,
             "budget_steps": cfg.run.total_steps,
@@ -218,6 +238,7 @@ class Trainer:
             "solved_at_step": self.solved_at_step,
             "solved_threshold": self.target,
             "stopped": stopped,
+            "warnings": sorted(self.monitor.reported),
         }
 
     # ------------------------------------------------------------------ loop
@@ -250,7 +271,7 @@ class Trainer:
         ]
         self._start = time.perf_counter()
         logger = MetricsLogger(run_dir, columns, self.steps if resumed else None)
-        title = f"{self.config.algo.name}/{self.config.algo.weights} {self.config.env.id}"
+        title = f"{run_label(self.config)} {self.config.env.id}"
         progress = Progress(cfg.progress, cfg.total_steps, title, start=self.steps)
         next_eval = self._next_multiple(cfg.eval_every)
         next_checkpoint = self._next_multiple(cfg.checkpoint_every)
@@ -274,6 +295,8 @@ class Trainer:
                     row["steps_per_second"] = batch.num_steps / (time.perf_counter() - tick)
                     row["wall_seconds"] = self.wall_seconds()
                     logger.log(row)
+                    for warning in self.monitor.check(self._health(batch, metrics), self.steps):
+                        progress.warn(warning)
                     if cfg.checkpoint_every and self.steps >= next_checkpoint:
                         self.save(run_dir)
                         next_checkpoint = self._next_multiple(cfg.checkpoint_every)
@@ -295,6 +318,11 @@ class Trainer:
         if stopped == "interrupted":
             raise KeyboardInterrupt(str(run_dir))
         return Run(run_dir, self.agent, summary)
+
+    def _health(self, batch: Batch, metrics: dict[str, float]) -> dict[str, float]:
+        """The update's metrics, plus a check that the batch itself is finite."""
+        finite = bool(torch.isfinite(batch.rewards).all() and torch.isfinite(batch.obs).all())
+        return {**metrics, "batch_values": 0.0 if finite else math.nan}
 
     def _next_multiple(self, every: int) -> int:
         return (self.steps // every + 1) * every if every else 0

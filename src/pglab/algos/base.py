@@ -9,6 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from pglab.errors import TrainingError
+from pglab.losses import explained_variance, value_loss
+from pglab.policies import Actor, Critic, GaussianHead
+from pglab.returns import gae
+from pglab.rollout import Batch
 
 _OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -18,10 +22,18 @@ _OPTIMIZERS = {
 
 
 def make_optimizer(
-    name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0
+    name: str,
+    params: Iterable[nn.Parameter],
+    lr: float,
+    weight_decay: float = 0.0,
+    eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
-    """``adam`` | ``sgd`` | ``rmsprop`` over ``params`` (foreach implementation)."""
-    return _OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, foreach=True)
+    """``adam`` | ``sgd`` | ``rmsprop`` over ``params`` (foreach implementation).
+
+    ``eps`` is Adam's and RMSprop's epsilon (RMSprop with smoothing 0.99).
+    """
+    extra = {} if name == "sgd" else {"eps": eps}
+    return _OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, foreach=True, **extra)
 
 
 def scheduled_lr(base_lr: float, schedule: str, progress: float) -> float:
@@ -68,3 +80,73 @@ def gradient_step(
         )
     optimizer.step()
     return norm
+
+
+def gae_advantages(batch: Batch, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    r"""GAE(:math:`\gamma, \lambda`) advantages :math:`\hat A_t` and the critic's targets
+    :math:`\hat R_t = \hat A_t + V(s_t)` (the :math:`\lambda`-returns), both ``[T, N]``."""
+    advantages = gae(
+        batch.rewards,
+        batch.values,
+        batch.next_values,
+        batch.terminated,
+        batch.episode_ends,
+        gamma,
+        lam,
+        valid=batch.valid,
+    )
+    return advantages, advantages + batch.values
+
+
+def valid_samples(batch: Batch, **extra: Tensor) -> dict[str, Tensor]:
+    """The batch's valid transitions as flat ``[B, ...]`` tensors (obs, actions, log_probs,
+    values, and every ``[T, N]`` tensor passed in ``extra``)."""
+    mask = batch.valid.flatten()
+    tensors = {
+        "obs": batch.obs,
+        "actions": batch.actions,
+        "log_probs": batch.log_probs,
+        "values": batch.values,
+        **extra,
+    }
+    return {k: v.flatten(0, 1)[mask] for k, v in tensors.items() if v is not None}
+
+
+def minibatch_indices(size: int, minibatches: int) -> list[Tensor]:
+    """A random partition of ``range(size)`` into ``minibatches`` near-equal parts."""
+    return list(torch.randperm(size).chunk(min(minibatches, max(size, 1))))
+
+
+def fit_critic(
+    critic: Critic,
+    optimizer: torch.optim.Optimizer,
+    obs: Tensor,
+    targets: Tensor,
+    *,
+    epochs: int,
+    minibatches: int = 1,
+    max_grad_norm: float = 0.0,
+) -> float:
+    r"""Regress :math:`V_\phi(s)` on fixed targets: ``epochs`` passes of ``minibatches``
+    MSE steps, :math:`\frac1B \sum (V_\phi(s_b) - \hat R_b)^2`. Returns the last loss.
+
+    ``obs`` ``[B, obs_dim]`` and ``targets`` ``[B]`` hold valid samples only.
+    """
+    loss = torch.zeros(())
+    for _ in range(epochs):
+        for index in minibatch_indices(len(targets), minibatches):
+            loss = value_loss(critic(obs[index]), targets[index])
+            gradient_step(optimizer, loss, list(critic.parameters()), max_grad_norm, "value loss")
+    return loss.item()
+
+
+def critic_metrics(values: Tensor, targets: Tensor) -> dict[str, float]:
+    """Explained variance of the values the batch was collected with."""
+    return {"explained_variance": explained_variance(values, targets).item()}
+
+
+def policy_std(actor: Actor) -> dict[str, float]:
+    """``{"policy_std": mean std}`` for a Gaussian policy, else nothing."""
+    if isinstance(actor.head, GaussianHead):
+        return {"policy_std": actor.head.std().mean().item()}
+    return {}

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pglab.algos.base import gradient_step, make_optimizer, scheduled_lr, set_lr
-from pglab.losses import entropy_loss, explained_variance, policy_gradient_loss, value_loss
+from pglab.algos.base import fit_critic, gradient_step, make_optimizer, scheduled_lr, set_lr
+from pglab.losses import entropy_loss, explained_variance, policy_gradient_loss
 from pglab.policies import Actor, Critic
 from pglab.returns import masked_mean, masked_var, policy_gradient_weights, standardize
 from pglab.rollout import Batch
@@ -51,23 +51,28 @@ class Reinforce:
         self.critic = critic
         self.config = config
         self.policy_optimizer = make_optimizer(
-            config.optimizer, actor.parameters(), config.lr, config.weight_decay
+            config.optimizer, actor.parameters(), config.lr, config.weight_decay, config.eps
         )
         self.value_optimizer = self._make_value_optimizer() if critic is not None else None
 
     def _make_value_optimizer(self) -> torch.optim.Optimizer:
-        return make_optimizer(self.config.optimizer, self.critic.parameters(), self.config.value_lr)
+        cfg = self.config
+        return make_optimizer(cfg.optimizer, self.critic.parameters(), cfg.value_lr, eps=cfg.eps)
 
     def update(self, batch: Batch, progress: float) -> dict[str, float]:
         """One policy-gradient step (and critic fit) on ``batch``; ``progress`` in [0, 1]."""
         cfg = self.config
         valid = batch.valid
+        # Pong's returns restart after each point: a non-zero reward ends the sum.
+        terminated = batch.terminated
+        if cfg.reset_return_at_reward:
+            terminated = terminated | (batch.rewards != 0)
 
         # Weights Psi_t: data, not a path for the gradient.
         psi = policy_gradient_weights(
             cfg.weights,
             rewards=batch.rewards,
-            terminated=batch.terminated,
+            terminated=terminated,
             truncated=batch.truncated,
             gamma=cfg.gamma,
             lam=cfg.lam,
@@ -113,19 +118,17 @@ class Reinforce:
         if cfg.value_reset_optimizer:
             self.value_optimizer = self._make_value_optimizer()
         set_lr(self.value_optimizer, scheduled_lr(cfg.value_lr, cfg.lr_schedule, progress))
-        obs = batch.obs.flatten(0, 1)
-        for _ in range(cfg.value_epochs):
-            values = self.critic(obs).view_as(targets)
-            loss = value_loss(values, targets, batch.valid)
-            gradient_step(
-                self.value_optimizer,
-                loss,
-                list(self.critic.parameters()),
-                cfg.max_grad_norm,
-                "value loss",
-            )
+        mask = batch.valid.flatten()
+        loss = fit_critic(
+            self.critic,
+            self.value_optimizer,
+            batch.obs.flatten(0, 1)[mask],
+            targets.flatten()[mask],
+            epochs=cfg.value_epochs,
+            max_grad_norm=cfg.max_grad_norm,
+        )
         return {
-            "value_loss": loss.item(),
+            "value_loss": loss,
             "explained_variance": explained_variance(batch.values, targets, batch.valid).item(),
         }
 

@@ -91,25 +91,68 @@ def reward_threshold(env_id: str) -> float | None:
     return None if spec is None or spec.reward_threshold is None else float(spec.reward_threshold)
 
 
-def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None) -> VectorEnv:
+#: Gymnasium env packages that need an optional extra of pglab.
+_EXTRA_ENTRY_POINTS = {"gymnasium.envs.box2d": "box2d", "gymnasium.envs.mujoco": "mujoco"}
+
+
+def _missing_extra(env_id: str, error: Exception) -> str:
+    spec = gym.registry.get(env_id.split(":", 1)[-1])
+    entry = str(spec.entry_point) if spec is not None else ""
+    for prefix, extra in _EXTRA_ENTRY_POINTS.items():
+        if entry.startswith(prefix):
+            return (
+                f"env {env_id!r} needs the optional extra {extra!r}: pip install 'pglab[{extra}]'"
+            )
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"env {env_id!r} needs a package that is not installed: {first_line}"
+
+
+def make_vec_env(
+    env_id: str,
+    num_envs: int,
+    env_kwargs: dict[str, Any] | None = None,
+    preprocess: str = "none",
+) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` as one vector env (NEXT_STEP autoreset).
 
     Uses Gymnasium's ``vector_entry_point`` when the env has one, else a synchronous
-    vector env. Seeding happens at ``reset(seed=...)``. Raises :class:`EnvError` for
-    unknown ids, bad keyword arguments and unsupported spaces.
+    vector env. ``preprocess`` (``pong`` or ``atari``, see :mod:`pglab.envs.atari`)
+    wraps each copy. Seeding happens at ``reset(seed=...)``. Raises
+    :class:`EnvError` for unknown ids, bad keyword arguments and unsupported spaces.
     """
     validate_env_id(env_id)
     kwargs = dict(env_kwargs or {})
+    wrappers: list = []
+    if preprocess != "none":
+        from pglab.envs.atari import PREPROCESSORS
+
+        wrapper, needed = PREPROCESSORS[preprocess]
+        wrappers, kwargs = [wrapper], {**needed, **kwargs}
     env_class = _entry_class(env_id)
     try:
         if env_class is not None:
-            envs: VectorEnv = SyncVectorEnv([lambda: env_class(**kwargs) for _ in range(num_envs)])
+
+            def make_one() -> gym.Env:
+                env = env_class(**kwargs)
+                for wrap in wrappers:
+                    env = wrap(env)
+                return env
+
+            envs: VectorEnv = SyncVectorEnv([make_one for _ in range(num_envs)])
         else:
             name = env_id.split(":", 1)[1] if ":" in env_id else env_id
             spec = gym.spec(name)
-            mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
-            envs = gym.make_vec(name, num_envs=num_envs, vectorization_mode=mode, **kwargs)
-    except TypeError as error:
+            fast = spec.vector_entry_point is not None and not wrappers
+            envs = gym.make_vec(
+                name,
+                num_envs=num_envs,
+                vectorization_mode="vector_entry_point" if fast else "sync",
+                wrappers=wrappers or None,
+                **kwargs,
+            )
+    except gym.error.DependencyNotInstalled as error:
+        raise EnvError(_missing_extra(env_id, error)) from None
+    except (TypeError, ValueError, gym.error.Error) as error:
         raise EnvError(f"env {env_id!r} rejected its options {kwargs}: {error}") from None
     autoreset = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
     if autoreset != AutoresetMode.NEXT_STEP:

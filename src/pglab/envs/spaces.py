@@ -54,11 +54,13 @@ class ActionAdapter:
     """Turns the policy's actions into what the env accepts.
 
     Discrete actions are shifted by the space's ``start``; Box actions are clipped to
-    the bounds (the unclipped action stays in the batch for its log-probability).
+    the bounds (the unclipped action stays in the batch for its log-probability), or
+    with ``squash`` mapped into them by :math:`\\ell + (h - \\ell)(\tanh u + 1)/2`.
     """
 
-    def __init__(self, space: gym.Space) -> None:
+    def __init__(self, space: gym.Space, squash: bool = False) -> None:
         self.space = space
+        self.squash = squash
         if isinstance(space, gym.spaces.Box):
             self.low = space.low.astype(np.float32)
             self.high = space.high.astype(np.float32)
@@ -66,4 +68,7 @@ class ActionAdapter:
     def __call__(self, array: np.ndarray) -> np.ndarray:
         if isinstance(self.space, gym.spaces.Discrete):
             return array + self.space.start if self.space.start else array
+        if self.squash:
+            squashed = self.low + (self.high - self.low) * (np.tanh(array) + 1.0) / 2.0
+            return squashed.astype(np.float32, copy=False)
         return np.clip(array, self.low, self.high).astype(np.float32, copy=False)

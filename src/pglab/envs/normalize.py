@@ -1,0 +1,133 @@
+r"""Running normalisation of observations and rewards, with state for checkpoints.
+
+Observations: :math:`\hat o = \mathrm{clip}\big((o - \mu) / \sqrt{\sigma^2 + \epsilon}, \pm c_o\big)`
+with :math:`\mu, \sigma^2` running over every observation seen in training.
+
+Rewards: divided by the running standard deviation of the discounted return
+:math:`R_t = \gamma R_{t-1} + r_t` (reset to 0 at each episode end), then clipped to
+:math:`\pm c_r`; the mean is not subtracted, so the sign of a reward is kept (the
+"reward scaling" of Engstrom et al. 2020, as in Stable-Baselines3's VecNormalize).
+
+Training updates the statistics; evaluation and :class:`pglab.Agent` apply them
+frozen, exactly as the networks saw them last.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+EPSILON = 1e-8
+
+
+class RunningMeanStd:
+    """Mean and variance of a stream of batches (the parallel algorithm of Chan et al. 1979)."""
+
+    def __init__(self, shape: tuple[int, ...] = ()) -> None:
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = EPSILON
+
+    def update(self, batch: np.ndarray) -> None:
+        """Fold in a batch ``[B, *shape]``."""
+        if len(batch) == 0:
+            return
+        batch_mean, batch_var, n = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + n
+        self.mean = self.mean + delta * n / total
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        self.var = m2 / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, Tensor | float]:
+        return {
+            "mean": torch.from_numpy(self.mean.copy()),
+            "var": torch.from_numpy(self.var.copy()),
+            "count": float(self.count),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean = state["mean"].numpy().astype(np.float64)
+        self.var = state["var"].numpy().astype(np.float64)
+        self.count = float(state["count"])
+
+
+class Normalizer:
+    """Observation normalisation and reward scaling for one run.
+
+    Args:
+        obs_dim: width of the (encoded) observations.
+        num_envs: parallel envs whose discounted returns are tracked.
+        obs: normalise observations.
+        reward: scale rewards.
+        clip_obs / clip_reward: clip after normalising (0 = no clipping).
+        gamma: the discount of the tracked return.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        num_envs: int,
+        *,
+        obs: bool,
+        reward: bool,
+        clip_obs: float = 10.0,
+        clip_reward: float = 10.0,
+        gamma: float = 0.99,
+    ) -> None:
+        self.normalize_obs = obs
+        self.scale_rewards = reward
+        self.clip_obs = clip_obs
+        self.clip_reward = clip_reward
+        self.gamma = gamma
+        self.obs_stats = RunningMeanStd((obs_dim,))
+        self.return_stats = RunningMeanStd()
+        self._returns = np.zeros(num_envs, dtype=np.float64)
+
+    def observe(self, obs: Tensor, update: bool) -> Tensor:
+        """Normalise a batch ``[N, obs_dim]``, first folding it into the statistics if ``update``."""
+        if not self.normalize_obs:
+            return obs
+        if update:
+            self.obs_stats.update(obs.numpy().astype(np.float64))
+        return self.obs(obs)
+
+    def obs(self, obs: Tensor) -> Tensor:
+        """Normalise observations with the current (frozen) statistics."""
+        if not self.normalize_obs:
+            return obs
+        mean = torch.as_tensor(self.obs_stats.mean, dtype=obs.dtype)
+        std = torch.as_tensor(np.sqrt(self.obs_stats.var + EPSILON), dtype=obs.dtype)
+        out = (obs - mean) / std
+        return out.clamp(-self.clip_obs, self.clip_obs) if self.clip_obs > 0 else out
+
+    def track_rewards(self, rewards: np.ndarray, valid: np.ndarray, ended: np.ndarray) -> None:
+        """Advance the discounted return of each env by one step and fold it in."""
+        if not self.scale_rewards:
+            return
+        self._returns = np.where(valid, self._returns * self.gamma + rewards, self._returns)
+        self.return_stats.update(self._returns[valid])
+        self._returns[ended] = 0.0
+
+    def rewards(self, rewards: Tensor) -> Tensor:
+        """Scale rewards by the running std of the return (then clip)."""
+        if not self.scale_rewards:
+            return rewards
+        out = rewards / float(np.sqrt(self.return_stats.var + EPSILON))
+        return out.clamp(-self.clip_reward, self.clip_reward) if self.clip_reward > 0 else out
+
+    def state_dict(self) -> dict:
+        return {
+            "obs": self.obs_stats.state_dict(),
+            "return": self.return_stats.state_dict(),
+            "returns": torch.from_numpy(self._returns.copy()),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.obs_stats.load_state_dict(state["obs"])
+        self.return_stats.load_state_dict(state["return"])
+        returns = state["returns"].numpy()
+        if returns.shape == self._returns.shape:
+            self._returns = returns.astype(np.float64)
