@@ -12,9 +12,6 @@ one sample per step, log-probabilities kept with their graph until the batch end
 from __future__ import annotations
 
 import argparse
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +22,7 @@ import torch
 from torch import nn
 
 import pglab
+from machine import command_line, machine
 
 
 def tutorial_reinforce(total_steps: int, seed: int) -> tuple[float, float]:
@@ -95,7 +93,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write a markdown report")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = command_line()
 
     fast, fast_return = pglab_reinforce(args.steps, args.seed)
     slow, slow_return = tutorial_reinforce(args.steps, args.seed)
@@ -104,9 +102,7 @@ def main() -> None:
         "# REINFORCE throughput on CartPole-v1",
         "",
         f"command: `{command}`",
-        f"machine: {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch thread, python {platform.python_version()}, "
-        f"torch {torch.__version__}, gymnasium {gym.__version__}",
+        f"machine: {machine()}",
         f"settings: fr weights, 20 episodes per batch, hidden [8], Adam lr 0.01, "
         f"{args.steps:,} steps from scratch, seed {args.seed}",
         "",

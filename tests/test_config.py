@@ -51,7 +51,9 @@ def test_unknown_and_ambiguous_keys():
 
 def test_toml_file(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('lr = 0.02\n[policy]\nhidden = [8]\n[algo]\nname = "reinforce"\nweights = "fr"\n')
+    path.write_text(
+        'lr = 0.02\n[policy]\nhidden = [8]\n[algo]\nname = "reinforce"\nweights = "fr"\n'
+    )
     config = build_config(path, overrides=["lr=0.05"])
     assert config.policy.hidden == [8] and config.algo.weights == "fr"
     assert config.algo.lr == 0.05  # --set beats the file
@@ -67,7 +69,9 @@ def test_presets_layer_under_the_users_values(tmp_path):
     assert bare.run.preset == "none" and bare.algo.epochs == 10  # PPO's own defaults
     borrowed = build_config(flags={"env.id": "Acrobot-v1", "run.preset": "ppo/CartPole-v1"})
     assert borrowed.env.id == "Acrobot-v1" and borrowed.algo.gamma == 0.98
-    with pytest.raises(ConfigError, match="run.preset must be auto, none or one of .*ppo/CartPole-v1"):
+    with pytest.raises(
+        ConfigError, match="run.preset must be auto, none or one of .*ppo/CartPole-v1"
+    ):
         build_config(flags={"run.preset": "ppo/NoSuchEnv-v0"})
     with pytest.raises(ConfigError, match="algo.weights must be gae for ppo.*--algo reinforce"):
         build_config(overrides=["weights=fr"])
@@ -107,3 +111,19 @@ def test_override_values_are_read_as_toml():
     assert parse_override("weights=gae") == ("algo.weights", "gae")
     assert parse_override("normalize_weights=false") == ("algo.normalize_weights", False)
     assert build_config(overrides=["total_steps=2e5"]).run.total_steps == 200_000
+
+
+def test_every_shipped_preset_is_valid():
+    from pglab.config import available_presets
+
+    names = available_presets()
+    assert {
+        "ppo/CartPole-v1",
+        "ppo/Pendulum-v1",
+        "ppo/HalfCheetah-v5",
+        "reinforce/ALE/Pong-v5",
+    } <= set(names)
+    for name in names:
+        algo, env_id = name.split("/", 1)
+        config = build_config(flags={"algo.name": algo, "env.id": env_id})
+        assert config.run.preset == name

@@ -71,3 +71,13 @@ def test_lineworld_in_two_dimensions():
 def test_lineworld_rejects_bad_sizes():
     with pytest.raises(ValueError, match="grid_size"):
         LineWorldEnv(grid_size=1)
+
+
+def test_missing_extras_are_named():
+    from gymnasium.error import DependencyNotInstalled
+
+    from pglab.envs import _missing_extra
+
+    message = _missing_extra("LunarLander-v3", DependencyNotInstalled("Box2D is not installed"))
+    assert "pip install 'pglab[box2d]'" in message
+    assert "pglab[mujoco]" in _missing_extra("Hopper-v5", DependencyNotInstalled("no mujoco"))

@@ -67,3 +67,34 @@ def test_every_weight_learns_lineworld(weights, tmp_path):
     )
     assert run.summary["eval_return_mean"] >= -2.5, run.summary
     assert run.summary["eval_success_rate"] >= 0.4, run.summary
+
+
+def train_preset(algo, env, seed, tmp_path, **options):
+    """A run with the shipped preset for ``algo`` on ``env``."""
+    return pglab.train(env, algo, seed=seed, out=str(tmp_path), **FAST, **options).summary
+
+
+@pytest.mark.parametrize(
+    ("algo", "budget"), [("ppo", 100_000), ("trpo", 100_000), ("a2c", 500_000)]
+)
+def test_actor_critic_solves_cartpole_on_every_seed(algo, budget, tmp_path):
+    summaries = [
+        train_preset(algo, "CartPole-v1", seed, tmp_path, total_steps=budget) for seed in range(5)
+    ]
+    solved = [s["solved_at_step"] for s in summaries]
+    assert all(s is not None and s <= budget for s in solved), solved
+    assert all(s["eval_return_mean"] >= 475 for s in summaries)
+
+
+def test_ppo_learns_pendulum(tmp_path):
+    # a random policy scores about -1200; the preset reaches about -200 by 40k-60k steps
+    summary = train_preset(
+        "ppo",
+        "Pendulum-v1",
+        0,
+        tmp_path,
+        total_steps=100_000,
+        stop_at_return=-400,
+        eval_every=10_000,
+    )
+    assert summary["eval_return_mean"] >= -400, summary

@@ -8,7 +8,16 @@ import torch
 from pglab.envs.spaces import check_spaces
 from pglab.errors import EnvError
 from pglab.nets import mlp
-from pglab.policies import BernoulliHead, CategoricalHead, GaussianHead, make_actor
+from pglab.policies import (
+    BernoulliHead,
+    CategoricalHead,
+    GaussianHead,
+    TanhGaussianHead,
+    make_actor,
+    make_critic,
+    orthogonal_init,
+    shared_critic,
+)
 
 
 def test_linear_softmax_gradient_matches_closed_form():
@@ -140,3 +149,70 @@ def test_numpy_actor_declines_unknown_layers():
     from pglab.policies import NumpyActor
 
     assert NumpyActor.build(make_actor(4, gym.spaces.Discrete(2), [8], activation="gelu")) is None
+
+
+def test_tanh_gaussian_log_prob_is_a_change_of_variables():
+    low, high = np.array([-2.0, 0.0], dtype=np.float32), np.array([2.0, 5.0], dtype=np.float32)
+    head = TanhGaussianHead(3, low, high, log_std_init=-0.5)
+    mean = torch.randn(7, 2, dtype=torch.float64)
+    u = torch.randn(7, 2, dtype=torch.float64) * 1.5
+    head = head.double()
+    log_prob = head.log_prob(mean, u)
+    # reference: density of u under N(mean, std) divided by |da/du|, by finite differences
+    std = head.std()
+    log_density_u = torch.distributions.Normal(mean, std).log_prob(u).sum(-1)
+    h = 1e-6
+    jacobian = (head.squash(u + h) - head.squash(u - h)) / (2 * h)
+    reference = log_density_u - torch.log(jacobian).sum(-1)
+    assert torch.allclose(log_prob, reference, atol=1e-5)
+    actions = head.squash(u)
+    assert (actions >= torch.as_tensor(low)).all() and (actions <= torch.as_tensor(high)).all()
+
+
+def test_tanh_gaussian_needs_finite_bounds():
+    with pytest.raises(ValueError, match="finite bounds"):
+        make_actor(
+            2, gym.spaces.Box(-np.inf, np.inf, (1,), dtype=np.float32), [], head="tanh_gaussian"
+        )
+
+
+@pytest.mark.parametrize("kind", ["categorical", "bernoulli", "gaussian"])
+def test_head_kl_matches_torch(kind):
+    torch.manual_seed(0)
+    if kind == "categorical":
+        head, old, new = CategoricalHead(3, 4), torch.randn(5, 4), torch.randn(5, 4)
+        ref = torch.distributions.kl_divergence(
+            torch.distributions.Categorical(logits=old), torch.distributions.Categorical(logits=new)
+        )
+        got = head.kl(old, new)
+    elif kind == "bernoulli":
+        head, old, new = BernoulliHead(3), torch.randn(5), torch.randn(5)
+        ref = torch.distributions.kl_divergence(
+            torch.distributions.Bernoulli(logits=old), torch.distributions.Bernoulli(logits=new)
+        )
+        got = head.kl(old, new)
+    else:
+        head, old, new = GaussianHead(3, 2, log_std_init=0.3), torch.randn(5, 2), torch.randn(5, 2)
+        old_log_std = torch.tensor([-0.2, 0.1])
+        ref = torch.distributions.kl_divergence(
+            torch.distributions.Normal(old, old_log_std.exp()),
+            torch.distributions.Normal(new, head.std().detach()),
+        ).sum(-1)
+        got = head.kl(old, new, old_log_std)
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert torch.allclose(head.kl(old, old), torch.zeros_like(ref), atol=1e-6)
+
+
+def test_orthogonal_init_gains_and_shared_body():
+    torch.manual_seed(0)
+    actor = make_actor(4, gym.spaces.Discrete(2), [64, 64])
+    critic = make_critic(4, [64, 64])
+    orthogonal_init(actor, critic)
+    first = actor.body[0].weight
+    # orthogonal rows scaled by sqrt 2: W W^T = 2 I (4 inputs, 64 outputs: columns orthogonal)
+    assert torch.allclose(first.T @ first, 2 * torch.eye(4), atol=1e-5)
+    assert actor.head.linear.weight.norm(dim=1).max() <= 0.01 + 1e-6
+    assert torch.allclose(critic.value.weight.norm(), torch.tensor(1.0), atol=1e-5)
+    assert all((m.bias == 0).all() for m in actor.modules() if isinstance(m, torch.nn.Linear))
+    shared = shared_critic(actor)
+    assert shared.body is actor.body and shared(torch.randn(3, 4)).shape == (3,)

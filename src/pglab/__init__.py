@@ -65,7 +65,7 @@ def train(
     if algo is not None:
         values["algo.name"] = algo
     for key, value in options.items():
-        if isinstance(value, Mapping) and key in ("env", "policy", "algo", "run"):
+        if isinstance(value, Mapping) and key in ("policy", "algo", "run"):
             values.update({f"{key}.{name}": inner for name, inner in value.items()})
         else:
             values[key] = value

@@ -502,7 +502,8 @@ def _preset_layers(config: Config) -> tuple[list[tuple[dict[str, Any], str]], st
 
     Also returns the preset's name (``none`` when there is none).
     """
-    layers = []
+    # the chosen algo and env first, so that every layer validates against them
+    layers = [({"algo.name": config.algo.name, "env.id": config.env.id}, "flags")]
     algo_defaults = PRESETS_DIR / f"{config.algo.name}.toml"
     if algo_defaults.is_file():
         layers.append((_flatten(load_toml(algo_defaults), algo_defaults.name), algo_defaults.name))

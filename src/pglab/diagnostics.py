@@ -12,7 +12,7 @@ entropy collapse    entropy below 2% of its first value (discrete), or     entro
 KL far off target   approx KL above 4x ``target_kl`` (above 0.1 without    lower lr, fewer epochs,
                     a target) for 3 updates in a row                       set or lower target_kl
 critic useless      explained variance below 0 for 10 updates in a row     critic lr, more value
-                    (after the first 5)                                    epochs, value_hidden,
+                    (after the first 20)                                   epochs, value_hidden,
                                                                            normalise rewards
 exploding gradient  gradient norm above 20x the median so far (after 10)   max_grad_norm, lower lr
 flat advantages     standard deviation of the weights below 1e-6           reward scale, check the
@@ -32,8 +32,9 @@ from collections.abc import Mapping
 class HealthMonitor:
     """Watches update metrics and names each red flag once."""
 
-    def __init__(self, target_kl: float = 0.0) -> None:
+    def __init__(self, target_kl: float = 0.0, max_grad_norm: float = 0.0) -> None:
         self.target_kl = target_kl
+        self.max_grad_norm = max_grad_norm
         self.reported: set[str] = set()
         self.updates = 0
         self._first: dict[str, float] = {}
@@ -79,7 +80,7 @@ class HealthMonitor:
                     "or set a smaller algo.target_kl"
                 )
 
-        negative = values.get("explained_variance", 0.0) < 0 and self.updates > 5
+        negative = values.get("explained_variance", 0.0) < 0 and self.updates > 20
         if self._streak_of("ev", negative) >= 10:
             found["ev"] = (
                 f"explained variance below 0 for 10 updates at step {step:,}: the critic "
@@ -92,9 +93,14 @@ class HealthMonitor:
             if len(self._grad_norms) >= 10:
                 median = statistics.median(self._grad_norms)
                 if median > 0 and norm > 20 * median:
+                    remedy = (
+                        "lower algo.lr or algo.max_grad_norm"
+                        if self.max_grad_norm > 0
+                        else "set algo.max_grad_norm (e.g. 0.5) or lower algo.lr"
+                    )
                     found["grad"] = (
                         f"gradient norm {norm:.3g} is {norm / median:.0f}x its median at step "
-                        f"{step:,}: set algo.max_grad_norm (e.g. 0.5) or lower algo.lr"
+                        f"{step:,}: {remedy}"
                     )
             self._grad_norms.append(norm)
 

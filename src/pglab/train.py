@@ -163,7 +163,7 @@ class Trainer:
             update_normalizer=False,
         )
         self.agent = Agent(self.actor, obs_space, action_space, cfg, self.normalizer)
-        self.monitor = HealthMonitor(cfg.algo.target_kl)
+        self.monitor = HealthMonitor(cfg.algo.target_kl, cfg.algo.max_grad_norm)
         stop = cfg.run.stop_at_return
         self.stop_at = None if stop == "none" else float(stop)
         self.target = self.stop_at if self.stop_at is not None else reward_threshold(cfg.env.id)

@@ -43,8 +43,8 @@ class RunningMeanStd:
 
     def state_dict(self) -> dict[str, Tensor | float]:
         return {
-            "mean": torch.from_numpy(self.mean.copy()),
-            "var": torch.from_numpy(self.var.copy()),
+            "mean": torch.from_numpy(np.array(self.mean, dtype=np.float64)),
+            "var": torch.from_numpy(np.array(self.var, dtype=np.float64)),
             "count": float(self.count),
         }
 

@@ -1,0 +1,161 @@
+"""Learning benchmark: one algorithm on one env over several seeds, as a markdown table.
+
+Each seed trains from scratch for the whole budget (no early stop) with the shipped
+preset (plus any ``--set``), evaluating every ``run.eval_every`` steps. The table
+gives, per seed and over seeds, the final deterministic evaluation over
+``--episodes`` episodes (fresh env seeds), the first step at which a periodic
+evaluation reached the threshold, and the wall time.
+
+    python benchmarks/learning.py --algo ppo --env CartPole-v1 --steps 100000 --seeds 0-4
+    python benchmarks/learning.py --algo reinforce --weights gae --env CartPole-v1 \\
+        --steps 200000 --seeds 0-4 --jobs 2
+
+The table goes to ``benchmarks/results/learning/<algo>-<env>-<steps>.md`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pglab
+from machine import command_line, machine
+from pglab.envs import reward_threshold
+
+RESULTS = Path(__file__).parent / "results" / "learning"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-4`` or ``0,3,7``."""
+    if "-" in text:
+        low, high = text.split("-", 1)
+        return list(range(int(low), int(high) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def first_step_at(metrics: Path, threshold: float | None) -> int | None:
+    """The first step whose periodic evaluation reached ``threshold``."""
+    if threshold is None:
+        return None
+    with open(metrics, newline="") as handle:
+        for row in csv.DictReader(handle):
+            value = row.get("eval_return_mean")
+            if value and float(value) >= threshold:
+                return int(row["step"])
+    return None
+
+
+def one_seed(args: argparse.Namespace, seed: int, threshold: float | None) -> dict:
+    torch.set_num_threads(1)
+    options = dict(pglab.config.parse_override(text) for text in args.set)
+    if args.weights:
+        options["algo.weights"] = args.weights
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        run = pglab.train(
+            args.env,
+            args.algo,
+            seed=seed,
+            total_steps=args.steps,
+            stop_at_return="none",
+            out=out,
+            progress="off",
+            checkpoint_every=0,
+            **{key: value for key, value in options.items()},
+        )
+        summary = run.summary
+        solved_at = first_step_at(run.path / "metrics.csv", threshold)
+        result = pglab.evaluate(run.agent, episodes=args.episodes, seed=100_000 + seed)
+        wall = time.perf_counter() - start
+    return {
+        "seed": seed,
+        "final_mean": result.mean,
+        "final_std": result.std,
+        "solved_at": solved_at,
+        "steps": summary["total_steps"],
+        "wall": wall,
+        "preset": summary["preset"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algo", default="ppo")
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--weights", default=None, help="REINFORCE's weights")
+    parser.add_argument("--steps", type=int, required=True, help="budget per seed")
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--episodes", type=int, default=100, help="final evaluation episodes")
+    parser.add_argument("--threshold", type=float, default=None, help="default: the env's")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    seeds = parse_seeds(args.seeds)
+    threshold = args.threshold if args.threshold is not None else reward_threshold(args.env)
+
+    rows = []
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(one_seed, args, seed, threshold) for seed in seeds]
+        for future in futures:
+            row = future.result()
+            rows.append(row)
+            print(
+                f"seed {row['seed']}: final {row['final_mean']:.1f} ± {row['final_std']:.1f}, "
+                f"threshold reached at {row['solved_at']}, {row['wall']:.0f}s",
+                flush=True,
+            )
+
+    finals = [r["final_mean"] for r in rows]
+    solved = [r["solved_at"] for r in rows if r["solved_at"] is not None]
+    label = f"{args.algo}" + (f" ({args.weights})" if args.weights else "")
+    median_solved = f"{statistics.median(solved):,.0f}" if solved else "never"
+    lines = [
+        f"# {label} on {args.env}, {args.steps:,} steps, {len(seeds)} seeds",
+        "",
+        f"command: `{command_line()}`",
+        "",
+        f"machine: {machine()}",
+        "",
+        f"preset: {rows[0]['preset']}; extra options: {' '.join(args.set) or 'none'}",
+        "",
+        f"final evaluation: deterministic, {args.episodes} episodes per seed after the whole "
+        f"budget; threshold: {threshold if threshold is not None else 'none'} (first periodic "
+        "evaluation to reach it)",
+        "",
+        "| seed | final return (mean ± std) | steps to threshold | wall s |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        reached = "never" if r["solved_at"] is None else f"{r['solved_at']:,}"
+        lines.append(
+            f"| {r['seed']} | {r['final_mean']:.1f} ± {r['final_std']:.1f} | {reached} | "
+            f"{r['wall']:.0f} |"
+        )
+    lines += [
+        "",
+        f"**median final return over seeds: {statistics.median(finals):.1f}** "
+        f"(mean {np.mean(finals):.1f}, std {np.std(finals):.1f}); "
+        f"median steps to threshold: {median_solved} ({len(solved)}/{len(rows)} seeds reached it); "
+        f"median wall time {statistics.median(r['wall'] for r in rows):.0f} s",
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    name = f"{args.algo}{'-' + args.weights if args.weights else ''}-{args.env.replace('/', '-')}"
+    out = args.out or RESULTS / f"{name}-{args.steps}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(f"written to {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Mechanisms of A2C, PPO and TRPO: clipping, target-KL, the trust region, their losses."""
+
+import dataclasses
+
+import gymnasium as gym
+import pytest
+import torch
+
+from pglab.algos import make_algo
+from pglab.algos.trpo import conjugate_gradient
+from pglab.config import build_config
+from pglab.envs import make_vec_env
+from pglab.losses import approx_kl, clipped_surrogate_loss, clipped_value_loss
+from pglab.policies import make_actor, make_critic
+from pglab.rollout import Collector
+
+
+@pytest.mark.parametrize(
+    ("advantage", "ratio", "gradient"),
+    [
+        (1.0, 1.5, "zero"),  # A > 0, ratio above 1 + eps: no incentive to push it further
+        (1.0, 0.5, "ascent"),  # A > 0, ratio below 1 - eps: still pulled up
+        (-1.0, 0.5, "zero"),  # A < 0, ratio below 1 - eps: no incentive to push it lower
+        (-1.0, 1.5, "descent"),  # A < 0, ratio above 1 + eps: still pulled down
+        (1.0, 1.1, "ascent"),  # inside the range: the plain surrogate
+    ],
+)
+def test_clipped_objective_gradient(advantage, ratio, gradient):
+    log_ratio = torch.tensor([float(torch.log(torch.tensor(ratio)))], requires_grad=True)
+    loss = clipped_surrogate_loss(log_ratio, torch.tensor([advantage]), clip_range=0.2)
+    loss.backward()
+    # minimising the loss moves log_ratio by -grad
+    step = -log_ratio.grad.item()
+    if gradient == "zero":
+        assert step == 0.0
+    elif gradient == "ascent":
+        assert step > 0
+    else:
+        assert step < 0
+
+
+def test_clipped_value_loss_is_pessimistic():
+    old = torch.tensor([0.0])
+    target = torch.tensor([1.0])
+    # the value jumped past the clip: the clipped prediction (0.2) is farther, so it counts
+    loss = clipped_value_loss(torch.tensor([0.9]), old, target, clip_range=0.2)
+    assert loss.item() == pytest.approx((0.2 - 1.0) ** 2)
+    assert clipped_value_loss(torch.tensor([0.9]), old, target, 0.0).item() == pytest.approx(0.01)
+
+
+def test_kl_estimators():
+    logits_old, logits_new = torch.randn(20000, 3), torch.randn(20000, 3)
+    old = torch.distributions.Categorical(logits=logits_old)
+    new = torch.distributions.Categorical(logits=logits_new)
+    actions = old.sample()
+    log_ratio = new.log_prob(actions) - old.log_prob(actions)
+    k1, k3 = approx_kl(log_ratio)
+    exact = torch.distributions.kl_divergence(old, new).mean()
+    assert k1.item() == pytest.approx(exact.item(), rel=0.1)
+    assert k3.item() == pytest.approx(exact.item(), rel=0.1)
+    assert k3.item() >= 0
+
+
+def test_conjugate_gradient_solves_spd_systems():
+    torch.manual_seed(0)
+    m = torch.randn(6, 6, dtype=torch.float64)
+    a = m @ m.T + 6 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: a @ v, b, iters=20)
+    assert torch.allclose(a @ x, b, atol=1e-8)
+
+
+def _setup(algo: str, env_id: str = "CartPole-v1", steps: int = 512, **options):
+    config = build_config(
+        flags={"algo.name": algo, "env.id": env_id, "run.preset": "none", **options}
+    )
+    algo_config = config.algo.resolve()
+    torch.manual_seed(0)
+    envs = make_vec_env(env_id, 4)
+    obs_dim = envs.single_observation_space.shape[0]
+    actor = make_actor(obs_dim, envs.single_action_space, [16])
+    critic = make_critic(obs_dim, [16])
+    algo_obj = make_algo(algo_config, actor, critic)
+    batch = Collector(envs, actor, critic, seed=0).collect_steps(steps // 4)
+    return algo_obj, batch
+
+
+def test_target_kl_stops_the_epoch_loop():
+    algo, batch = _setup("ppo", **{"algo.lr": 0.05, "algo.target_kl": 0.001, "algo.epochs": 10})
+    metrics = algo.update(batch, progress=0.0)
+    assert metrics["epochs"] < 10
+    free, batch = _setup("ppo", **{"algo.lr": 0.05, "algo.epochs": 10})
+    assert free.update(batch, progress=0.0)["epochs"] == 10
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_trpo_step_respects_max_kl(env_id):
+    algo, batch = _setup("trpo", env_id, steps=1024, **{"algo.max_kl": 0.005})
+    obs = batch.obs.flatten(0, 1)[batch.valid.flatten()]
+    actor = algo.actor
+    with torch.no_grad():
+        old_params = actor(obs)
+        head_std = getattr(actor.head, "_log_std", None)
+        old_log_std = head_std() if head_std is not None else None
+    before = [p.detach().clone() for p in actor.parameters()]
+    metrics = algo.update(batch, progress=0.0)
+    moved = any(not torch.equal(a, b) for a, b in zip(before, actor.parameters()))
+    with torch.no_grad():
+        kl = actor.head.kl(old_params, actor(obs), old_log_std).mean().item()
+    assert moved and metrics["line_search_steps"] >= 1
+    assert kl <= 0.005 * (1 + 1e-4)
+    assert metrics["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("algo", ["a2c", "ppo", "trpo"])
+def test_updates_report_their_metrics(algo):
+    algo_obj, batch = _setup(algo)
+    metrics = algo_obj.update(batch, progress=0.5)
+    expected = set(algo_obj.METRICS) - {"policy_std"}  # CartPole: a discrete policy
+    assert expected <= set(metrics), expected - set(metrics)
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+
+
+def test_shared_body_trains_through_one_optimizer():
+    config = build_config(overrides=["algo=ppo", "shared=true", "preset=none"])
+    from pglab.agent import build_models
+
+    space = gym.spaces.Box(-1, 1, (4,))
+    actor, critic = build_models(config, space, gym.spaces.Discrete(2))
+    assert critic.body is actor.body
+    algo = make_algo(dataclasses.replace(config.algo.resolve()), actor, critic)
+    assert len(algo.params) == len(list(actor.parameters())) + 2  # + the value layer

@@ -1,0 +1,64 @@
+"""Running normalisation: its statistics, and the same actions after a checkpoint round trip."""
+
+import numpy as np
+import pytest
+import torch
+
+import pglab
+from pglab.envs.normalize import Normalizer, RunningMeanStd
+
+
+def test_running_mean_std_matches_numpy():
+    rng = np.random.default_rng(0)
+    data = rng.normal(3.0, 2.0, size=(1000, 3))
+    stats = RunningMeanStd((3,))
+    for chunk in np.array_split(data, 7):
+        stats.update(chunk)
+    assert np.allclose(stats.mean, data.mean(0), atol=1e-6)
+    assert np.allclose(stats.var, data.var(0), atol=1e-6)
+
+
+def test_reward_scaling_divides_by_the_return_std():
+    norm = Normalizer(1, 2, obs=False, reward=True, clip_reward=0.0, gamma=0.5)
+    valid = np.array([True, True])
+    ended = np.array([False, False])
+    for _ in range(50):
+        norm.track_rewards(np.array([1.0, 3.0]), valid, ended)
+    # returns converge to 2 and 6; the spread of all tracked returns sets the scale
+    std = float(np.sqrt(norm.return_stats.var + 1e-8))
+    assert norm.rewards(torch.tensor([2.0])).item() == pytest.approx(2.0 / std)
+    clipped = Normalizer(1, 2, obs=False, reward=True, clip_reward=0.1, gamma=0.5)
+    clipped.track_rewards(np.array([1.0, 3.0]), valid, ended)
+    assert clipped.rewards(torch.tensor([100.0])).item() == pytest.approx(0.1)
+
+
+def test_observations_are_normalised_and_clipped():
+    norm = Normalizer(2, 1, obs=True, reward=False, clip_obs=1.5)
+    for x in ([0.0, 10.0], [2.0, 30.0]):
+        norm.observe(torch.tensor([x]), update=True)
+    out = norm.obs(torch.tensor([[1.0, 20.0], [100.0, -100.0]]))
+    assert torch.allclose(out[0], torch.zeros(2), atol=1e-4)
+    assert out[1].tolist() == [1.5, -1.5]
+
+
+def test_normalisation_round_trips_through_a_checkpoint(tmp_path):
+    run = pglab.train(
+        "CartPole-v1",
+        "ppo",
+        total_steps=2048,
+        out=str(tmp_path),
+        progress="off",
+        normalize_obs=True,
+        normalize_reward=True,
+        preset="none",
+    )
+    loaded = pglab.load(run.path)
+    trained, restored = run.agent.normalizer, loaded.normalizer
+    assert restored is not None and restored.obs_stats.count == trained.obs_stats.count > 1
+    assert np.array_equal(restored.obs_stats.mean, trained.obs_stats.mean)
+    assert np.array_equal(restored.return_stats.var, trained.return_stats.var)
+    obs = np.random.default_rng(0).normal(0, 0.5, size=(64, 4)).astype(np.float32)
+    assert np.array_equal(run.agent.act(obs), loaded.act(obs))
+    # the statistics are not the identity: the agent really applies them
+    tensor = torch.from_numpy(obs)
+    assert not torch.allclose(restored.obs(tensor), tensor, atol=1e-2)
