@@ -62,3 +62,22 @@ def test_normalisation_round_trips_through_a_checkpoint(tmp_path):
     # the statistics are not the identity: the agent really applies them
     tensor = torch.from_numpy(obs)
     assert not torch.allclose(restored.obs(tensor), tensor, atol=1e-2)
+
+
+def test_evaluate_applies_the_frozen_statistics(tmp_path, monkeypatch):
+    run = pglab.train(
+        "CartPole-v1",
+        "ppo",
+        total_steps=1024,
+        out=str(tmp_path),
+        progress="off",
+        normalize_obs=True,
+        preset="none",
+    )
+    agent = pglab.load(run.path)
+    seen = []
+    original = agent.normalizer.obs
+    monkeypatch.setattr(agent.normalizer, "obs", lambda obs: seen.append(1) or original(obs))
+    count = agent.normalizer.obs_stats.count
+    pglab.evaluate(agent, episodes=2)
+    assert seen and agent.normalizer.obs_stats.count == count  # applied, never updated

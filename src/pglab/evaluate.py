@@ -45,14 +45,19 @@ def evaluate(
     """Play ``episodes`` complete episodes and report their returns.
 
     ``env`` defaults to the env the agent was trained on (with its options). The
+    run's preprocessing and frozen normalisation statistics apply as in training. The
     episodes run in ``num_envs`` parallel copies (default: up to 16), env i seeded
     with ``seed + i``; the most likely action is taken unless ``deterministic=False``.
     """
     env_id = env or agent.config.env.id
-    kwargs = agent.config.env.kwargs if env_id == agent.config.env.id else {}
-    envs = make_vec_env(env_id, num_envs or min(episodes, 16), kwargs)
+    own = env_id == agent.config.env.id
+    kwargs = agent.config.env.kwargs if own else {}
+    preprocess = agent.config.env.preprocess
+    envs = make_vec_env(env_id, num_envs or min(episodes, 16), kwargs, preprocess)
     try:
-        collector = Collector(envs, agent.actor, seed=seed)
+        collector = Collector(
+            envs, agent.actor, seed=seed, normalizer=agent.normalizer, update_normalizer=False
+        )
         return EvalResult.from_stats(collector.run_episodes(episodes, deterministic))
     finally:
         envs.close()
