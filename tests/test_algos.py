@@ -130,3 +130,20 @@ def test_shared_body_trains_through_one_optimizer():
     assert critic.body is actor.body
     algo = make_algo(dataclasses.replace(config.algo.resolve()), actor, critic)
     assert len(algo.params) == len(list(actor.parameters())) + 2  # + the value layer
+
+
+@pytest.mark.parametrize(
+    ("env_id", "head"), [("Pendulum-v1", "tanh_gaussian"), ("CartPole-v1", "bernoulli")]
+)
+def test_selectable_heads_train_and_act_in_the_env_format(env_id, head, tmp_path):
+    import numpy as np
+
+    import pglab
+
+    run = pglab.train(env_id, "ppo", head=head, total_steps=1024, out=str(tmp_path), progress="off")
+    agent = pglab.load(run.path)
+    assert type(agent.actor.head).__name__.lower().startswith(head.replace("_", ""))
+    obs = np.stack([agent.observation_space.sample() for _ in range(32)])
+    actions = agent.act(obs, deterministic=False)
+    assert all(agent.action_space.contains(a) for a in actions)
+    assert np.array_equal(agent.act(obs), run.agent.act(obs))
