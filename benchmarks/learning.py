@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # as in every worker
     seeds = parse_seeds(args.seeds)
     threshold = args.threshold if args.threshold is not None else reward_threshold(args.env)
 
