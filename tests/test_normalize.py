@@ -81,3 +81,27 @@ def test_evaluate_applies_the_frozen_statistics(tmp_path, monkeypatch):
     count = agent.normalizer.obs_stats.count
     pglab.evaluate(agent, episodes=2)
     assert seen and agent.normalizer.obs_stats.count == count  # applied, never updated
+
+
+def test_resume_restores_normaliser_and_optimizer(tmp_path):
+    from pglab.checkpoint import load_checkpoint
+    from pglab.config import Config
+    from pglab.train import Trainer
+
+    run = pglab.train(
+        "CartPole-v1",
+        "ppo",
+        total_steps=1024,
+        out=str(tmp_path),
+        progress="off",
+        normalize_obs=True,
+        normalize_reward=True,
+        preset="none",
+    )
+    state = load_checkpoint(run.path)
+    trainer = Trainer(Config.from_dict(state["config"]), state)
+    restored = trainer.normalizer.state_dict()
+    assert torch.equal(restored["obs"]["mean"], state["normalizer"]["obs"]["mean"])
+    assert restored["return"]["var"] == state["normalizer"]["return"]["var"]
+    steps = [s["step"] for s in trainer.algo.optimizer.state_dict()["state"].values()]
+    assert steps and all(float(s) == 320 for s in steps)  # one update: 10 epochs x 32 minibatches
