@@ -41,17 +41,21 @@ def test_observations_are_normalised_and_clipped():
     assert out[1].tolist() == [1.5, -1.5]
 
 
-def test_normalisation_round_trips_through_a_checkpoint(tmp_path):
-    run = pglab.train(
+def train_normalised(tmp_path, total_steps, **options):
+    """A short PPO run on CartPole with the given normalisation options."""
+    return pglab.train(
         "CartPole-v1",
         "ppo",
-        total_steps=2048,
+        total_steps=total_steps,
         out=str(tmp_path),
         progress="off",
-        normalize_obs=True,
-        normalize_reward=True,
         preset="none",
+        **options,
     )
+
+
+def test_normalisation_round_trips_through_a_checkpoint(tmp_path):
+    run = train_normalised(tmp_path, 2048, normalize_obs=True, normalize_reward=True)
     loaded = pglab.load(run.path)
     trained, restored = run.agent.normalizer, loaded.normalizer
     assert restored is not None and restored.obs_stats.count == trained.obs_stats.count > 1
@@ -65,15 +69,7 @@ def test_normalisation_round_trips_through_a_checkpoint(tmp_path):
 
 
 def test_evaluate_applies_the_frozen_statistics(tmp_path, monkeypatch):
-    run = pglab.train(
-        "CartPole-v1",
-        "ppo",
-        total_steps=1024,
-        out=str(tmp_path),
-        progress="off",
-        normalize_obs=True,
-        preset="none",
-    )
+    run = train_normalised(tmp_path, 1024, normalize_obs=True)
     agent = pglab.load(run.path)
     seen = []
     original = agent.normalizer.obs
@@ -88,16 +84,7 @@ def test_resume_restores_normaliser_and_optimizer(tmp_path):
     from pglab.config import Config
     from pglab.train import Trainer
 
-    run = pglab.train(
-        "CartPole-v1",
-        "ppo",
-        total_steps=1024,
-        out=str(tmp_path),
-        progress="off",
-        normalize_obs=True,
-        normalize_reward=True,
-        preset="none",
-    )
+    run = train_normalised(tmp_path, 1024, normalize_obs=True, normalize_reward=True)
     state = load_checkpoint(run.path)
     trainer = Trainer(Config.from_dict(state["config"]), state)
     restored = trainer.normalizer.state_dict()

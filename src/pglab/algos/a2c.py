@@ -17,28 +17,21 @@ For each batch of T steps (n-step rollouts) from N envs:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pglab.algos.base import (
-    critic_metrics,
+    JointOptimizer,
+    advantage_metrics,
     gae_advantages,
     gradient_step,
-    make_optimizer,
-    policy_std,
     scheduled_lr,
     set_lr,
     valid_samples,
 )
 from pglab.losses import policy_gradient_loss, value_loss
-from pglab.policies import Actor, Critic, unique_parameters
-from pglab.returns import masked_var, standardize
+from pglab.returns import standardize
 from pglab.rollout import Batch
 
-if TYPE_CHECKING:  # the config layer sits above; only its type is named here
-    from pglab.config import AlgoConfig
 
-
-class A2C:
+class A2C(JointOptimizer):
     """One actor-critic gradient step per n-step batch."""
 
     METRICS = (
@@ -52,15 +45,6 @@ class A2C:
         "weights_mean",
         "weights_var",
     )
-
-    def __init__(self, actor: Actor, critic: Critic, config: AlgoConfig) -> None:
-        self.actor = actor
-        self.critic = critic
-        self.config = config
-        self.params = unique_parameters(actor, critic)
-        self.optimizer = make_optimizer(
-            config.optimizer, self.params, config.lr, config.weight_decay, config.eps
-        )
 
     def update(self, batch: Batch, progress: float) -> dict[str, float]:
         """One step on the actor-critic loss of ``batch``; ``progress`` in [0, 1]."""
@@ -83,14 +67,5 @@ class A2C:
             "entropy": entropy.mean().item(),
             "grad_norm": grad_norm,
             "lr": lr,
-            "weights_mean": data["advantages"].mean().item(),
-            "weights_var": masked_var(data["advantages"]).item(),
-            **critic_metrics(data["values"], data["returns"]),
-            **policy_std(self.actor),
+            **advantage_metrics(data, self.actor),
         }
-
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from pglab.errors import TrainingError
 from pglab.losses import explained_variance, value_loss
-from pglab.policies import Actor, Critic, GaussianHead
-from pglab.returns import gae
+from pglab.policies import Actor, Critic, GaussianHead, unique_parameters
+from pglab.returns import gae, masked_var
 from pglab.rollout import Batch
+
+if TYPE_CHECKING:  # the config layer sits above; only its type is named here
+    from pglab.config import AlgoConfig
 
 _OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -140,9 +144,15 @@ def fit_critic(
     return loss.item()
 
 
-def critic_metrics(values: Tensor, targets: Tensor) -> dict[str, float]:
-    """Explained variance of the values the batch was collected with."""
-    return {"explained_variance": explained_variance(values, targets).item()}
+def advantage_metrics(data: dict[str, Tensor], actor: Actor) -> dict[str, float]:
+    """Mean and variance of the advantages, the critic's explained variance on the
+    batch's values, and (for a Gaussian policy) the policy std."""
+    return {
+        "weights_mean": data["advantages"].mean().item(),
+        "weights_var": masked_var(data["advantages"]).item(),
+        "explained_variance": explained_variance(data["values"], data["returns"]).item(),
+        **policy_std(actor),
+    }
 
 
 def policy_std(actor: Actor) -> dict[str, float]:
@@ -150,3 +160,25 @@ def policy_std(actor: Actor) -> dict[str, float]:
     if isinstance(actor.head, GaussianHead):
         return {"policy_std": actor.head.std().mean().item()}
     return {}
+
+
+class JointOptimizer:
+    """Actor and critic trained through one loss by one optimizer (A2C, PPO).
+
+    A shared body is stepped once: the parameters are collected without repeats.
+    """
+
+    def __init__(self, actor: Actor, critic: Critic, config: AlgoConfig) -> None:
+        self.actor = actor
+        self.critic = critic
+        self.config = config
+        self.params = unique_parameters(actor, critic)
+        self.optimizer = make_optimizer(
+            config.optimizer, self.params, config.lr, config.weight_decay, config.eps
+        )
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -25,29 +25,22 @@ the budget.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pglab.algos.base import (
-    critic_metrics,
+    JointOptimizer,
+    advantage_metrics,
     gae_advantages,
     gradient_step,
-    make_optimizer,
     minibatch_indices,
-    policy_std,
     scheduled_lr,
     set_lr,
     valid_samples,
 )
 from pglab.losses import approx_kl, clipped_surrogate_loss, clipped_value_loss
-from pglab.policies import Actor, Critic, unique_parameters
-from pglab.returns import masked_var, standardize
+from pglab.returns import standardize
 from pglab.rollout import Batch
 
-if TYPE_CHECKING:  # the config layer sits above; only its type is named here
-    from pglab.config import AlgoConfig
 
-
-class PPO:
+class PPO(JointOptimizer):
     """Clipped-surrogate PPO over epochs x minibatches of each batch."""
 
     METRICS = (
@@ -66,15 +59,6 @@ class PPO:
         "weights_mean",
         "weights_var",
     )
-
-    def __init__(self, actor: Actor, critic: Critic, config: AlgoConfig) -> None:
-        self.actor = actor
-        self.critic = critic
-        self.config = config
-        self.params = unique_parameters(actor, critic)
-        self.optimizer = make_optimizer(
-            config.optimizer, self.params, config.lr, config.weight_decay, config.eps
-        )
 
     def update(self, batch: Batch, progress: float) -> dict[str, float]:
         """Epochs x minibatches of clipped-surrogate steps on ``batch``; ``progress`` in [0, 1]."""
@@ -129,15 +113,6 @@ class PPO:
             lr=lr,
             clip_range=clip,
             epochs=steps / per_epoch,
-            weights_mean=data["advantages"].mean().item(),
-            weights_var=masked_var(data["advantages"]).item(),
-            **critic_metrics(data["values"], data["returns"]),
-            **policy_std(self.actor),
+            **advantage_metrics(data, self.actor),
         )
         return metrics
-
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])

@@ -27,11 +27,10 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from pglab.algos.base import (
-    critic_metrics,
+    advantage_metrics,
     fit_critic,
     gae_advantages,
     make_optimizer,
-    policy_std,
     scheduled_lr,
     set_lr,
     valid_samples,
@@ -39,7 +38,7 @@ from pglab.algos.base import (
 from pglab.errors import TrainingError
 from pglab.losses import approx_kl
 from pglab.policies import Actor, Critic
-from pglab.returns import masked_var, standardize
+from pglab.returns import standardize
 from pglab.rollout import Batch
 
 if TYPE_CHECKING:  # the config layer sits above; only its type is named here
@@ -94,11 +93,12 @@ class TRPO:
             config.optimizer, critic.parameters(), config.value_lr, eps=config.eps
         )
 
-    def _surrogate(self, data: dict[str, Tensor], adv: Tensor) -> tuple[Tensor, Tensor]:
+    def _surrogate(self, data: dict[str, Tensor], adv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:math:`L(\theta)`, the log-ratios and the entropies at the batch's states."""
         log_probs, entropy = self.actor.log_prob_entropy(data["obs"], data["actions"])
         log_ratio = log_probs - data["log_probs"]
         objective = (log_ratio.exp() * adv).mean() + self.config.entropy_coef * entropy.mean()
-        return objective, log_ratio
+        return objective, log_ratio, entropy
 
     def _mean_kl(self, obs: Tensor, old_params: Tensor, old_log_std: Tensor | None) -> Tensor:
         return self.actor.head.kl(old_params, self.actor(obs), old_log_std).mean()
@@ -115,7 +115,7 @@ class TRPO:
             old_params = self.actor(data["obs"])
             head_std = getattr(self.actor.head, "_log_std", None)
             old_log_std = head_std() if head_std is not None else None
-        objective, _ = self._surrogate(data, adv)
+        objective, _, _ = self._surrogate(data, adv)
         grads = torch.autograd.grad(objective, self.params)
         g = parameters_to_vector(grads)
         if not torch.isfinite(g).all():
@@ -139,16 +139,15 @@ class TRPO:
             for i in range(cfg.line_search_steps):
                 steps_taken = i + 1
                 vector_to_parameters(theta_old + cfg.line_search_decay**i * step, self.params)
-                new_objective, _ = self._surrogate(data, adv)
+                new_objective, _, _ = self._surrogate(data, adv)
                 new_kl = self._mean_kl(data["obs"], old_params, old_log_std)
                 if new_kl <= cfg.max_kl and new_objective.item() > old_objective:
                     accepted = True
                     break
             if not accepted:
                 vector_to_parameters(theta_old, self.params)
-            final_objective, log_ratio = self._surrogate(data, adv)
+            final_objective, log_ratio, entropy = self._surrogate(data, adv)
             final_kl = self._mean_kl(data["obs"], old_params, old_log_std)
-            _, entropy = self.actor.log_prob_entropy(data["obs"], data["actions"])
         kl_k1, kl_k3 = approx_kl(log_ratio)
 
         value_lr = scheduled_lr(cfg.value_lr, cfg.lr_schedule, progress)
@@ -172,10 +171,7 @@ class TRPO:
             "grad_norm": g.norm().item(),
             "lr": value_lr,
             "line_search_steps": steps_taken if accepted else 0,
-            "weights_mean": data["advantages"].mean().item(),
-            "weights_var": masked_var(data["advantages"]).item(),
-            **critic_metrics(data["values"], data["returns"]),
-            **policy_std(self.actor),
+            **advantage_metrics(data, self.actor),
         }
 
     def state_dict(self) -> dict:

@@ -85,6 +85,12 @@ class Normalizer:
         self.obs_stats = RunningMeanStd((obs_dim,))
         self.return_stats = RunningMeanStd()
         self._returns = np.zeros(num_envs, dtype=np.float64)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Cache the observation mean and std as float32 tensors (used every step)."""
+        self._obs_mean = torch.as_tensor(self.obs_stats.mean, dtype=torch.float32)
+        self._obs_std = torch.as_tensor(np.sqrt(self.obs_stats.var + EPSILON), dtype=torch.float32)
 
     def observe(self, obs: Tensor, update: bool) -> Tensor:
         """Normalise a batch ``[N, obs_dim]``, first folding it into the statistics if ``update``."""
@@ -92,15 +98,14 @@ class Normalizer:
             return obs
         if update:
             self.obs_stats.update(obs.numpy().astype(np.float64))
+            self._refresh()
         return self.obs(obs)
 
     def obs(self, obs: Tensor) -> Tensor:
         """Normalise observations with the current (frozen) statistics."""
         if not self.normalize_obs:
             return obs
-        mean = torch.as_tensor(self.obs_stats.mean, dtype=obs.dtype)
-        std = torch.as_tensor(np.sqrt(self.obs_stats.var + EPSILON), dtype=obs.dtype)
-        out = (obs - mean) / std
+        out = (obs - self._obs_mean) / self._obs_std
         return out.clamp(-self.clip_obs, self.clip_obs) if self.clip_obs > 0 else out
 
     def track_rewards(self, rewards: np.ndarray, valid: np.ndarray, ended: np.ndarray) -> None:
@@ -128,6 +133,7 @@ class Normalizer:
     def load_state_dict(self, state: dict) -> None:
         self.obs_stats.load_state_dict(state["obs"])
         self.return_stats.load_state_dict(state["return"])
+        self._refresh()
         returns = state["returns"].numpy()
         if returns.shape == self._returns.shape:
             self._returns = returns.astype(np.float64)
