@@ -30,16 +30,9 @@ import torch
 import pglab
 from machine import command_line, machine
 from pglab.envs import reward_threshold
+from pglab.population import parse_seeds
 
 RESULTS = Path(__file__).parent / "results" / "learning"
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``0-4`` or ``0,3,7``."""
-    if "-" in text:
-        low, high = text.split("-", 1)
-        return list(range(int(low), int(high) + 1))
-    return [int(s) for s in text.split(",")]
 
 
 def first_step_at(metrics: Path, threshold: float | None) -> int | None:

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from pglab.agent import Agent, load
 from pglab.config import Config, build_config
 from pglab.errors import CheckpointError, ConfigError, EnvError, PglabError, TrainingError
 from pglab.evaluate import EvalResult, evaluate
+from pglab.population import member_configs, train_many
 from pglab.train import Run
 from pglab.train import resume as _resume
 from pglab.train import train as _train
@@ -44,8 +45,10 @@ def train(
     algo: str | None = None,
     *,
     config: str | Path | Config | None = None,
+    seeds: Iterable[int] | None = None,
+    jobs: int = 1,
     **options: Any,
-) -> Run:
+) -> Run | list[Run]:
     """Train an agent and return the :class:`Run` (``.agent``, ``.summary``, ``.path``).
 
     Options are the keys of ``pglab train --help``, written ``name=value`` when the
@@ -53,6 +56,11 @@ def train(
     or passed per section as a dict (``policy={"hidden": [8]}``). ``config`` is a
     TOML file, or a :class:`Config` to start from (then no preset is applied). The
     tuned preset for the env and algorithm applies unless ``preset="none"``.
+
+    ``seeds`` trains one run per seed and returns the list of runs: a2c and ppo
+    train them as one population in this process (stacked, see
+    :mod:`pglab.population`), other algorithms one after another; ``jobs`` > 1
+    spreads them over that many processes.
 
     Example::
 
@@ -71,8 +79,14 @@ def train(
             values[key] = value
     source = "pglab.train()"
     if isinstance(config, Config):
-        return _train(build_config(flags=values, flags_source=source, base=config))
-    return _train(build_config(config, values, flags_source=source))
+        built = build_config(flags=values, flags_source=source, base=config)
+    else:
+        built = build_config(config, values, flags_source=source)
+    if seeds is None:
+        return _train(built)
+    if jobs < 1:
+        raise ConfigError(f"jobs must be an integer >= 1; got {jobs!r}")
+    return train_many(member_configs(built, list(seeds)), jobs)
 
 
 def resume(run_dir: str | Path) -> Run:

@@ -1,4 +1,4 @@
-"""The ``pglab`` command line: ``train`` and ``eval``.
+"""The ``pglab`` command line: ``train``, ``eval`` and ``bench``.
 
 Every user mistake ends with one line on stderr (``pglab: error: ...``) and exit
 code 2; Ctrl-C during training saves a checkpoint and exits with code 130.
@@ -10,11 +10,15 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from pglab.config import build_config, option_fields, parse_override
+from pglab.config import Config, build_config, option_fields, parse_override
 from pglab.errors import PglabError
+
+if TYPE_CHECKING:
+    from pglab.train import Run
 
 #: Named flags of ``pglab train`` and the option each one sets.
 TRAIN_FLAGS = {
@@ -76,6 +80,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "--weights", help="policy-gradient weights r|fr|dfr|dfrb|td|gae (default: gae)"
     )
     train.add_argument("--seed", help="random seed (default: 0)")
+    train.add_argument(
+        "--seeds",
+        metavar="SEEDS",
+        help="train one run per seed, e.g. 0-15 or 0,3,7: a2c and ppo train them as one "
+        "population in one process, other algorithms one after another",
+    )
+    train.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --seeds: spread the runs over N processes (default: 1)",
+    )
     train.add_argument("--steps", help="environment steps to train for (default: 200000)")
     train.add_argument("--out", help="folder for run groups (default: runs)")
     train.add_argument("--name", help="run folder name (default: algo-weights-seedN-time)")
@@ -103,6 +120,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run in its own folder"
+    )
+
+    commands.add_parser(
+        "bench",
+        help="speed benchmark against references (see 'pglab bench --help')",
+        add_help=False,
     )
 
     evaluate = commands.add_parser(
@@ -149,12 +172,39 @@ def _train(args: argparse.Namespace) -> int:
                     parse_override(f"{key}={value}")[1] if flag in _NUMERIC else value
                 )
         config = build_config(args.config, flag_values, args.overrides)
+        if args.seeds is not None:
+            return _train_seeds(config, args)
         run = train(config)
+    _print_run(run)
+    return 0
+
+
+def _print_run(run: Run) -> None:
     s = run.summary
     solved = "never" if s["solved_at_step"] is None else f"at step {s['solved_at_step']:,}"
     print(
         f"{run.path}: {s['total_steps']:,} steps in {s['wall_seconds']:.1f}s, "
         f"eval return {s['eval_return_mean']:.2f} ± {s['eval_return_std']:.2f}, solved {solved}"
+    )
+
+
+def _train_seeds(config: Config, args: argparse.Namespace) -> int:
+    """``--seeds``: one run per seed (a population, or processes with ``--jobs``)."""
+    from pglab.population import member_configs, parse_seeds, train_many
+
+    if args.seed is not None:
+        _fail("--seed and --seeds do not combine; give one of them")
+    if args.jobs < 1:
+        _fail(f"--jobs must be an integer >= 1; got {args.jobs}")
+    start = time.perf_counter()
+    runs = train_many(member_configs(config, parse_seeds(args.seeds)), args.jobs)
+    for run in runs:
+        _print_run(run)
+    solved = sum(run.summary["solved_at_step"] is not None for run in runs)
+    finals = sorted(run.summary["eval_return_mean"] for run in runs)
+    print(
+        f"{len(runs)} runs in {time.perf_counter() - start:.1f}s: solved {solved}/{len(runs)}, "
+        f"median eval return {finals[len(finals) // 2]:.2f}"
     )
     return 0
 
@@ -193,6 +243,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pglab`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from pglab.bench import main as bench
+
+        try:
+            return bench(argv[1:])
+        except PglabError as error:
+            _fail(str(error))
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -19,6 +19,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import functools
 import math
 import sys
 import typing
@@ -144,8 +145,14 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     return value
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved type annotations of a config section (resolving them is slow)."""
+    return typing.get_type_hints(cls)
+
+
 def _validate(section: Any) -> None:
-    hints = typing.get_type_hints(type(section))
+    hints = _hints(type(section))
     for f in dataclasses.fields(section):
         key = f"{section.SECTION}.{f.name}"
         typ = hints[f.name]
@@ -420,7 +427,7 @@ class Config:
 def option_fields() -> Iterable[tuple[str, dataclasses.Field, Any]]:
     """``(section.name, field, type)`` for every option, in declaration order."""
     for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         for f in dataclasses.fields(cls):
             yield f"{section}.{f.name}", f, hints[f.name]
 

@@ -22,6 +22,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -168,6 +169,8 @@ class Trainer:
         self.stop_at = None if stop == "none" else float(stop)
         self.target = self.stop_at if self.stop_at is not None else reward_threshold(cfg.env.id)
         self.recent_returns: collections.deque[float] = collections.deque(maxlen=100)
+        #: Called before every checkpoint (a population writes the member's optimizer state).
+        self.before_save: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ pieces
 
@@ -214,6 +217,8 @@ class Trainer:
         }
 
     def save(self, run_dir: Path) -> None:
+        if self.before_save is not None:
+            self.before_save()
         save_checkpoint(run_dir / CHECKPOINT_DIR / LAST, self.state())
 
     def summary(self, stopped: str) -> dict[str, Any]:
@@ -252,8 +257,30 @@ class Trainer:
         return self.steps >= self.config.run.total_steps or solved
 
     def train(self, run_dir: Path, resumed: bool = False) -> Run:
+        """Collect, update and record until the budget is spent, the run is solved, or a
+        stop is requested (Ctrl-C, SIGTERM); then checkpoint and write the summary."""
+        self.open(run_dir, resumed)
+        stopped = "budget"
+        try:
+            with _StopRequest() as stop:
+                while not self.finished():
+                    tick = time.perf_counter()
+                    batch = self.collect()
+                    metrics = self.algo.update(
+                        batch, progress=self.steps / self.config.run.total_steps
+                    )
+                    self.record(batch, metrics, time.perf_counter() - tick)
+                    if stop.requested:
+                        stopped = "interrupted"
+                        break
+        finally:
+            self.close_logs()
+        return self.close(stopped)
+
+    def open(self, run_dir: Path, resumed: bool = False, progress: str | None = None) -> None:
+        """Start the clock, the metrics files and the progress display of a run in ``run_dir``."""
         cfg = self.config.run
-        algo_metrics = list(self.algo.METRICS)
+        self.run_dir = run_dir
         columns = [
             "step",
             "env_steps",
@@ -264,60 +291,61 @@ class Trainer:
             "episode_return_mean",
             "episode_length_mean",
             "episode_success_rate",
-            *algo_metrics,
+            *self.algo.METRICS,
             "eval_return_mean",
             "eval_return_std",
             "eval_success_rate",
         ]
         self._start = time.perf_counter()
-        logger = MetricsLogger(run_dir, columns, self.steps if resumed else None)
+        self.logger = MetricsLogger(run_dir, columns, self.steps if resumed else None)
         title = f"{run_label(self.config)} {self.config.env.id}"
-        progress = Progress(cfg.progress, cfg.total_steps, title, start=self.steps)
-        next_eval = self._next_multiple(cfg.eval_every)
-        next_checkpoint = self._next_multiple(cfg.checkpoint_every)
-        stopped = "budget"
-        try:
-            with _StopRequest() as stop:
-                while not self.finished():
-                    tick = time.perf_counter()
-                    batch = self.collect()
-                    metrics = self.algo.update(batch, progress=self.steps / cfg.total_steps)
-                    self.steps += batch.num_steps
-                    self.env_steps = self.env_steps_before + self.collector.env_steps
-                    self.updates += 1
-                    self.episodes += len(batch.episodes.returns)
-                    self.recent_returns.extend(batch.episodes.returns)
-                    row = self._row(batch, metrics)
-                    due = cfg.eval_every and self.steps >= next_eval
-                    if due or self.steps >= cfg.total_steps:  # the last update always evaluates
-                        row.update(self._eval_row())
-                        next_eval = self._next_multiple(cfg.eval_every)
-                    row["steps_per_second"] = batch.num_steps / (time.perf_counter() - tick)
-                    row["wall_seconds"] = self.wall_seconds()
-                    logger.log(row)
-                    for warning in self.monitor.check(self._health(batch, metrics), self.steps):
-                        progress.warn(warning)
-                    if cfg.checkpoint_every and self.steps >= next_checkpoint:
-                        self.save(run_dir)
-                        next_checkpoint = self._next_multiple(cfg.checkpoint_every)
-                    progress.update(self.steps, self._progress_info(row))
-                    if stop.requested:
-                        stopped = "interrupted"
-                        break
-                if stopped != "interrupted" and self.stop_at is not None:
-                    stopped = "solved" if self.last_eval["mean"] >= self.stop_at else "budget"
-        finally:
-            progress.update(self.steps, self._progress_info({}), force=True)
-            progress.close()
-            logger.close()
-            self.envs.close()
-            self.eval_envs.close()
-        self.save(run_dir)
+        self.progress = Progress(progress or cfg.progress, cfg.total_steps, title, start=self.steps)
+        self._next_eval = self._next_multiple(cfg.eval_every)
+        self._next_checkpoint = self._next_multiple(cfg.checkpoint_every)
+
+    def record(self, batch: Batch, metrics: dict[str, float], seconds: float) -> None:
+        """Count ``batch``, log a row of ``metrics``, evaluate and checkpoint when due."""
+        cfg = self.config.run
+        self.steps += batch.num_steps
+        self.env_steps = self.env_steps_before + self.collector.env_steps
+        self.updates += 1
+        self.episodes += len(batch.episodes.returns)
+        self.recent_returns.extend(batch.episodes.returns)
+        row = self._row(batch, metrics)
+        due = cfg.eval_every and self.steps >= self._next_eval
+        if due or self.steps >= cfg.total_steps:  # the last update always evaluates
+            row.update(self._eval_row())
+            self._next_eval = self._next_multiple(cfg.eval_every)
+        row["steps_per_second"] = batch.num_steps / max(seconds, 1e-9)
+        row["wall_seconds"] = self.wall_seconds()
+        self.logger.log(row)
+        for warning in self.monitor.check(self._health(batch, metrics), self.steps):
+            self.progress.warn(warning)
+        if cfg.checkpoint_every and self.steps >= self._next_checkpoint:
+            self.save(self.run_dir)
+            self._next_checkpoint = self._next_multiple(cfg.checkpoint_every)
+        self.progress.update(self.steps, self._progress_info(row))
+
+    def close_logs(self) -> None:
+        """Flush and close the metrics files, the progress display and the envs."""
+        self.progress.update(self.steps, self._progress_info({}), force=True)
+        self.progress.close()
+        self.logger.close()
+        self.envs.close()
+        self.eval_envs.close()
+
+    def close(self, stopped: str) -> Run:
+        """Checkpoint and write ``summary.json``; ``stopped`` is ``budget`` or
+        ``interrupted`` (a budget run that reached ``stop_at_return`` becomes ``solved``).
+        An interrupted run raises KeyboardInterrupt once its files are written."""
+        if stopped != "interrupted" and self.stop_at is not None:
+            stopped = "solved" if self.last_eval["mean"] >= self.stop_at else "budget"
+        self.save(self.run_dir)
         summary = self.summary(stopped)
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         if stopped == "interrupted":
-            raise KeyboardInterrupt(str(run_dir))
-        return Run(run_dir, self.agent, summary)
+            raise KeyboardInterrupt(str(self.run_dir))
+        return Run(self.run_dir, self.agent, summary)
 
     def _health(self, batch: Batch, metrics: dict[str, float]) -> dict[str, float]:
         """The update's metrics, plus a check that the batch itself is finite."""

@@ -17,18 +17,14 @@ For each batch of T steps (n-step rollouts) from N envs:
 
 from __future__ import annotations
 
-from pglab.algos.base import (
-    JointOptimizer,
-    advantage_metrics,
-    gae_advantages,
-    gradient_step,
-    scheduled_lr,
-    set_lr,
-    valid_samples,
-)
-from pglab.losses import policy_gradient_loss, value_loss
-from pglab.returns import standardize
-from pglab.rollout import Batch
+from typing import Any
+
+from torch import Tensor
+
+from pglab.algos.base import JointOptimizer
+from pglab.losses import approx_kl, policy_gradient_loss, value_loss
+from pglab.policies import Actor, Critic
+from pglab.returns import masked_mean, standardize
 
 
 class A2C(JointOptimizer):
@@ -46,26 +42,22 @@ class A2C(JointOptimizer):
         "weights_var",
     )
 
-    def update(self, batch: Batch, progress: float) -> dict[str, float]:
-        """One step on the actor-critic loss of ``batch``; ``progress`` in [0, 1]."""
-        cfg = self.config
-        advantages, returns = gae_advantages(batch, cfg.gamma, cfg.lam)
-        data = valid_samples(batch, advantages=advantages, returns=returns)
-        adv = standardize(data["advantages"]) if cfg.normalize_weights else data["advantages"]
-
-        lr = scheduled_lr(cfg.lr, cfg.lr_schedule, progress)
-        set_lr(self.optimizer, lr)
-        self.actor.train()
-        log_probs, entropy = self.actor.log_prob_entropy(data["obs"], data["actions"])
-        policy_loss = policy_gradient_loss(log_probs, adv)
-        v_loss = value_loss(self.critic(data["obs"]), data["returns"])
-        loss = policy_loss + cfg.vf_coef * v_loss - cfg.entropy_coef * entropy.mean()
-        grad_norm = gradient_step(self.optimizer, loss, self.params, cfg.max_grad_norm, "A2C loss")
-        return {
-            "policy_loss": policy_loss.item(),
-            "value_loss": v_loss.item(),
-            "entropy": entropy.mean().item(),
-            "grad_norm": grad_norm,
-            "lr": lr,
-            **advantage_metrics(data, self.actor),
+    @staticmethod
+    def loss(
+        actor: Actor, critic: Critic, mb: dict[str, Tensor], hp: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Policy-gradient loss + ``vf_coef`` x value MSE - ``entropy_coef`` x entropy."""
+        valid = mb.get("valid")
+        log_probs, entropy = actor.log_prob_entropy(mb["obs"], mb["actions"])
+        adv = standardize(mb["advantages"], valid) if hp["normalize"] else mb["advantages"]
+        policy_loss = policy_gradient_loss(log_probs, adv, valid)
+        v_loss = value_loss(critic(mb["obs"]), mb["returns"], valid)
+        mean_entropy = masked_mean(entropy, valid)
+        loss = policy_loss + hp["vf_coef"] * v_loss - hp["entropy_coef"] * mean_entropy
+        _, kl = approx_kl(log_probs - mb["log_probs"], valid)
+        return loss, {
+            "policy_loss": policy_loss.detach(),
+            "value_loss": v_loss.detach(),
+            "entropy": mean_entropy.detach(),
+            "approx_kl": kl,
         }

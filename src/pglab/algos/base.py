@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from pglab.errors import TrainingError
 from pglab.losses import explained_variance, value_loss
 from pglab.policies import Actor, Critic, GaussianHead, unique_parameters
-from pglab.returns import gae, masked_var
+from pglab.returns import gae, masked_mean, masked_var
 from pglab.rollout import Batch
 
 if TYPE_CHECKING:  # the config layer sits above; only its type is named here
@@ -32,12 +32,15 @@ def make_optimizer(
     weight_decay: float = 0.0,
     eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
-    """``adam`` | ``sgd`` | ``rmsprop`` over ``params`` (foreach implementation).
+    """``adam`` | ``sgd`` | ``rmsprop`` over ``params``.
 
-    ``eps`` is Adam's and RMSprop's epsilon (RMSprop with smoothing 0.99).
+    ``eps`` is Adam's and RMSprop's epsilon (RMSprop with smoothing 0.99). Adam and
+    SGD use PyTorch's fused kernels (one pass over all parameters, several times
+    cheaper than the per-tensor loop for small networks), RMSprop the foreach ones.
     """
     extra = {} if name == "sgd" else {"eps": eps}
-    return _OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, foreach=True, **extra)
+    kernel = {"foreach": True} if name == "rmsprop" else {"fused": True}
+    return _OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **kernel, **extra)
 
 
 def scheduled_lr(base_lr: float, schedule: str, progress: float) -> float:
@@ -102,10 +105,14 @@ def gae_advantages(batch: Batch, gamma: float, lam: float) -> tuple[Tensor, Tens
     return advantages, advantages + batch.values
 
 
-def valid_samples(batch: Batch, **extra: Tensor) -> dict[str, Tensor]:
-    """The batch's valid transitions as flat ``[B, ...]`` tensors (obs, actions, log_probs,
-    values, and every ``[T, N]`` tensor passed in ``extra``)."""
-    mask = batch.valid.flatten()
+def valid_samples(batch: Batch, masked: bool = False, **extra: Tensor) -> dict[str, Tensor]:
+    """The batch's transitions as flat ``[B, ...]`` tensors (obs, actions, log_probs,
+    values, and every ``[T, N]`` tensor passed in ``extra``).
+
+    By default only the valid transitions; with ``masked`` every transition, plus a
+    ``valid`` flag for the losses to weigh them by (equal shapes across batches, as a
+    population's stacked update needs).
+    """
     tensors = {
         "obs": batch.obs,
         "actions": batch.actions,
@@ -113,12 +120,22 @@ def valid_samples(batch: Batch, **extra: Tensor) -> dict[str, Tensor]:
         "values": batch.values,
         **extra,
     }
-    return {k: v.flatten(0, 1)[mask] for k, v in tensors.items() if v is not None}
+    flat = {k: v.flatten(0, 1) for k, v in tensors.items() if v is not None}
+    if masked:
+        return {**flat, "valid": batch.valid.flatten()}
+    mask = batch.valid.flatten()
+    return {k: v[mask] for k, v in flat.items()}
 
 
-def minibatch_indices(size: int, minibatches: int) -> list[Tensor]:
-    """A random partition of ``range(size)`` into ``minibatches`` near-equal parts."""
-    return list(torch.randperm(size).chunk(min(minibatches, max(size, 1))))
+def minibatch_indices(
+    size: int, minibatches: int, generator: torch.Generator | None = None
+) -> list[Tensor]:
+    """A random partition of ``range(size)`` into ``minibatches`` near-equal parts
+    (one part, in order, when ``minibatches`` is 1: the order does not matter then)."""
+    if minibatches <= 1:
+        return [torch.arange(size)]
+    order = torch.randperm(size, generator=generator)
+    return list(order.chunk(min(minibatches, max(size, 1))))
 
 
 def fit_critic(
@@ -147,10 +164,11 @@ def fit_critic(
 def advantage_metrics(data: dict[str, Tensor], actor: Actor) -> dict[str, float]:
     """Mean and variance of the advantages, the critic's explained variance on the
     batch's values, and (for a Gaussian policy) the policy std."""
+    valid = data.get("valid")
     return {
-        "weights_mean": data["advantages"].mean().item(),
-        "weights_var": masked_var(data["advantages"]).item(),
-        "explained_variance": explained_variance(data["values"], data["returns"]).item(),
+        "weights_mean": masked_mean(data["advantages"], valid).item(),
+        "weights_var": masked_var(data["advantages"], valid).item(),
+        "explained_variance": explained_variance(data["values"], data["returns"], valid).item(),
         **policy_std(actor),
     }
 
@@ -163,10 +181,25 @@ def policy_std(actor: Actor) -> dict[str, float]:
 
 
 class JointOptimizer:
-    """Actor and critic trained through one loss by one optimizer (A2C, PPO).
+    r"""Actor and critic trained through one loss by one optimizer (A2C, PPO).
+
+    A subclass gives the loss of one minibatch (:meth:`loss`) and how many passes
+    over how many minibatches an update makes; the update itself is shared:
+
+    1. advantages :math:`\hat A_t` by GAE(:math:`\gamma, \lambda`) and value targets
+       :math:`\hat R_t = \hat A_t + V(s_t)`, under the policy that collected the batch;
+    2. for ``epochs`` passes, for each of ``minibatches`` random minibatches, one
+       gradient step on the loss, with the global gradient norm clipped;
+    3. with ``target_kl`` set, stop the passes at the first minibatch whose approximate
+       :math:`\mathrm{KL}(\pi_{old} \| \pi_\theta)` (the k3 estimator) exceeds it,
+       before stepping on it.
 
     A shared body is stepped once: the parameters are collected without repeats.
     """
+
+    METRICS: tuple[str, ...] = ()
+    #: Hyperparameters of :meth:`loss` that may differ between population members.
+    LOSS_HYPERPARAMETERS = ("vf_coef", "entropy_coef")
 
     def __init__(self, actor: Actor, critic: Critic, config: AlgoConfig) -> None:
         self.actor = actor
@@ -176,6 +209,82 @@ class JointOptimizer:
         self.optimizer = make_optimizer(
             config.optimizer, self.params, config.lr, config.weight_decay, config.eps
         )
+
+    # What a subclass gives.
+
+    @property
+    def epochs(self) -> int:
+        return 1
+
+    @property
+    def minibatches(self) -> int:
+        return 1
+
+    @staticmethod
+    def loss(
+        actor: Actor, critic: Critic, mb: dict[str, Tensor], hp: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of one minibatch and its diagnostics (tensors; ``approx_kl`` among them)."""
+        raise NotImplementedError
+
+    # The shared update.
+
+    def prepare(self, batch: Batch, masked: bool = False) -> dict[str, Tensor]:
+        """The batch as flat samples with ``advantages`` and ``returns`` (see :func:`valid_samples`)."""
+        advantages, returns = gae_advantages(batch, self.config.gamma, self.config.lam)
+        return valid_samples(batch, masked, advantages=advantages, returns=returns)
+
+    def hyperparameters(self, progress: float) -> dict[str, Any]:
+        """Learning rate, clip range (linearly annealed where configured) and the loss's
+        coefficients at ``progress`` in [0, 1] of the budget."""
+        cfg = self.config
+        return {
+            "lr": scheduled_lr(cfg.lr, cfg.lr_schedule, progress),
+            "clip_range": scheduled_lr(cfg.clip_range, cfg.clip_schedule, progress),
+            "vf_coef": cfg.vf_coef,
+            "entropy_coef": cfg.entropy_coef,
+            "value_clip": cfg.value_clip,
+            "normalize": cfg.normalize_weights,
+        }
+
+    def update(self, batch: Batch, progress: float) -> dict[str, float]:
+        """Epochs x minibatches of steps on :meth:`loss` over ``batch``; ``progress`` in [0, 1]."""
+        cfg = self.config
+        data = self.prepare(batch)
+        hp = self.hyperparameters(progress)
+        set_lr(self.optimizer, hp["lr"])
+        self.actor.train()
+        totals: dict[str, float] = {}
+        steps, stopped, per_epoch = 0, False, 1
+        for _ in range(self.epochs):
+            parts = minibatch_indices(len(data["returns"]), self.minibatches)
+            per_epoch = len(parts)
+            for index in parts:
+                mb = {k: v[index] for k, v in data.items()}
+                loss, stats = self.loss(self.actor, self.critic, mb, hp)
+                if cfg.target_kl > 0 and stats["approx_kl"] > cfg.target_kl:
+                    stopped = True
+                    break
+                name = f"{type(self).__name__} loss"
+                stats["grad_norm"] = gradient_step(
+                    self.optimizer, loss, self.params, cfg.max_grad_norm, name
+                )
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + float(value)
+                steps += 1
+            if stopped:
+                break
+        metrics = {key: total / max(steps, 1) for key, total in totals.items()}
+        metrics.update(lr=hp["lr"], clip_range=hp["clip_range"], epochs=steps / per_epoch)
+        return self.finish_metrics(metrics, data)
+
+    def finish_metrics(
+        self, metrics: dict[str, float], data: dict[str, Tensor]
+    ) -> dict[str, float]:
+        """The update's diagnostics: ``metrics`` plus the advantages' and the critic's,
+        restricted to :attr:`METRICS`."""
+        metrics.update(advantage_metrics(data, self.actor))
+        return {key: value for key, value in metrics.items() if key in self.METRICS}
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}

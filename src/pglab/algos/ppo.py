@@ -25,19 +25,14 @@ the budget.
 
 from __future__ import annotations
 
-from pglab.algos.base import (
-    JointOptimizer,
-    advantage_metrics,
-    gae_advantages,
-    gradient_step,
-    minibatch_indices,
-    scheduled_lr,
-    set_lr,
-    valid_samples,
-)
+from typing import Any
+
+from torch import Tensor
+
+from pglab.algos.base import JointOptimizer
 from pglab.losses import approx_kl, clipped_surrogate_loss, clipped_value_loss
-from pglab.returns import standardize
-from pglab.rollout import Batch
+from pglab.policies import Actor, Critic
+from pglab.returns import masked_mean, standardize
 
 
 class PPO(JointOptimizer):
@@ -59,60 +54,44 @@ class PPO(JointOptimizer):
         "weights_mean",
         "weights_var",
     )
+    LOSS_HYPERPARAMETERS = ("clip_range", "vf_coef", "entropy_coef")
 
-    def update(self, batch: Batch, progress: float) -> dict[str, float]:
-        """Epochs x minibatches of clipped-surrogate steps on ``batch``; ``progress`` in [0, 1]."""
-        cfg = self.config
-        advantages, returns = gae_advantages(batch, cfg.gamma, cfg.lam)
-        data = valid_samples(batch, advantages=advantages, returns=returns)
-        lr = scheduled_lr(cfg.lr, cfg.lr_schedule, progress)
-        clip = scheduled_lr(cfg.clip_range, cfg.clip_schedule, progress)
-        set_lr(self.optimizer, lr)
-        self.actor.train()
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
 
-        totals: dict[str, float] = {}
-        steps, stopped, per_epoch = 0, False, 1
-        for _ in range(cfg.epochs):
-            parts = minibatch_indices(len(data["returns"]), cfg.minibatches)
-            per_epoch = len(parts)
-            for index in parts:
-                mb = {k: v[index] for k, v in data.items()}
-                log_probs, entropy = self.actor.log_prob_entropy(mb["obs"], mb["actions"])
-                log_ratio = log_probs - mb["log_probs"]
-                kl_k1, kl_k3 = approx_kl(log_ratio)
-                if cfg.target_kl > 0 and kl_k3 > cfg.target_kl:
-                    stopped = True
-                    break
-                adv = mb["advantages"]
-                if cfg.normalize_weights and len(adv) > 1:
-                    adv = standardize(adv)
-                policy_loss = clipped_surrogate_loss(log_ratio, adv, clip)
-                values = self.critic(mb["obs"])
-                v_loss = clipped_value_loss(values, mb["values"], mb["returns"], cfg.value_clip)
-                loss = policy_loss + cfg.vf_coef * v_loss - cfg.entropy_coef * entropy.mean()
-                grad_norm = gradient_step(
-                    self.optimizer, loss, self.params, cfg.max_grad_norm, "PPO loss"
-                )
-                clipped = ((log_ratio.exp() - 1.0).abs() > clip).float().mean()
-                for key, value in (
-                    ("policy_loss", policy_loss.item()),
-                    ("value_loss", v_loss.item()),
-                    ("entropy", entropy.mean().item()),
-                    ("approx_kl", kl_k3.item()),
-                    ("approx_kl_k1", kl_k1.item()),
-                    ("clip_fraction", clipped.item()),
-                    ("grad_norm", grad_norm),
-                ):
-                    totals[key] = totals.get(key, 0.0) + value
-                steps += 1
-            if stopped:
-                break
+    @property
+    def minibatches(self) -> int:
+        return self.config.minibatches
 
-        metrics = {key: total / max(steps, 1) for key, total in totals.items()}
-        metrics.update(
-            lr=lr,
-            clip_range=clip,
-            epochs=steps / per_epoch,
-            **advantage_metrics(data, self.actor),
-        )
-        return metrics
+    @staticmethod
+    def loss(
+        actor: Actor, critic: Critic, mb: dict[str, Tensor], hp: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Clipped surrogate + ``vf_coef`` x value loss - ``entropy_coef`` x entropy.
+
+        ``mb`` holds flat samples (with a ``valid`` flag when some are not samples);
+        ``hp`` the clip range, the coefficients, ``value_clip`` and ``normalize``.
+        """
+        valid = mb.get("valid")
+        log_probs, entropy = actor.log_prob_entropy(mb["obs"], mb["actions"])
+        log_ratio = log_probs - mb["log_probs"]
+        kl_k1, kl_k3 = approx_kl(log_ratio, valid)
+        adv = mb["advantages"]
+        if hp["normalize"] and adv.shape[0] > 1:
+            adv = standardize(adv, valid)
+        clip = hp["clip_range"]
+        policy_loss = clipped_surrogate_loss(log_ratio, adv, clip, valid)
+        values = critic(mb["obs"])
+        v_loss = clipped_value_loss(values, mb["values"], mb["returns"], hp["value_clip"], valid)
+        mean_entropy = masked_mean(entropy, valid)
+        loss = policy_loss + hp["vf_coef"] * v_loss - hp["entropy_coef"] * mean_entropy
+        clipped = ((log_ratio.detach().exp() - 1.0).abs() > clip).float()
+        return loss, {
+            "policy_loss": policy_loss.detach(),
+            "value_loss": v_loss.detach(),
+            "entropy": mean_entropy.detach(),
+            "approx_kl": kl_k3,
+            "approx_kl_k1": kl_k1,
+            "clip_fraction": masked_mean(clipped, valid),
+        }

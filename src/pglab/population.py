@@ -1,0 +1,442 @@
+r"""Population training: several runs trained in one process, stacked along a leading axis.
+
+A population is M members that share everything that fixes a tensor's shape (env,
+networks, batch, number of envs) and may differ in their seed and in the
+hyperparameters listed in :data:`VARYING`. Each member keeps its own envs, its own
+normaliser, its own random streams and its own run folder, written exactly as a
+single run writes it (a member's folder can be evaluated or resumed as any run).
+
+One iteration:
+
+1. every member still training collects a batch with its own actor;
+2. the members' parameters, stacked into tensors ``[M, ...]``, get the gradients of
+   every member's loss in one call, ``vmap(grad(loss))`` over
+   ``torch.func.functional_call``; member *m*'s gradient depends on member *m*'s
+   parameters and data only;
+3. one optimizer step for all members, :class:`StackedOptimizer`: the update rules
+   of Adam, RMSprop and SGD are elementwise, so stacked they are M independent
+   optimizers; each member has its own learning rate, step count and gradient-norm
+   clip, and a member whose approximate KL passed ``target_kl`` stops stepping for
+   the rest of the update, as it would alone.
+
+Members' parameters *are* the stacked tensors (each member's ``nn.Parameter`` is a
+view of its row), so acting, evaluating and checkpointing use the members' own
+modules unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from pglab.algos.base import JointOptimizer, minibatch_indices
+from pglab.config import Config
+from pglab.envs import reward_threshold, validate_env_id
+from pglab.errors import ConfigError, TrainingError
+from pglab.logs import Progress
+from pglab.rollout import Batch
+from pglab.train import CONFIG_FILE, Run, Trainer, _new_run_dir, _StopRequest, run_label
+
+#: Options whose values may differ between the members of one population.
+VARYING = (
+    "run.seed",
+    "run.name",
+    "algo.lr",
+    "algo.entropy_coef",
+    "algo.vf_coef",
+    "algo.gamma",
+    "algo.lam",
+    "algo.clip_range",
+)
+
+
+def check_population(configs: Sequence[Config]) -> None:
+    """Raise :class:`ConfigError` unless ``configs`` can train as one population."""
+    if not configs:
+        raise ConfigError("a population needs at least one member; got none")
+    first = _flat(configs[0])
+    for config in configs[1:]:
+        for key, value in _flat(config).items():
+            if key not in VARYING and value != first[key]:
+                raise ConfigError(
+                    f"population members may differ only in {', '.join(VARYING)}; "
+                    f"they differ in {key} ({first[key]!r} vs {value!r})"
+                )
+
+
+def _flat(config: Config) -> dict[str, Any]:
+    return {
+        f"{section}.{key}": value
+        for section, values in config.to_dict().items()
+        for key, value in values.items()
+    }
+
+
+class StackedOptimizer:
+    r"""Adam, RMSprop or SGD over stacked parameters ``[M, ...]``: M independent optimizers.
+
+    The rules are PyTorch's (defaults otherwise), with a learning rate per member and
+    L2 weight decay :math:`g \leftarrow g + w\,\theta`:
+
+    * Adam: :math:`m \leftarrow \beta_1 m + (1-\beta_1) g`,
+      :math:`v \leftarrow \beta_2 v + (1-\beta_2) g^2`,
+      :math:`\theta \leftarrow \theta - \alpha \frac{m / (1-\beta_1^t)}{\sqrt{v / (1-\beta_2^t)} + \epsilon}`;
+    * RMSprop: :math:`v \leftarrow \rho v + (1-\rho) g^2`,
+      :math:`\theta \leftarrow \theta - \alpha\, g / (\sqrt v + \epsilon)` with :math:`\rho = 0.99`;
+    * SGD: :math:`\theta \leftarrow \theta - \alpha g`.
+    """
+
+    BETAS = (0.9, 0.999)
+    ALPHA = 0.99
+
+    def __init__(
+        self, name: str, params: list[Tensor], eps: float = 1e-8, weight_decay: float = 0.0
+    ) -> None:
+        if name not in ("adam", "rmsprop", "sgd"):
+            raise ConfigError(f"population training supports adam, rmsprop, sgd; got {name!r}")
+        self.name = name
+        self.params = params
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.steps = torch.zeros(params[0].shape[0])
+        moments = {"adam": ("exp_avg", "exp_avg_sq"), "rmsprop": ("square_avg",), "sgd": ()}
+        self.state = [{key: torch.zeros_like(p) for key in moments[name]} for p in params]
+
+    def step(self, grads: list[Tensor], members: Tensor, lr: Tensor) -> None:
+        """Step the rows ``members`` of every parameter with ``grads`` (rows in that order)."""
+        every = len(members) == len(self.steps)  # members are in order when all step
+        rows = slice(None) if every else members
+        self.steps[rows] += 1
+        t = self.steps[rows]
+        for param, g, state in zip(self.params, grads, self.state):
+            shape = (-1,) + (1,) * (param.dim() - 1)
+            theta = param[rows]
+            if self.weight_decay:
+                g = g + self.weight_decay * theta
+            moments = {key: value[rows] for key, value in state.items()}
+            direction = self._direction(g, moments, t.view(shape))
+            for key, value in moments.items():
+                state[key][rows] = value
+            param[rows] = theta - lr.view(shape) * direction
+
+    def _direction(self, g: Tensor, moments: dict[str, Tensor], t: Tensor) -> Tensor:
+        """Update the moments in place and return the step direction (before the lr)."""
+        if self.name == "adam":
+            beta1, beta2 = self.BETAS
+            m = moments["exp_avg"].lerp_(g, 1 - beta1)
+            v = moments["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            return (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + self.eps)
+        if self.name == "rmsprop":
+            v = moments["square_avg"].mul_(self.ALPHA).addcmul_(g, g, value=1 - self.ALPHA)
+            return g / (v.sqrt() + self.eps)
+        return g
+
+    def member_state(self, member: int, params: list[nn.Parameter]) -> dict[nn.Parameter, dict]:
+        """Member ``member``'s state in ``torch.optim``'s per-parameter layout."""
+        step = self.steps[member].clone()
+        return {
+            p: {"step": step.clone(), **{k: v[member].clone() for k, v in state.items()}}
+            for p, state in zip(params, self.state)
+        }
+
+
+class _LossModule(nn.Module):
+    """A member's actor and critic, whose forward is its algorithm's minibatch loss."""
+
+    def __init__(self, algo: JointOptimizer) -> None:
+        super().__init__()
+        self.actor = algo.actor
+        self.critic = algo.critic
+        self.loss = type(algo).loss
+
+    def forward(self, mb: dict[str, Tensor], hp: dict[str, Any]) -> tuple[Tensor, dict]:
+        return self.loss(self.actor, self.critic, mb, hp)
+
+
+class Population:
+    """Trains the members described by ``configs`` together (see the module's text)."""
+
+    def __init__(self, configs: Sequence[Config]) -> None:
+        check_population(configs)
+        self.configs = list(configs)
+        self.trainers: list[Trainer] = []
+        self._rng: list[Tensor] = []
+        for config in self.configs:
+            trainer = Trainer(config)  # seeds torch with the member's seed, then builds
+            if not isinstance(trainer.algo, JointOptimizer):
+                raise ConfigError(
+                    "population training supports algo ppo and a2c; "
+                    f"got {config.algo.name!r} (train its seeds as separate runs)"
+                )
+            self.trainers.append(trainer)
+            self._rng.append(torch.get_rng_state())
+        self._generators = [
+            torch.Generator().manual_seed(config.run.seed) for config in self.configs
+        ]
+        self._stack()
+
+    def _stack(self) -> None:
+        """Stack the members' parameters and make each member's parameters views of them."""
+        modules = [_LossModule(t.algo) for t in self.trainers]
+        self.module = modules[0]  # the structure that functional_call fills in
+        self.names = [name for name, _ in self.module.named_parameters()]
+        member_params = [dict(m.named_parameters()) for m in modules]
+        self.stacked = {
+            n: torch.stack([p[n].detach() for p in member_params]).contiguous() for n in self.names
+        }
+        for m, params in enumerate(member_params):
+            for n in self.names:
+                params[n].data = self.stacked[n][m]
+        self.member_params = [[p[n] for n in self.names] for p in member_params]
+        cfg = self.configs[0].algo
+        self.optimizer = StackedOptimizer(
+            cfg.optimizer, list(self.stacked.values()), cfg.eps, cfg.weight_decay
+        )
+        for m, trainer in enumerate(self.trainers):
+            trainer.before_save = lambda m=m: self._export_optimizer(m)
+
+    def _export_optimizer(self, member: int) -> None:
+        """Write the member's optimizer state into its own torch optimizer (for checkpoints)."""
+        optimizer = self.trainers[member].algo.optimizer
+        params = self.member_params[member]
+        by_param = {p: i for i, p in enumerate(params)}
+        optimizer.state.clear()
+        for p, state in self.optimizer.member_state(member, params).items():
+            if p in by_param:
+                optimizer.state[p] = state
+
+    @contextlib.contextmanager
+    def _member_rng(self, member: int) -> Iterator[None]:
+        """Run with the member's own torch random stream."""
+        torch.set_rng_state(self._rng[member])
+        try:
+            yield
+        finally:
+            self._rng[member] = torch.get_rng_state()
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, members: list[int], batches: list[Batch]) -> list[dict[str, float]]:
+        """One update of ``members`` on their ``batches``; returns each member's metrics."""
+        trainers = [self.trainers[m] for m in members]
+        algos = [t.algo for t in trainers]
+        lead = algos[0]
+        datas = [a.prepare(b, masked=True) for a, b in zip(algos, batches)]
+        data = {k: torch.stack([d[k] for d in datas]) for k in datas[0]}
+        hps = [
+            a.hyperparameters(t.steps / t.config.run.total_steps) for a, t in zip(algos, trainers)
+        ]
+        varying = {k: torch.tensor([hp[k] for hp in hps]) for k in lead.LOSS_HYPERPARAMETERS}
+        fixed = {k: v for k, v in hps[0].items() if k not in varying and k != "lr"}
+        lr = torch.tensor([hp["lr"] for hp in hps])
+        index = torch.tensor(members)
+        every = len(members) == len(self.trainers)
+
+        def member_loss(params: dict, mb: dict, hp: dict) -> tuple[Tensor, dict]:
+            return functional_call(self.module, params, (mb, {**fixed, **hp}))
+
+        gradients = vmap(grad(member_loss, has_aux=True), randomness="different")
+        cfg = lead.config
+        size = data["returns"].shape[1]
+        going = torch.ones(len(members), dtype=torch.bool)
+        taken = torch.zeros(len(members))
+        totals: dict[str, Tensor] = {}
+        per_epoch = 1
+        self.module.train()
+        rows = torch.arange(len(members))[:, None]
+        for _ in range(lead.epochs):
+            parts = [
+                minibatch_indices(size, lead.minibatches, self._generators[m]) for m in members
+            ]
+            per_epoch = len(parts[0])
+            for k in range(per_epoch):
+                idx = torch.stack([p[k] for p in parts])
+                mb = {key: value[rows, idx] for key, value in data.items()}
+                params = {n: s if every else s[index] for n, s in self.stacked.items()}
+                grads, stats = gradients(params, mb, varying)
+                if cfg.target_kl > 0:
+                    going &= stats["approx_kl"] <= cfg.target_kl
+                if not going.any():
+                    break
+                stats["grad_norm"] = self._clip(grads, cfg.max_grad_norm, members)
+                self.optimizer.step([grads[n][going] for n in self.names], index[going], lr[going])
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + torch.where(going, value, 0.0)
+                taken += going.float()
+            if not going.any():
+                break
+
+        results = []
+        for i, (algo, d) in enumerate(zip(algos, datas)):
+            metrics = {key: float(total[i] / max(taken[i], 1.0)) for key, total in totals.items()}
+            metrics.update(
+                lr=hps[i]["lr"], clip_range=hps[i]["clip_range"], epochs=float(taken[i]) / per_epoch
+            )
+            results.append(algo.finish_metrics(metrics, d))
+        return results
+
+    def _clip(self, grads: dict[str, Tensor], max_norm: float, members: list[int]) -> Tensor:
+        """Clip each member's global gradient norm to ``max_norm`` (> 0) in place;
+        returns the norms before clipping, ``[K]``."""
+        squares = sum(g.pow(2).flatten(1).sum(1) for g in grads.values())
+        norms = squares.sqrt()
+        if not torch.isfinite(norms).all():
+            bad = members[int((~torch.isfinite(norms)).nonzero()[0])]
+            raise TrainingError(
+                f"the gradient of member {bad} (seed {self.configs[bad].run.seed}) became "
+                "non-finite; lower the learning rate or enable gradient clipping"
+            )
+        if max_norm > 0:
+            scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+            for g in grads.values():
+                g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
+        return norms
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self, progress: str = "auto") -> list[Run]:
+        """Train every member to its own end (budget or solved), each into its own run folder."""
+        for trainer in self.trainers:
+            run_dir = _new_run_dir(trainer.config)
+            (run_dir / CONFIG_FILE).write_text(trainer.config.to_toml())
+            trainer.open(run_dir, progress="off")
+        first = self.configs[0]
+        total = sum(c.run.total_steps for c in self.configs)
+        title = f"{run_label(first)} {first.env.id} x{len(self.trainers)}"
+        display = Progress(progress, total, title)
+        stopped = "budget"
+        try:
+            with _StopRequest() as stop:
+                while live := [m for m, t in enumerate(self.trainers) if not t.finished()]:
+                    tick = time.perf_counter()
+                    batches = []
+                    for m in live:
+                        with self._member_rng(m):
+                            batches.append(self.trainers[m].collect())
+                    metrics = self.update(live, batches)
+                    seconds = time.perf_counter() - tick
+                    for m, batch, row in zip(live, batches, metrics):
+                        with self._member_rng(m):
+                            self.trainers[m].record(batch, row, seconds)
+                    display.update(sum(t.steps for t in self.trainers), self._info())
+                    if stop.requested:
+                        stopped = "interrupted"
+                        break
+        finally:
+            display.update(sum(t.steps for t in self.trainers), self._info(), force=True)
+            display.close()
+            for trainer in self.trainers:
+                trainer.close_logs()
+        runs = []
+        for trainer in self.trainers:
+            with contextlib.suppress(KeyboardInterrupt):
+                runs.append(trainer.close(stopped))
+        if stopped == "interrupted":
+            raise KeyboardInterrupt(str(self.trainers[0].run_dir.parent))
+        return runs
+
+    def _info(self) -> dict[str, Any]:
+        solved = sum(t.solved_at_step is not None for t in self.trainers)
+        evals = [t.last_eval["mean"] for t in self.trainers if t.last_eval is not None]
+        return {
+            "solved": f"{solved}/{len(self.trainers)}",
+            "eval median": float(torch.tensor(evals).median()) if evals else None,
+        }
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-15`` (a range, both ends included), ``0,3,7`` or ``5``; raises ConfigError."""
+    try:
+        if "-" in text.strip().lstrip("-"):
+            low, high = text.split("-", 1)
+            seeds = list(range(int(low), int(high) + 1))
+        else:
+            seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds must be A-B (A <= B), a list A,B,C or one seed; got {text!r}")
+    return seeds
+
+
+def member_configs(config: Config, seeds: Sequence[int]) -> list[Config]:
+    """``config`` once per seed; a given run name gets a ``-seedN`` suffix."""
+    configs = []
+    for seed in seeds:
+        run = dataclasses.replace(config.run, seed=seed)
+        if config.run.name:
+            run = dataclasses.replace(run, name=f"{config.run.name}-seed{seed}")
+        configs.append(dataclasses.replace(config, run=run))
+    return configs
+
+
+def supports_population(config: Config) -> bool:
+    """Whether ``config``'s algorithm trains as a stacked population (a2c, ppo)."""
+    return config.algo.name in ("a2c", "ppo")
+
+
+def train_many(configs: Sequence[Config], jobs: int = 1, progress: str = "auto") -> list[Run]:
+    """Train every config: as one population where the algorithm allows it (else one
+    after another), spread over ``jobs`` processes when ``jobs`` > 1.
+
+    Ctrl-C stops every run at its next update with a checkpoint, then raises
+    KeyboardInterrupt naming the group folder.
+    """
+    configs = [c.resolve(reward_threshold(c.env.id)) for c in configs]
+    for config in configs:
+        validate_env_id(config.env.id)
+    if jobs > 1 and len(configs) > 1:
+        return _train_in_processes(configs, jobs)
+    if len(configs) > 1 and supports_population(configs[0]):
+        check_population(configs)
+        return Population(configs).train(progress)
+    runs = []
+    for config in configs:
+        runs.append(_train_one(config))
+    return runs
+
+
+def _train_one(config: Config) -> Run:
+    from pglab.train import train
+
+    return train(config)
+
+
+def _worker(configs: list[Config]) -> list[tuple[str, dict, bool]]:
+    """Train a share of the runs in a child process; returns (folder, summary, interrupted)."""
+    torch.set_num_threads(1)
+    try:
+        runs = train_many(configs, jobs=1, progress="off")
+    except KeyboardInterrupt:
+        return [("", {}, True)]
+    return [(str(run.path), run.summary, False) for run in runs]
+
+
+def _train_in_processes(configs: list[Config], jobs: int) -> list[Run]:
+    """Deal ``configs`` round-robin over ``jobs`` processes (a population in each)."""
+    from pglab.agent import load
+
+    shares = [configs[i::jobs] for i in range(min(jobs, len(configs)))]
+    for share in shares:
+        if len(share) > 1 and supports_population(share[0]):
+            check_population(share)
+    context = multiprocessing.get_context("fork")
+    with _StopRequest() as stop, context.Pool(len(shares)) as pool:
+        results = pool.map(_worker, shares)
+    interrupted = stop.requested or any(flag for result in results for *_, flag in result)
+    if interrupted:
+        raise KeyboardInterrupt(str(Path(configs[0].run.out) / configs[0].run.group))
+    runs: list[Run | None] = [None] * len(configs)
+    for i, result in enumerate(results):  # share i holds configs i, i + jobs, i + 2 jobs, ...
+        for k, (path, summary, _) in enumerate(result):
+            runs[i + k * len(shares)] = Run(Path(path), load(path), summary)
+    return runs

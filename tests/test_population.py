@@ -1,0 +1,160 @@
+"""Population training: stacked members behave as independent runs."""
+
+import csv
+
+import pytest
+import torch
+
+import pglab
+from pglab.config import build_config
+from pglab.errors import ConfigError
+from pglab.population import (
+    Population,
+    StackedOptimizer,
+    check_population,
+    member_configs,
+    parse_seeds,
+    train_many,
+)
+
+FAST = {"run.progress": "off", "run.checkpoint_every": 0}
+
+
+def configs(tmp_path, seeds, **flags):
+    base = build_config(
+        flags={
+            "env.id": "CartPole-v1",
+            "algo.name": "ppo",
+            "run.out": str(tmp_path),
+            **FAST,
+            **flags,
+        },
+        flags_source="test",
+    )
+    return member_configs(base.resolve(475.0), seeds)
+
+
+@pytest.mark.parametrize("name", ["adam", "rmsprop", "sgd"])
+def test_stacked_optimizer_is_one_torch_optimizer_per_member(name):
+    torch.manual_seed(0)
+    lrs = [1e-2, 3e-3, 1e-1]
+    singles = [torch.randn(5, 3, requires_grad=True) for _ in lrs]
+    stacked = torch.stack([p.detach() for p in singles])
+    kinds = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+    extra = {} if name == "sgd" else {"eps": 1e-5}
+    torch_opts = [
+        kinds[name]([p], lr=lr, weight_decay=0.01, **extra) for p, lr in zip(singles, lrs)
+    ]
+    ours = StackedOptimizer(name, [stacked], eps=1e-5, weight_decay=0.01)
+    for step in range(6):
+        grads = torch.randn(3, 5, 3)
+        members = torch.arange(3) if step % 2 == 0 else torch.tensor([0, 2])  # member 1 skips
+        for m in members.tolist():
+            singles[m].grad = grads[m].clone()
+            torch_opts[m].step()
+        ours.step([grads[members]], members, torch.tensor(lrs)[members])
+    for m in range(3):
+        torch.testing.assert_close(stacked[m], singles[m].detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_population_gradient_is_each_members_own(tmp_path):
+    population = Population(configs(tmp_path, [0, 1, 2]))
+    batches = [t.collect() for t in population.trainers]
+    datas = [t.algo.prepare(b, masked=True) for t, b in zip(population.trainers, batches)]
+    hp = population.trainers[0].algo.hyperparameters(0.0)
+    # autograd on each member's own modules
+    expected = []
+    for trainer, data in zip(population.trainers, datas):
+        loss, _ = trainer.algo.loss(trainer.actor, trainer.critic, data, hp)
+        expected.append(
+            torch.autograd.grad(loss, population.member_params[population.trainers.index(trainer)])
+        )
+    # the stacked call
+    from torch.func import functional_call, grad, vmap
+
+    fixed = {
+        k: v for k, v in hp.items() if k not in ("clip_range", "vf_coef", "entropy_coef", "lr")
+    }
+    varying = {k: torch.tensor([hp[k]] * 3) for k in ("clip_range", "vf_coef", "entropy_coef")}
+
+    def member_loss(params, mb, h):
+        return functional_call(population.module, params, (mb, {**fixed, **h}))
+
+    data = {k: torch.stack([d[k] for d in datas]) for k in datas[0]}
+    grads, _ = vmap(grad(member_loss, has_aux=True))(population.stacked, data, varying)
+    for m in range(3):
+        for name, want in zip(population.names, expected[m]):
+            torch.testing.assert_close(grads[name][m], want, rtol=1e-4, atol=1e-6)
+
+
+def rows(run):
+    with open(run.path / "metrics.csv", newline="") as handle:
+        drop = ("wall_seconds", "steps_per_second")
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
+
+
+def test_a_repeated_member_gives_identical_results(tmp_path):
+    twins = configs(tmp_path, [3, 4], **{"run.total_steps": 3000, "run.eval_every": 1000})
+    twins[1] = twins[0]  # the same member twice
+    first, second = Population(twins).train(progress="off")
+    assert first.path != second.path
+    assert rows(first) == rows(second)
+    for a, b in zip(first.agent.actor.parameters(), second.agent.actor.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_member_folders_are_runs_that_resume(tmp_path):
+    runs = train_many(configs(tmp_path, [0, 1], **{"run.total_steps": 1000}), progress="off")
+    assert [r.summary["seed"] for r in runs] == [0, 1]
+    state = torch.load(runs[1].path / "checkpoints" / "last.pt", weights_only=False)
+    adam = state["algo"]["optimizer"]["state"]
+    assert adam and all(s["exp_avg"].abs().sum() > 0 for s in adam.values())
+    assert pglab.load(runs[1].path).config.run.seed == 1
+
+
+def test_members_may_differ_in_learning_rate_not_in_shape(tmp_path):
+    a, b = configs(tmp_path, [0, 1])
+    check_population([a, build_config(flags={"algo.lr": 0.01}, flags_source="t", base=b)])
+    wide = build_config(flags={"policy.hidden": [32]}, flags_source="t", base=b)
+    with pytest.raises(ConfigError, match="policy.hidden"):
+        check_population([a, wide])
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("5,2") == [5, 2]
+    assert parse_seeds("7") == [7]
+    for bad in ("x", "3-1", "1,1", ""):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_processes_and_sequential_fallback(tmp_path):
+    runs = pglab.train(
+        "CartPole-v1",
+        algo="ppo",
+        seeds=[0, 1, 2],
+        jobs=2,
+        total_steps=600,
+        out=str(tmp_path),
+        progress="off",
+    )
+    assert [r.summary["seed"] for r in runs] == [0, 1, 2]
+    assert all(r.summary["total_steps"] >= 600 for r in runs)
+    reinforce = pglab.train(
+        "CartPole-v1",
+        algo="reinforce",
+        seeds=[0, 1],
+        total_steps=300,
+        out=str(tmp_path),
+        progress="off",
+    )
+    assert [r.summary["seed"] for r in reinforce] == [0, 1]
+
+
+@pytest.mark.slow
+def test_population_solves_cartpole_like_single_runs(tmp_path):
+    # The single-run test (test_learning) solves CartPole on seeds 0-4 within 100k steps.
+    runs = train_many(configs(tmp_path, range(5), **{"run.total_steps": 100_000}), progress="off")
+    solved = [r.summary["solved_at_step"] for r in runs]
+    assert all(s is not None and s <= 100_000 for s in solved), solved
