@@ -125,7 +125,8 @@ class Agent:
             obs = self.encode(batch)
             if self.normalizer is not None:
                 obs = self.normalizer.obs(obs)
-            actions = self.to_env(self.actor.act(obs, deterministic).numpy())
+            device = next(self.actor.parameters()).device
+            actions = self.to_env(self.actor.act(obs.to(device), deterministic).cpu().numpy())
         if not single:
             return actions
         return actions[0].item() if actions[0].ndim == 0 else actions[0]

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import re
 import sys
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -339,6 +340,9 @@ class RunConfig:
         20_000, "steps between checkpoints; 0 = only at the end", NON_NEGATIVE
     )
     threads: int = opt(1, "torch CPU threads", Range(1, None))
+    device: str = opt(
+        "cpu", "where networks and updates run: cpu, cuda or cuda:N (envs stay on the CPU)"
+    )
     progress: str = opt("auto", "progress display (auto: a bar on a terminal)", Choice(PROGRESS))
     preset: str = opt(
         "auto", "tuned settings for the env and algo: auto = use them if shipped, none = don't"
@@ -348,6 +352,8 @@ class RunConfig:
         _validate(self)
 
     def check(self) -> None:
+        if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise ConfigError(f"run.device must be cpu, cuda or cuda:N; got {self.device!r}")
         if self.preset not in ("auto", "none") and preset_path(self.preset) is None:
             raise ConfigError(
                 f"run.preset must be auto, none or one of {', '.join(available_presets())}; "
@@ -560,3 +566,21 @@ def build_config(
     presets, name = _preset_layers(chosen)
     config = apply(Config(), [*presets, *user])
     return dataclasses.replace(config, run=dataclasses.replace(config.run, preset=name))
+
+
+def resolve_device(name: str) -> Any:
+    """The torch device for ``run.device``; a CUDA device that is not there is a ConfigError."""
+    import torch
+
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"run.device is {name!r} but PyTorch sees no CUDA device "
+                f"(torch {torch.__version__}); use run.device=cpu"
+            )
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"run.device is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return torch.device(name)

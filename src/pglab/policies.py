@@ -431,12 +431,12 @@ class NumpyActor:
         """Copy the actor's current weights."""
         with torch.no_grad():
             self._weights = [
-                (m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
+                (m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy())
                 for kind, m in self._layers
                 if kind == "linear"
             ]
             if isinstance(self.actor.head, GaussianHead):
-                self._log_std = self.actor.head._log_std().detach().numpy().copy()
+                self._log_std = self.actor.head._log_std().detach().cpu().numpy().copy()
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Actions for a ``[N, obs_dim]`` float32 batch, as the torch actor would draw them."""

@@ -107,7 +107,7 @@ class StackedOptimizer:
         self.params = params
         self.eps = eps
         self.weight_decay = weight_decay
-        self.steps = torch.zeros(params[0].shape[0])
+        self.steps = torch.zeros(params[0].shape[0], device=params[0].device)
         moments = {"adam": ("exp_avg", "exp_avg_sq"), "rmsprop": ("square_avg",), "sgd": ()}
         self.state = [{key: torch.zeros_like(p) for key in moments[name]} for p in params]
 
@@ -235,10 +235,13 @@ class Population:
         hps = [
             a.hyperparameters(t.steps / t.config.run.total_steps) for a, t in zip(algos, trainers)
         ]
-        varying = {k: torch.tensor([hp[k] for hp in hps]) for k in lead.LOSS_HYPERPARAMETERS}
+        device = trainers[0].device
+        varying = {
+            k: torch.tensor([hp[k] for hp in hps], device=device) for k in lead.LOSS_HYPERPARAMETERS
+        }
         fixed = {k: v for k, v in hps[0].items() if k not in varying and k != "lr"}
-        lr = torch.tensor([hp["lr"] for hp in hps])
-        index = torch.tensor(members)
+        lr = torch.tensor([hp["lr"] for hp in hps], device=device)
+        index = torch.tensor(members, device=device)
         every = len(members) == len(self.trainers)
 
         def member_loss(params: dict, mb: dict, hp: dict) -> tuple[Tensor, dict]:
@@ -247,19 +250,19 @@ class Population:
         gradients = vmap(grad(member_loss, has_aux=True), randomness="different")
         cfg = lead.config
         size = data["returns"].shape[1]
-        going = torch.ones(len(members), dtype=torch.bool)
-        taken = torch.zeros(len(members))
+        going = torch.ones(len(members), dtype=torch.bool, device=device)
+        taken = torch.zeros(len(members), device=device)
         totals: dict[str, Tensor] = {}
         per_epoch = 1
         self.module.train()
-        rows = torch.arange(len(members))[:, None]
+        rows = torch.arange(len(members), device=device)[:, None]
         for _ in range(lead.epochs):
             parts = [
                 minibatch_indices(size, lead.minibatches, self._generators[m]) for m in members
             ]
             per_epoch = len(parts[0])
             for k in range(per_epoch):
-                idx = torch.stack([p[k] for p in parts])
+                idx = torch.stack([p[k] for p in parts]).to(device)
                 mb = {key: value[rows, idx] for key, value in data.items()}
                 params = {n: s if every else s[index] for n, s in self.stacked.items()}
                 grads, stats = gradients(params, mb, varying)

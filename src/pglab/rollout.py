@@ -109,6 +109,9 @@ class Collector:
             (episode statistics stay in the env's own units).
         update_normalizer: fold what is seen into the normaliser's statistics
             (training); False applies them frozen (evaluation).
+
+    Batches are returned on the actor's device; envs, normalisation and the
+    collection buffers stay on the CPU.
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class Collector:
         )
         self.normalizer = normalizer
         self.update_normalizer = update_normalizer and normalizer is not None
+        self.device = next(actor.parameters()).device
         # Small MLP actors act through a numpy mirror: same distribution, far less overhead.
         self._fast_actor = NumpyActor.build(actor)
         self._next_seed = seed
@@ -177,7 +181,7 @@ class Collector:
             actions = self._fast_actor.act(obs.numpy(), deterministic)
         else:
             with torch.inference_mode():
-                actions = self.actor.act(obs, deterministic).numpy()
+                actions = self.actor.act(obs.to(self.device), deterministic).cpu().numpy()
         raw, rewards, terminated, truncated, info = self.envs.step(self.to_env(actions))
         self.env_steps += self.num_envs
         valid = ~self._prev_done & active
@@ -294,6 +298,11 @@ class Collector:
         self._count_episodes(data["rewards"].numpy(), data["valid"].numpy(), ends.numpy(), stats)
         # The rollout stops here: bootstrap from the next observation where the
         # episode did not truly terminate.
+        rewards = data["rewards"]
+        if self.normalizer is not None:
+            rewards = self.normalizer.rewards(rewards)
+        data = {key: value.to(self.device) for key, value in data.items()}
+        rewards = rewards.to(self.device)
         truncated = data["truncated"].clone()
         truncated[-1] |= ~data["terminated"][-1]
         obs, actions = data["obs"], data["actions"]
@@ -303,11 +312,8 @@ class Collector:
             values = next_values = None
             if self.critic is not None:
                 values = self.critic(flat_obs).reshape(length, self.num_envs)
-                last = self.critic(self._obs)
+                last = self.critic(self._obs.to(self.device))
                 next_values = torch.cat([values[1:], last.unsqueeze(0)])
-        rewards = data["rewards"]
-        if self.normalizer is not None:
-            rewards = self.normalizer.rewards(rewards)
         return Batch(
             obs=obs,
             actions=actions,

@@ -34,7 +34,7 @@ import torch
 from pglab.agent import Agent, build_models, build_normalizer
 from pglab.algos import make_algo
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, save_checkpoint
-from pglab.config import Config
+from pglab.config import Config, resolve_device
 from pglab.diagnostics import HealthMonitor
 from pglab.envs import make_vec_env, reward_threshold, validate_env_id
 from pglab.errors import PglabError
@@ -138,7 +138,11 @@ class Trainer:
         self.eval_envs = make_vec_env(env.id, eval_envs, env.kwargs, env.preprocess)
         obs_space = self.envs.single_observation_space
         action_space = self.envs.single_action_space
+        self.device = resolve_device(cfg.run.device)
         self.actor, self.critic = build_models(cfg, obs_space, action_space)
+        self.actor.to(self.device)
+        if self.critic is not None:
+            self.critic.to(self.device)
         self.algo = make_algo(cfg.algo, self.actor, self.critic)
         self.normalizer = build_normalizer(cfg, obs_space, self.envs.num_envs)
         if state is not None:
