@@ -306,16 +306,21 @@ class Population:
 
     # ------------------------------------------------------------------ loop
 
-    def train(self, progress: str = "auto") -> list[Run]:
-        """Train every member to its own end (budget or solved), each into its own run folder."""
+    def train(self, progress: str | None = None) -> list[Run]:
+        """Train every member to its own end (budget or solved), each into its own run folder.
+
+        One progress display for the whole population (``progress``, by default the
+        members' ``run.progress``); health warnings name their member's folder.
+        """
         for trainer in self.trainers:
             run_dir = _new_run_dir(trainer.config)
             (run_dir / CONFIG_FILE).write_text(trainer.config.to_toml())
             trainer.open(run_dir, progress="off")
+            trainer.warn_prefix = f"{run_dir.name}: "
         first = self.configs[0]
         total = sum(c.run.total_steps for c in self.configs)
         title = f"{run_label(first)} {first.env.id} x{len(self.trainers)}"
-        display = Progress(progress, total, title)
+        display = Progress(progress or first.run.progress, total, title)
         stopped = "budget"
         try:
             with _StopRequest() as stop:
@@ -387,21 +392,26 @@ def supports_population(config: Config) -> bool:
     return config.algo.name in ("a2c", "ppo")
 
 
-def train_many(configs: Sequence[Config], jobs: int = 1, progress: str = "auto") -> list[Run]:
+def train_many(configs: Sequence[Config], jobs: int = 1, progress: str | None = None) -> list[Run]:
     """Train every config: as one population where the algorithm allows it (else one
     after another), spread over ``jobs`` processes when ``jobs`` > 1.
 
     Ctrl-C stops every run at its next update with a checkpoint, then raises
     KeyboardInterrupt naming the group folder.
     """
-    configs = [c.resolve(reward_threshold(c.env.id)) for c in configs]
     for config in configs:
         validate_env_id(config.env.id)
+    configs = [c.resolve(reward_threshold(c.env.id)) for c in configs]
+    if progress is not None:
+        configs = [
+            dataclasses.replace(c, run=dataclasses.replace(c.run, progress=progress))
+            for c in configs
+        ]
     if jobs > 1 and len(configs) > 1:
         return _train_in_processes(configs, jobs)
     if len(configs) > 1 and supports_population(configs[0]):
         check_population(configs)
-        return Population(configs).train(progress)
+        return Population(configs).train()
     runs = []
     for config in configs:
         runs.append(_train_one(config))

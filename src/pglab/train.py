@@ -175,6 +175,8 @@ class Trainer:
         self.recent_returns: collections.deque[float] = collections.deque(maxlen=100)
         #: Called before every checkpoint (a population writes the member's optimizer state).
         self.before_save: Callable[[], None] | None = None
+        #: Put before warnings (a population names the member).
+        self.warn_prefix = ""
 
     # ------------------------------------------------------------------ pieces
 
@@ -324,7 +326,7 @@ class Trainer:
         row["wall_seconds"] = self.wall_seconds()
         self.logger.log(row)
         for warning in self.monitor.check(self._health(batch, metrics), self.steps):
-            self.progress.warn(warning)
+            self.progress.warn(self.warn_prefix + warning)
         if cfg.checkpoint_every and self.steps >= self._next_checkpoint:
             self.save(self.run_dir)
             self._next_checkpoint = self._next_multiple(cfg.checkpoint_every)
