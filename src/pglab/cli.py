@@ -1,4 +1,4 @@
-"""The ``pglab`` command line: ``train``, ``eval`` and ``bench``.
+"""The ``pglab`` command line: ``train``, ``eval``, ``sweep``, ``report`` and ``bench``.
 
 Every user mistake ends with one line on stderr (``pglab: error: ...``) and exit
 code 2; Ctrl-C during training saves a checkpoint and exits with code 130.
@@ -122,6 +122,42 @@ def _build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR", help="continue an interrupted run in its own folder"
     )
 
+    sweep = commands.add_parser(
+        "sweep",
+        help="run every run of a sweep spec (skipping finished ones)",
+        description="Run the runs of a sweep spec that are not finished yet; see pglab.sweep "
+        "for the spec's format. Exit code 0 when every run has succeeded, 1 otherwise.",
+    )
+    sweep.add_argument("spec", metavar="SPEC.toml", help="the sweep spec")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state")
+    sweep.add_argument(
+        "--backend", default="local", help="local (a process pool) or ray (default: local)"
+    )
+    sweep.add_argument(
+        "--address",
+        default=None,
+        help="with --backend ray: a cluster's address (auto or HOST:PORT); "
+        "default: start a local Ray instance for the sweep",
+    )
+    sweep.add_argument(
+        "--workers", type=int, default=None, help="local processes (default: one per core)"
+    )
+
+    report = commands.add_parser(
+        "report",
+        help="tables and learning curves of a run group",
+        description="Per configuration over seeds: mean, std, IQM and a 95%% bootstrap CI of "
+        "the final evaluation and of the area under the learning curve, as a markdown "
+        "table, and the learning curves as a PNG; written to GROUP/report/.",
+    )
+    report.add_argument("group", metavar="GROUP_DIR", help="a run group folder, e.g. runs/my-sweep")
+    report.add_argument(
+        "--by",
+        nargs="+",
+        metavar="OPTION",
+        help="group runs by these options (default: every option that varies but the seed)",
+    )
+
     commands.add_parser(
         "bench",
         help="speed benchmark against references (see 'pglab bench --help')",
@@ -209,6 +245,29 @@ def _train_seeds(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from pglab.sweep import run_sweep
+
+    if args.workers is not None and args.workers < 1:
+        _fail(f"--workers must be an integer >= 1; got {args.workers}")
+    ok = run_sweep(
+        args.spec,
+        backend=args.backend,
+        workers=args.workers,
+        address=args.address,
+        dry_run=args.dry_run,
+    )
+    return 0 if ok else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pglab.report import report
+
+    out = report(args.group, args.by)
+    print(f"{out / 'report.md'}\n{out / 'learning_curves.png'}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from pglab.agent import load
     from pglab.evaluate import evaluate
@@ -257,12 +316,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return _train(args) if args.command == "train" else _eval(args)
+        commands = {"train": _train, "eval": _eval, "sweep": _sweep, "report": _report}
+        return commands[args.command](args)
     except PglabError as error:
         _fail(str(error))
     except KeyboardInterrupt as interrupt:
         where = str(interrupt)
-        if where:
+        if args.command == "sweep":
+            print(
+                f"pglab: interrupted; run 'pglab sweep {args.spec}' again to finish the "
+                "missing runs",
+                file=sys.stderr,
+            )
+        elif where:
             print(
                 f"pglab: interrupted; checkpoint saved. Continue with: pglab train --resume "
                 f"{where}",

@@ -325,6 +325,9 @@ class RunConfig:
 
     seed: int = opt(0, "random seed of the run", NON_NEGATIVE)
     total_steps: int = opt(200_000, "environment steps to train for", Range(1, None))
+    total_updates: int = opt(
+        0, "also stop after this many updates (batches); 0 = no limit", NON_NEGATIVE
+    )
     out: str = opt("runs", "folder that holds run groups")
     group: str = opt("", "group folder under out; empty = the env id")
     name: str = opt("", "run folder name; empty = algo-weights-seed-time")

@@ -260,7 +260,12 @@ class Trainer:
             and self.last_eval is not None
             and (self.last_eval["mean"] >= self.stop_at)
         )
-        return self.steps >= self.config.run.total_steps or solved
+        return self.budget_spent() or solved
+
+    def budget_spent(self) -> bool:
+        """``run.total_steps`` steps or ``run.total_updates`` updates (when set) are done."""
+        run = self.config.run
+        return self.steps >= run.total_steps or 0 < run.total_updates <= self.updates
 
     def train(self, run_dir: Path, resumed: bool = False) -> Run:
         """Collect, update and record until the budget is spent, the run is solved, or a
@@ -319,7 +324,7 @@ class Trainer:
         self.recent_returns.extend(batch.episodes.returns)
         row = self._row(batch, metrics)
         due = cfg.eval_every and self.steps >= self._next_eval
-        if due or self.steps >= cfg.total_steps:  # the last update always evaluates
+        if due or self.budget_spent():  # the last update always evaluates
             row.update(self._eval_row())
             self._next_eval = self._next_multiple(cfg.eval_every)
         row["steps_per_second"] = batch.num_steps / max(seconds, 1e-9)

@@ -1,0 +1,242 @@
+r"""``pglab report runs/<group>``: each configuration over its seeds, as a table and curves.
+
+Runs are grouped into configurations by the options that differ between the group's
+runs (the seed and the folder name aside), or by the options named with ``--by``. For
+each configuration, over its seeds, of two figures per run:
+
+* the final evaluation (``eval_return_mean`` of ``summary.json``);
+* the normalised area under the learning curve (the training episodes' mean return
+  per update, against steps), :math:`\mathrm{AUC} = \frac1S\int_0^S R(s)\,ds` with
+  :math:`S` the longest run's steps and a run that stopped early (solved) holding its
+  last value;
+
+the table gives the mean, the standard deviation, the interquartile mean (IQM, the
+mean of the middle half of the sorted values; Agarwal et al. 2021) and a 95%
+percentile-bootstrap confidence interval of the mean. ``learning_curves.png`` draws
+each configuration's mean curve with its bootstrap 95% band. Everything goes to
+``runs/<group>/report/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pglab.errors import PglabError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REPORT_DIR = "report"
+_BOOTSTRAP = 2000
+_GRID = 200
+_IGNORED = {"run.seed", "run.name", "run.out", "run.group", "run.progress"}
+
+
+@dataclass
+class RunRecord:
+    """One finished run: its options (flat), summary and learning curve."""
+
+    path: Path
+    options: dict[str, Any]
+    summary: dict[str, Any]
+    steps: np.ndarray
+    returns: np.ndarray
+
+
+def load_runs(group_dir: Path) -> list[RunRecord]:
+    """Every run folder under ``group_dir`` with a ``summary.json``."""
+    records = []
+    for summary_file in sorted(group_dir.glob("*/summary.json")):
+        folder = summary_file.parent
+        config = tomllib.loads((folder / "config.toml").read_text())
+        options = {f"{s}.{k}": v for s, values in config.items() for k, v in values.items()}
+        steps, returns = [], []
+        with open(folder / "metrics.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("episode_return_mean"):
+                    steps.append(int(row["step"]))
+                    returns.append(float(row["episode_return_mean"]))
+        summary = json.loads(summary_file.read_text())
+        records.append(RunRecord(folder, options, summary, np.array(steps), np.array(returns)))
+    return records
+
+
+def iqm(values: Sequence[float]) -> float:
+    """Interquartile mean: the mean of the middle half of the sorted values (all of
+    them when there are fewer than 4)."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    cut = len(ordered) // 4
+    return float(ordered[cut : len(ordered) - cut].mean())
+
+
+def bootstrap_ci(
+    values: Sequence[float], level: float = 0.95, resamples: int = _BOOTSTRAP, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the mean (a point for one value)."""
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
+
+
+def curve_on_grid(record: RunRecord, grid: np.ndarray) -> np.ndarray:
+    """The run's learning curve at ``grid`` steps (its first value before its first
+    update, its last value after its last)."""
+    if len(record.steps) == 0:
+        return np.full(len(grid), np.nan)
+    return np.interp(grid, record.steps, record.returns)
+
+
+def _label(options: dict[str, Any], keys: Sequence[str]) -> str:
+    parts = []
+    for key in keys:
+        value = options.get(key)
+        shown = "x".join(map(str, value)) if isinstance(value, list) else value
+        parts.append(f"{key.split('.')[-1]}={shown}")
+    return ", ".join(parts) or "all runs"
+
+
+def varying_options(records: Sequence[RunRecord]) -> list[str]:
+    """Options whose values differ between the runs (seed and bookkeeping aside)."""
+    keys = sorted({k for r in records for k in r.options} - _IGNORED)
+    return [k for k in keys if len({json.dumps(r.options.get(k)) for r in records}) > 1]
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    low, high = bootstrap_ci(values)
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "iqm": iqm(values),
+        "ci_low": low,
+        "ci_high": high,
+    }
+
+
+def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
+    """Write ``report.md``, ``report.csv`` and ``learning_curves.png`` for the runs in
+    ``group_dir``; returns the report folder."""
+    from pglab.config import qualify
+
+    group_dir = Path(group_dir)
+    if not group_dir.is_dir():
+        raise PglabError(f"pglab report expects a run group folder; {str(group_dir)!r} is not one")
+    records = load_runs(group_dir)
+    if not records:
+        raise PglabError(f"no finished runs (folders with summary.json) in {str(group_dir)!r}")
+    keys = [qualify(k, "--by") for k in by] if by else varying_options(records)
+    groups: dict[str, list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(_label(record.options, keys), []).append(record)
+
+    longest = max(int(r.steps[-1]) for r in records if len(r.steps)) if records else 1
+    grid = np.linspace(0, longest, _GRID)
+    rows, curves = [], {}
+    for label, members in groups.items():
+        finals = [m.summary.get("eval_return_mean") for m in members]
+        finals = [float(f) for f in finals if f is not None]
+        on_grid = np.array([curve_on_grid(m, grid) for m in members])
+        aucs = [float(np.nanmean(c)) for c in on_grid if not np.isnan(c).all()]
+        rows.append(
+            {
+                "configuration": label,
+                "runs": len(members),
+                "final": _stats(finals) if finals else None,
+                "auc": _stats(aucs) if aucs else None,
+            }
+        )
+        curves[label] = on_grid
+
+    out = group_dir / REPORT_DIR
+    out.mkdir(exist_ok=True)
+    (out / "report.md").write_text(_markdown(group_dir, rows, keys, len(records)))
+    _write_csv(out / "report.csv", rows)
+    _plot(out / "learning_curves.png", grid, curves, group_dir.name)
+    return out
+
+
+def _cell(stats: dict[str, float] | None) -> list[str]:
+    if stats is None:
+        return ["n/a"] * 3
+    return [
+        f"{stats['mean']:.1f} ± {stats['std']:.1f}",
+        f"{stats['iqm']:.1f}",
+        f"[{stats['ci_low']:.1f}, {stats['ci_high']:.1f}]",
+    ]
+
+
+def _markdown(group_dir: Path, rows: list[dict], keys: list[str], runs: int) -> str:
+    lines = [
+        f"# Report: {group_dir.name}",
+        "",
+        f"{runs} runs in {len(rows)} configurations (by {', '.join(keys) or 'nothing'}). "
+        "Final: the last deterministic evaluation; AUC: the mean training return over "
+        "the steps. Mean ± std over seeds, IQM, and a 95% bootstrap CI of the mean.",
+        "",
+        "| configuration | runs | final mean ± std | final IQM | final 95% CI "
+        "| AUC mean ± std | AUC IQM | AUC 95% CI |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ordered = sorted(rows, key=lambda r: -(r["final"] or {"mean": -math.inf})["mean"])
+    for row in ordered:
+        cells = [row["configuration"], str(row["runs"]), *_cell(row["final"]), *_cell(row["auc"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "![learning curves](learning_curves.png)", ""]
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    fields = ["configuration", "runs"] + [
+        f"{figure}_{stat}"
+        for figure in ("final", "auc")
+        for stat in ("mean", "std", "iqm", "ci_low", "ci_high")
+    ]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        for row in rows:
+            flat = {"configuration": row["configuration"], "runs": row["runs"]}
+            for figure in ("final", "auc"):
+                for stat, value in (row[figure] or {}).items():
+                    flat[f"{figure}_{stat}"] = round(value, 4)
+            writer.writerow(flat)
+
+
+def _plot(path: Path, grid: np.ndarray, curves: dict[str, np.ndarray], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    rng = np.random.default_rng(0)
+    for label, runs in curves.items():
+        runs = runs[~np.isnan(runs).all(axis=1)]
+        if not len(runs):
+            continue
+        mean = runs.mean(axis=0)
+        picks = rng.integers(0, len(runs), size=(_BOOTSTRAP // 4, len(runs)))
+        means = runs[picks].mean(axis=1)
+        low, high = np.quantile(means, [0.025, 0.975], axis=0)
+        (line,) = ax.plot(grid, mean, label=f"{label} (n={len(runs)})", linewidth=1.4)
+        ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("training episode return")
+    ax.set_title(f"{title}: mean over seeds, 95% bootstrap band")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=1 if len(curves) <= 12 else 2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
