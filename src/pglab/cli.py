@@ -1,4 +1,4 @@
-"""The ``pglab`` command line: ``train``, ``eval``, ``sweep``, ``report`` and ``bench``.
+"""The ``pglab`` command line: ``train``, ``eval``, ``record``, ``sweep``, ``report``, ``bench``.
 
 Every user mistake ends with one line on stderr (``pglab: error: ...``) and exit
 code 2; Ctrl-C during training saves a checkpoint and exits with code 130.
@@ -158,6 +158,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="group runs by these options (default: every option that varies but the seed)",
     )
 
+    rec = commands.add_parser(
+        "record",
+        help="render a trained agent to a GIF or MP4",
+        description="Play the agent of a run (or checkpoint) and write the frames to a file.",
+    )
+    rec.add_argument("path", metavar="RUN", help="a run folder or a checkpoint file")
+    rec.add_argument("--out", required=True, metavar="FILE", help="agent.gif or agent.mp4")
+    rec.add_argument("--episodes", type=int, default=1, help="episodes to play (default: 1)")
+    rec.add_argument("--seed", type=int, default=0, help="env seed of the first episode")
+    rec.add_argument("--fps", type=int, default=None, help="default: the env's render_fps")
+    rec.add_argument("--stochastic", action="store_true", help="sample actions")
+
     commands.add_parser(
         "bench",
         help="speed benchmark against references (see 'pglab bench --help')",
@@ -178,6 +190,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--seed", type=int, default=0, help="env seed (default: 0)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="pglab/LineWorld-v0 only: draw the episodes' trajectories, success rate in the title",
+    )
     return parser
 
 
@@ -268,6 +285,23 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record(args: argparse.Namespace) -> int:
+    from pglab.agent import load
+    from pglab.record import record
+
+    recording = record(
+        load(args.path),
+        args.out,
+        args.episodes,
+        seed=args.seed,
+        fps=args.fps,
+        deterministic=not args.stochastic,
+    )
+    returns = ", ".join(f"{r:.1f}" for r in recording.returns)
+    print(f"{recording.path}: {recording.frames} frames, returns {returns}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from pglab.agent import load
     from pglab.evaluate import evaluate
@@ -275,6 +309,12 @@ def _eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         _fail(f"--episodes must be an integer >= 1; got {args.episodes}")
     agent = load(args.path)
+    if args.plot is not None:
+        from pglab.record import plot_lineworld
+
+        plot_lineworld(
+            agent, args.plot, args.episodes, seed=args.seed, deterministic=not args.stochastic
+        )
     result = evaluate(
         agent, episodes=args.episodes, deterministic=not args.stochastic, seed=args.seed
     )
@@ -316,7 +356,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        commands = {"train": _train, "eval": _eval, "sweep": _sweep, "report": _report}
+        commands = {
+            "train": _train,
+            "eval": _eval,
+            "sweep": _sweep,
+            "report": _report,
+            "record": _record,
+        }
         return commands[args.command](args)
     except PglabError as error:
         _fail(str(error))

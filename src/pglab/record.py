@@ -1,0 +1,190 @@
+"""``pglab record RUN --out agent.gif``: the trained agent on video.
+
+The env is made once more with ``render_mode="rgb_array"`` (and the run's options and
+preprocessing); the agent acts on its observations as in evaluation (frozen
+normalisation, the most likely action unless asked otherwise) while every frame of
+the unprocessed env is kept. GIFs are written with Pillow (installed with pglab);
+MP4s with imageio and its ffmpeg plugin (the extra ``pglab[video]``). The file
+appears only once it is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from pglab.agent import Agent
+from pglab.envs import _entry_class, validate_env_id
+from pglab.errors import ConfigError, EnvError, PglabError
+
+FORMATS = (".gif", ".mp4")
+
+
+@dataclass
+class Recording:
+    """What was recorded: the file, its frames and each episode's return."""
+
+    path: Path
+    frames: int
+    returns: list[float]
+
+
+def render_env(agent: Agent) -> gym.Env:
+    """One copy of the agent's env that renders RGB frames (with the run's preprocessing)."""
+    env_cfg = agent.config.env
+    validate_env_id(env_cfg.id)
+    for var in ("SDL_VIDEODRIVER", "SDL_AUDIODRIVER"):  # pygame-drawn envs need no screen
+        os.environ.setdefault(var, "dummy")
+    kwargs = {**env_cfg.kwargs, "render_mode": "rgb_array"}
+    wrappers = []
+    if env_cfg.preprocess != "none":
+        from pglab.envs.atari import PREPROCESSORS
+
+        wrapper, needed = PREPROCESSORS[env_cfg.preprocess]
+        wrappers, kwargs = [wrapper], {**needed, **kwargs}
+    env_class = _entry_class(env_cfg.id)
+    try:
+        env = env_class(**kwargs) if env_class is not None else gym.make(env_cfg.id, **kwargs)
+    except TypeError as error:
+        raise EnvError(f"{env_cfg.id} cannot render RGB frames: {error}") from None
+    for wrap in wrappers:
+        env = wrap(env)
+    return env
+
+
+def record(
+    agent: Agent,
+    out: str | Path,
+    episodes: int = 1,
+    *,
+    seed: int = 0,
+    fps: int | None = None,
+    deterministic: bool = True,
+    max_frames: int = 20_000,
+) -> Recording:
+    """Play ``episodes`` episodes (env seeds ``seed``, ``seed + 1``, ...) and write them
+    to ``out`` (.gif or .mp4), at most ``max_frames`` frames."""
+    out = Path(out)
+    if out.suffix.lower() not in FORMATS:
+        raise ConfigError(f"--out must end in {' or '.join(FORMATS)}; got {str(out)!r}")
+    if episodes < 1:
+        raise ConfigError(f"--episodes must be an integer >= 1; got {episodes}")
+    writer = _mp4_writer() if out.suffix.lower() == ".mp4" else None
+    env = render_env(agent)
+    frames: list[np.ndarray] = []
+    returns = []
+    try:
+        env.reset(seed=seed)
+        try:
+            env.render()
+        except gym.error.DependencyNotInstalled as error:
+            raise EnvError(f"{agent.config.env.id} cannot render: {error}") from None
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            frames.append(env.render())
+            total, done = 0.0, False
+            while not done and len(frames) < max_frames:
+                obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic))
+                frames.append(env.render())
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+        rate = fps or int(env.metadata.get("render_fps") or 30)
+    finally:
+        env.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(suffix=out.suffix, dir=out.parent, prefix=".recording-")
+    os.close(handle)
+    try:
+        if writer is None:
+            _write_gif(Path(partial), frames, rate)
+        else:
+            writer(partial, np.stack(frames), fps=rate)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)
+        os.replace(partial, out)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return Recording(out, len(frames), returns)
+
+
+def _write_gif(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray(np.asarray(frame, dtype=np.uint8)) for frame in frames]
+    images[0].save(
+        path,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=max(1, round(1000 / fps)),
+        loop=0,
+    )
+
+
+def _mp4_writer():
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401  (the plugin imageio uses for mp4)
+    except ImportError:
+        raise PglabError("writing .mp4 needs the video extra: pip install 'pglab[video]'") from None
+
+    def write(path: str, frames: np.ndarray, fps: int) -> None:
+        imageio.mimwrite(path, list(frames), fps=fps, format="FFMPEG", macro_block_size=1)
+
+    return write
+
+
+def plot_lineworld(
+    agent: Agent, out: str | Path, episodes: int = 20, *, seed: int = 0, deterministic: bool = True
+) -> float:
+    """Draw the agent's line-world trajectories (offset from the target against the step;
+    the L1 distance on a grid) with the success rate in the title; returns that rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ConfigError(f"--plot must end in .png, .svg or .pdf; got {str(out)!r}")
+    if not agent.config.env.id.startswith("pglab/LineWorld"):
+        raise ConfigError(
+            f"--plot draws line-world trajectories; this run's env is {agent.config.env.id}"
+        )
+    env = gym.make(agent.config.env.id, **agent.config.env.kwargs)
+    dims = env.unwrapped.dimensions
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    successes = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        path = [obs]
+        done, info = False, {}
+        while not done:
+            obs, _, terminated, truncated, info = env.step(agent.act(obs, deterministic))
+            path.append(obs)
+            done = terminated or truncated
+        successes.append(bool(info.get("success", False)))
+        track = np.array(path)
+        offset = track[:, :dims] - track[:, dims:]
+        y = offset[:, 0] if dims == 1 else np.abs(offset).sum(axis=1)
+        ax.plot(np.arange(len(y)), y, color="tab:green" if successes[-1] else "tab:red", alpha=0.6)
+    env.close()
+    rate = float(np.mean(successes))
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("position - target" if dims == 1 else "L1 distance to the target")
+    ax.set_title(f"{agent.config.env.id}: {episodes} episodes, success rate {rate:.0%}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return rate

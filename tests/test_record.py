@@ -1,0 +1,60 @@
+"""Videos of trained agents and the line world's trajectory plot."""
+
+import pytest
+
+import pglab
+from pglab.cli import main
+
+
+@pytest.fixture(scope="module")
+def lineworld_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return pglab.train(
+        "pglab/LineWorld-v0", algo="ppo", total_steps=2048, out=str(out), progress="off"
+    )
+
+
+def test_record_gif_has_every_frame(lineworld_run, tmp_path, capsys):
+    out = tmp_path / "agent.gif"
+    assert main(["record", str(lineworld_run.path), "--out", str(out), "--episodes", "2"]) == 0
+    from PIL import Image
+
+    with Image.open(out) as image:  # Pillow merges repeated frames, adding up their durations
+        total = 0
+        for index in range(image.n_frames):
+            image.seek(index)
+            total += image.info["duration"]
+    # each episode: the reset frame and 20 steps, at 8 fps (125 ms a frame, within one frame)
+    assert abs(total - 2 * (20 + 1) * 125) < 125
+    assert "42 frames" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["agent.gif"]  # no partial file left
+
+
+def test_record_mp4(lineworld_run, tmp_path):
+    pytest.importorskip("imageio_ffmpeg")
+    out = tmp_path / "agent.mp4"
+    assert main(["record", str(lineworld_run.path), "--out", str(out)]) == 0
+    assert out.stat().st_size > 0 and out.read_bytes()[4:8] == b"ftyp"
+
+
+def test_record_rejects_other_formats(lineworld_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["record", str(lineworld_run.path), "--out", str(tmp_path / "agent.avi")])
+    assert exit_info.value.code == 2
+    assert "--out must end in .gif or .mp4" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_lineworld_plot_names_the_success_rate(lineworld_run, tmp_path, capsys):
+    out = tmp_path / "trajectories.png"
+    assert main(["eval", str(lineworld_run.path), "--episodes", "5", "--plot", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert "success rate" in capsys.readouterr().out
+
+
+def test_plot_is_for_the_line_world_only(tmp_path, capsys):
+    run = pglab.train("CartPole-v1", algo="ppo", total_steps=256, out=str(tmp_path), progress="off")
+    with pytest.raises(SystemExit):
+        main(["eval", str(run.path), "--plot", str(tmp_path / "x.png")])
+    assert "line-world trajectories" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
