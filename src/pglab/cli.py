@@ -1,4 +1,5 @@
-"""The ``pglab`` command line: ``train``, ``eval``, ``record``, ``sweep``, ``report``, ``bench``.
+"""The ``pglab`` command line: ``train``, ``eval``, ``record``, ``sweep``, ``report``,
+``variance`` and ``bench``.
 
 Every user mistake ends with one line on stderr (``pglab: error: ...``) and exit
 code 2; Ctrl-C during training saves a checkpoint and exits with code 130.
@@ -170,6 +171,25 @@ def _build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--fps", type=int, default=None, help="default: the env's render_fps")
     rec.add_argument("--stochastic", action="store_true", help="sample actions")
 
+    var = commands.add_parser(
+        "variance",
+        help="variance of the policy-gradient estimate per weight kind, at a run's snapshots",
+        description="At each kept checkpoint of a run (run.keep_checkpoints) and the last one, "
+        "estimate the variance of the policy-gradient estimate for each weight kind from many "
+        "independent batches; writes RUN/variance/.",
+    )
+    var.add_argument("path", metavar="RUN", help="a run folder")
+    var.add_argument("--batches", type=int, default=50, help="batches per snapshot (default: 50)")
+    var.add_argument("--episodes", type=int, default=10, help="episodes per batch (default: 10)")
+    var.add_argument(
+        "--weights", default=None, help="comma-separated kinds (default: every kind the run allows)"
+    )
+    var.add_argument("--gamma", type=float, default=None, help="default: the run's")
+    var.add_argument("--lam", type=float, default=None, help="default: the run's")
+    var.add_argument("--normalize", action="store_true", help="standardise the weights first")
+    var.add_argument("--snapshots", default="all", help="all (default) or last")
+    var.add_argument("--out", default=None, help="output folder (default: RUN/variance)")
+
     commands.add_parser(
         "bench",
         help="speed benchmark against references (see 'pglab bench --help')",
@@ -302,6 +322,24 @@ def _record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _variance(args: argparse.Namespace) -> int:
+    from pglab.variance import study
+
+    out = study(
+        args.path,
+        kinds=args.weights.split(",") if args.weights else None,
+        batches=args.batches,
+        episodes=args.episodes,
+        gamma=args.gamma,
+        lam=args.lam,
+        normalize=args.normalize,
+        which=args.snapshots,
+        out=args.out,
+    )
+    print((out / "variance.md").read_text())
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from pglab.agent import load
     from pglab.evaluate import evaluate
@@ -362,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sweep": _sweep,
             "report": _report,
             "record": _record,
+            "variance": _variance,
         }
         return commands[args.command](args)
     except PglabError as error:

@@ -342,6 +342,9 @@ class RunConfig:
     checkpoint_every: int = opt(
         20_000, "steps between checkpoints; 0 = only at the end", NON_NEGATIVE
     )
+    keep_checkpoints: bool = opt(
+        False, "also keep every periodic checkpoint as checkpoints/step-N.pt (policy snapshots)"
+    )
     threads: int = opt(1, "torch CPU threads", Range(1, None))
     device: str = opt(
         "cpu", "where networks and updates run: cpu, cuda or cuda:N (envs stay on the CPU)"

@@ -334,6 +334,10 @@ class Trainer:
             self.progress.warn(self.warn_prefix + warning)
         if cfg.checkpoint_every and self.steps >= self._next_checkpoint:
             self.save(self.run_dir)
+            if cfg.keep_checkpoints:
+                save_checkpoint(
+                    self.run_dir / CHECKPOINT_DIR / f"step-{self.steps}.pt", self.state()
+                )
             self._next_checkpoint = self._next_multiple(cfg.checkpoint_every)
         self.progress.update(self.steps, self._progress_info(row))
 
