@@ -96,28 +96,33 @@ def machine() -> str:
 # Each returns a dict of figures; it runs in its own process (see _measure).
 
 
-def pglab_ppo(seed: int, zoo: bool, solve: bool) -> dict[str, Any]:
-    """pglab PPO: to an evaluation >= 475 (``solve``), or 100k steps without evaluation."""
+def _train_ppo(**options: Any) -> Any:
+    """pglab PPO on CartPole-v1 for at most 100k steps, into a folder that is then removed."""
     import pglab
 
-    options: dict[str, Any] = dict(ZOO) if zoo else {}
-    every = EVAL_EVERY if solve else 0
     with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        run = pglab.train(
+        return pglab.train(
             ENV,
             "ppo",
-            seed=seed,
             total_steps=BUDGET,
-            stop_at_return=TARGET if solve else "none",
-            eval_every=every,
             eval_episodes=EVAL_EPISODES,
             out=out,
             progress="off",
             checkpoint_every=0,
             **options,
         )
-        seconds = time.perf_counter() - start
+
+
+def pglab_ppo(seed: int, zoo: bool, solve: bool) -> dict[str, Any]:
+    """pglab PPO: to an evaluation >= 475 (``solve``), or 100k steps without evaluation."""
+
+    options: dict[str, Any] = dict(ZOO) if zoo else {}
+    every = EVAL_EVERY if solve else 0
+    start = time.perf_counter()
+    run = _train_ppo(
+        seed=seed, stop_at_return=TARGET if solve else "none", eval_every=every, **options
+    )
+    seconds = time.perf_counter() - start
     s = run.summary
     return {
         "solved_at": s["solved_at_step"],
@@ -248,24 +253,10 @@ def pglab_reinforce(seed: int, total_steps: int) -> dict[str, Any]:
 
 def pglab_seeds(seeds: Sequence[int], jobs: int) -> dict[str, Any]:
     """Every seed of pglab PPO (preset) to solved: a population per process."""
-    import pglab
 
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        runs = pglab.train(
-            ENV,
-            "ppo",
-            seeds=seeds,
-            jobs=jobs,
-            total_steps=BUDGET,
-            stop_at_return=TARGET,
-            eval_every=EVAL_EVERY,
-            eval_episodes=EVAL_EPISODES,
-            out=out,
-            progress="off",
-            checkpoint_every=0,
-        )
-        seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    runs = _train_ppo(seeds=seeds, jobs=jobs, stop_at_return=TARGET, eval_every=EVAL_EVERY)
+    seconds = time.perf_counter() - start
     solved = [r.summary["solved_at_step"] for r in runs]
     return {"seconds": seconds, "solved": sum(s is not None for s in solved), "runs": len(runs)}
 
