@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from pglab.cli import main
-from pglab.report import bootstrap_ci, iqm, report
-from pglab.sweep import load_spec, run_sweep
+from pglab.experiments.report import bootstrap_ci, iqm, report
+from pglab.experiments.sweep import load_spec, run_sweep
 
 SPEC = """
 group = "grid"
@@ -140,7 +140,7 @@ def test_ppo_runs_of_a_sweep_train_as_populations(tmp_path):
     text = text.replace('weights = "fr"\n', "").replace('"policy.hidden" = [[4], [8]]', "")
     (tmp_path / "spec.toml").write_text(text)
     sweep = load_spec(tmp_path / "spec.toml")
-    from pglab.sweep import _tasks
+    from pglab.experiments.sweep import _tasks
 
     assert [len(task) for task in _tasks(sweep, sweep.runs, workers=1)] == [4]
     assert run_sweep(tmp_path / "spec.toml", workers=1, echo=lambda _: None)

@@ -6,7 +6,7 @@ import pytest
 
 import pglab
 from pglab.cli import main
-from pglab.variance import snapshots, study
+from pglab.experiments.variance import snapshots, study
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep",
         help="run every run of a sweep spec (skipping finished ones)",
-        description="Run the runs of a sweep spec that are not finished yet; see pglab.sweep "
+        description="Run the runs of a sweep spec that are not finished yet; see pglab.experiments.sweep "
         "for the spec's format. Exit code 0 when every run has succeeded, 1 otherwise.",
     )
     sweep.add_argument("spec", metavar="SPEC.toml", help="the sweep spec")
@@ -283,7 +283,7 @@ def _train_seeds(config: Config, args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from pglab.sweep import run_sweep
+    from pglab.experiments.sweep import run_sweep
 
     if args.workers is not None and args.workers < 1:
         _fail(f"--workers must be an integer >= 1; got {args.workers}")
@@ -298,7 +298,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pglab.report import report
+    from pglab.experiments.report import report
 
     out = report(args.group, args.by)
     print(f"{out / 'report.md'}\n{out / 'learning_curves.png'}")
@@ -307,7 +307,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _record(args: argparse.Namespace) -> int:
     from pglab.agent import load
-    from pglab.record import record
+    from pglab.experiments.record import record
 
     recording = record(
         load(args.path),
@@ -323,7 +323,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _variance(args: argparse.Namespace) -> int:
-    from pglab.variance import study
+    from pglab.experiments.variance import study
 
     out = study(
         args.path,
@@ -348,7 +348,7 @@ def _eval(args: argparse.Namespace) -> int:
         _fail(f"--episodes must be an integer >= 1; got {args.episodes}")
     agent = load(args.path)
     if args.plot is not None:
-        from pglab.record import plot_lineworld
+        from pglab.experiments.record import plot_lineworld
 
         plot_lineworld(
             agent, args.plot, args.episodes, seed=args.seed, deterministic=not args.stochastic

@@ -1,0 +1,1 @@
+"""The lab: sweeps (local processes or Ray), reports, gradient-variance studies, videos."""
