@@ -84,8 +84,9 @@ class HealthMonitor:
         if self._streak_of("ev", negative) >= 10:
             found["ev"] = (
                 f"explained variance below 0 for 10 updates at step {step:,}: the critic "
-                "predicts worse than a constant; tune algo.value_lr, algo.value_epochs or "
-                "policy.value_hidden, or set env.normalize_reward"
+                "predicts worse than a constant; tune algo.value_lr and algo.value_epochs "
+                "(reinforce, trpo) or algo.vf_coef (a2c, ppo), policy.value_hidden, or set "
+                "env.normalize_reward"
             )
 
         if "grad_norm" in values:
