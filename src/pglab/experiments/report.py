@@ -2,9 +2,10 @@ r"""``pglab report runs/<group>``: each configuration over its seeds, as a table
 
 Runs are grouped into configurations by the options that differ between the group's
 runs (the seed and the folder name aside), or by the options named with ``--by``. For
-each configuration, over its seeds, of two figures per run:
+each configuration, over its seeds, of these figures per run:
 
 * the final evaluation (``eval_return_mean`` of ``summary.json``);
+* the success rate of the final evaluation, where the env reports one;
 * the normalised area under the learning curve (the training episodes' mean return
   per update, against steps), :math:`\mathrm{AUC} = \frac1S\int_0^S R(s)\,ds` with
   :math:`S` the longest run's steps and a run that stopped early (solved) holding its
@@ -23,7 +24,7 @@ import csv
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,10 @@ def varying_options(records: Sequence[RunRecord]) -> list[str]:
     return [k for k in keys if len({json.dumps(r.options.get(k)) for r in records}) > 1]
 
 
+def _known(values: Iterable[Any]) -> list[float]:
+    return [float(v) for v in values if v is not None]
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     low, high = bootstrap_ci(values)
     return {
@@ -145,8 +150,8 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
     grid = np.linspace(0, longest, _GRID)
     rows, curves = [], {}
     for label, members in groups.items():
-        finals = [m.summary.get("eval_return_mean") for m in members]
-        finals = [float(f) for f in finals if f is not None]
+        finals = _known(m.summary.get("eval_return_mean") for m in members)
+        successes = _known(m.summary.get("eval_success_rate") for m in members)
         on_grid = np.array([curve_on_grid(m, grid) for m in members])
         aucs = [float(np.nanmean(c)) for c in on_grid if not np.isnan(c).all()]
         rows.append(
@@ -155,6 +160,7 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
                 "runs": len(members),
                 "final": _stats(finals) if finals else None,
                 "auc": _stats(aucs) if aucs else None,
+                "success": _stats(successes) if successes else None,
             }
         )
         curves[label] = on_grid
@@ -178,6 +184,7 @@ def _cell(stats: dict[str, float] | None) -> list[str]:
 
 
 def _markdown(group_dir: Path, rows: list[dict], keys: list[str], runs: int) -> str:
+    success = any(r["success"] is not None for r in rows)
     lines = [
         f"# Report: {group_dir.name}",
         "",
@@ -186,12 +193,20 @@ def _markdown(group_dir: Path, rows: list[dict], keys: list[str], runs: int) -> 
         "the steps. Mean ± std over seeds, IQM, and a 95% bootstrap CI of the mean.",
         "",
         "| configuration | runs | final mean ± std | final IQM | final 95% CI "
-        "| AUC mean ± std | AUC IQM | AUC 95% CI |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| AUC mean ± std | AUC IQM | AUC 95% CI |"
+        + (" success rate (95% CI) |" if success else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if success else ""),
     ]
     ordered = sorted(rows, key=lambda r: -(r["final"] or {"mean": -math.inf})["mean"])
     for row in ordered:
         cells = [row["configuration"], str(row["runs"]), *_cell(row["final"]), *_cell(row["auc"])]
+        if success:
+            rate = row["success"]
+            cells.append(
+                "n/a"
+                if rate is None
+                else f"{rate['mean']:.0%} [{rate['ci_low']:.0%}, {rate['ci_high']:.0%}]"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![learning curves](learning_curves.png)", ""]
     return "\n".join(lines)
@@ -200,7 +215,7 @@ def _markdown(group_dir: Path, rows: list[dict], keys: list[str], runs: int) -> 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     fields = ["configuration", "runs"] + [
         f"{figure}_{stat}"
-        for figure in ("final", "auc")
+        for figure in ("final", "auc", "success")
         for stat in ("mean", "std", "iqm", "ci_low", "ci_high")
     ]
     with open(path, "w", newline="") as handle:
@@ -208,7 +223,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writeheader()
         for row in rows:
             flat = {"configuration": row["configuration"], "runs": row["runs"]}
-            for figure in ("final", "auc"):
+            for figure in ("final", "auc", "success"):
                 for stat, value in (row[figure] or {}).items():
                     flat[f"{figure}_{stat}"] = round(value, 4)
             writer.writerow(flat)

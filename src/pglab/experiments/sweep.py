@@ -232,7 +232,8 @@ def _draws(distributions: dict[str, tuple[str, list]], samples: Any, seed: int) 
 
 
 def _short(key: str) -> str:
-    return key.split(".")[-1]
+    """``algo`` and ``env`` for the main options, else the option's own name."""
+    return {"algo.name": "algo", "env.id": "env"}.get(key, key.split(".")[-1])
 
 
 def _format(value: Any) -> str:
