@@ -175,7 +175,7 @@ def test_report_writes_table_and_plot(tmp_path):
     assert main(["report", str(tmp_path / "runs" / "grid")]) == 0
     out = tmp_path / "runs" / "grid" / "report"
     table = (out / "report.md").read_text()
-    assert "| lr=0.01, hidden=8 | 2 |" in table and "95% CI" in table
+    assert "| lr=0.01,hidden=8 | 2 |" in table and "95% CI" in table
     assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     by_lr = report(tmp_path / "runs" / "grid", by=["lr"])
     assert "| lr=0.001 | 4 |" in (by_lr / "report.md").read_text()

@@ -1,7 +1,8 @@
 r"""``pglab report runs/<group>``: each configuration over its seeds, as a table and curves.
 
-Runs are grouped into configurations by the options that differ between the group's
-runs (the seed and the folder name aside), or by the options named with ``--by``. For
+Runs are grouped into configurations by the options named with ``--by``; without it,
+by the options a sweep varied (read from the folder names ``<options>,seed=<n>`` that
+``pglab sweep`` gives), else by every option that differs between the runs but the seed. For
 each configuration, over its seeds, of these figures per run:
 
 * the final evaluation (``eval_return_mean`` of ``summary.json``);
@@ -23,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ else:  # pragma: no cover
 REPORT_DIR = "report"
 _BOOTSTRAP = 2000
 _GRID = 200
+_SWEEP_NAME = re.compile(r"(.*?),?seed=\d+")
 _IGNORED = {"run.seed", "run.name", "run.out", "run.group", "run.progress"}
 
 
@@ -141,10 +144,21 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
     records = load_runs(group_dir)
     if not records:
         raise PglabError(f"no finished runs (folders with summary.json) in {str(group_dir)!r}")
-    keys = [qualify(k, "--by") for k in by] if by else varying_options(records)
     groups: dict[str, list[RunRecord]] = {}
-    for record in records:
-        groups.setdefault(_label(record.options, keys), []).append(record)
+    swept = [_SWEEP_NAME.fullmatch(r.path.name) for r in records]
+    if by:
+        keys = [qualify(k, "--by") for k in by]
+        label = [_label(r.options, keys) for r in records]
+        grouping = ", ".join(keys)
+    elif all(swept):  # folders named by a sweep: the varied options, then the seed
+        label = [m.group(1) or "all runs" for m in swept]
+        grouping = "the options the sweep varied"
+    else:
+        keys = varying_options(records)
+        label = [_label(r.options, keys) for r in records]
+        grouping = ", ".join(keys) or "nothing"
+    for record, name in zip(records, label):
+        groups.setdefault(name, []).append(record)
 
     longest = max(int(r.steps[-1]) for r in records if len(r.steps)) if records else 1
     grid = np.linspace(0, longest, _GRID)
@@ -167,7 +181,7 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
 
     out = group_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
-    (out / "report.md").write_text(_markdown(group_dir, rows, keys, len(records)))
+    (out / "report.md").write_text(_markdown(group_dir, rows, grouping, len(records)))
     _write_csv(out / "report.csv", rows)
     _plot(out / "learning_curves.png", grid, curves, group_dir.name)
     return out
@@ -183,12 +197,12 @@ def _cell(stats: dict[str, float] | None) -> list[str]:
     ]
 
 
-def _markdown(group_dir: Path, rows: list[dict], keys: list[str], runs: int) -> str:
+def _markdown(group_dir: Path, rows: list[dict], grouping: str, runs: int) -> str:
     success = any(r["success"] is not None for r in rows)
     lines = [
         f"# Report: {group_dir.name}",
         "",
-        f"{runs} runs in {len(rows)} configurations (by {', '.join(keys) or 'nothing'}). "
+        f"{runs} runs in {len(rows)} configurations (by {grouping}). "
         "Final: the last deterministic evaluation; AUC: the mean training return over "
         "the steps. Mean ± std over seeds, IQM, and a 95% bootstrap CI of the mean.",
         "",
