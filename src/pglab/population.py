@@ -442,7 +442,7 @@ def _train_in_processes(configs: list[Config], jobs: int) -> list[Run]:
     for share in shares:
         if len(share) > 1 and supports_population(share[0]):
             check_population(share)
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # fork can deadlock once torch has run
     with _StopRequest() as stop, context.Pool(len(shares)) as pool:
         results = pool.map(_worker, shares)
     interrupted = stop.requested or any(flag for result in results for *_, flag in result)

@@ -334,7 +334,7 @@ def _local(
     import multiprocessing
 
     outcomes: list[Outcome] = []
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # fork can deadlock once torch has run
     pool = ProcessPoolExecutor(workers, mp_context=context)
     try:
         futures = [pool.submit(run_task, sweep, task) for task in tasks]
