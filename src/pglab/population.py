@@ -207,12 +207,8 @@ class Population:
     def _export_optimizer(self, member: int) -> None:
         """Write the member's optimizer state into its own torch optimizer (for checkpoints)."""
         optimizer = self.trainers[member].algo.optimizer
-        params = self.member_params[member]
-        by_param = {p: i for i, p in enumerate(params)}
         optimizer.state.clear()
-        for p, state in self.optimizer.member_state(member, params).items():
-            if p in by_param:
-                optimizer.state[p] = state
+        optimizer.state.update(self.optimizer.member_state(member, self.member_params[member]))
 
     @contextlib.contextmanager
     def _member_rng(self, member: int) -> Iterator[None]:

@@ -160,7 +160,7 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
     for record, name in zip(records, label):
         groups.setdefault(name, []).append(record)
 
-    longest = max(int(r.steps[-1]) for r in records if len(r.steps)) if records else 1
+    longest = max((int(r.steps[-1]) for r in records if len(r.steps)), default=1)
     grid = np.linspace(0, longest, _GRID)
     rows, curves = [], {}
     for label, members in groups.items():

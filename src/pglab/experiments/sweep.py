@@ -46,7 +46,7 @@ import os
 import shutil
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,9 +437,3 @@ def run_sweep(
     failed = sum(o.state == "failed" for o in outcomes)
     echo(f"{len(outcomes) - failed} runs finished, {failed} failed, {skipped} skipped")
     return failed == 0
-
-
-def finished_runs(group_dir: Path) -> Iterable[Path]:
-    """The run folders under ``group_dir`` that hold a finished summary."""
-    for summary in sorted(group_dir.glob(f"*/{SUMMARY}")):
-        yield summary.parent
