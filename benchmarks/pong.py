@@ -101,6 +101,9 @@ def write_report(
         "the return runs from -21, every point lost, to +21)",
     ]
     report = "\n".join(lines) + "\n"
+    # The runs folder is this machine's own: the report names it RUNS.
+    report = report.replace(str(args.runs), "RUNS")
+    report = report.replace("\nmachine:", "\nRUNS: the folder given to --runs.\n\nmachine:", 1)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
