@@ -11,12 +11,16 @@ evaluation reached the threshold, and the wall time.
         --steps 200000 --seeds 0-4 --jobs 2
 
 The table goes to ``benchmarks/results/learning/<algo>-<env>-<steps>.md`` (or ``--out``).
+Each finished seed is also kept as ``<table>.seeds/seed-<N>.json``; a later call with
+the same options reuses those rows and trains only the missing seeds, so a long
+benchmark can be finished over several sittings (``--fresh`` retrains them all).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import sys
 import tempfile
@@ -80,6 +84,27 @@ def one_seed(args: argparse.Namespace, seed: int, threshold: float | None) -> di
     }
 
 
+def seed_file(folder: Path, seed: int) -> Path:
+    return folder / f"seed-{seed}.json"
+
+
+def cached_row(folder: Path, seed: int, key: dict) -> dict | None:
+    """A finished seed's row, if it was trained with the same options (``key``)."""
+    path = seed_file(folder, seed)
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["row"] if saved.get("key") == key else None
+
+
+def save_row(folder: Path, row: dict, key: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = seed_file(folder, row["seed"])
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps({"key": key, "row": row}, indent=1) + "\n")
+    partial.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", default="ppo")
@@ -92,22 +117,37 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--fresh", action="store_true", help="ignore seeds kept from before")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in every worker
     seeds = parse_seeds(args.seeds)
     threshold = args.threshold if args.threshold is not None else reward_threshold(args.env)
 
-    rows = []
+    name = f"{args.algo}{'-' + args.weights if args.weights else ''}-{args.env.replace('/', '-')}"
+    out = args.out or RESULTS / f"{name}-{args.steps}.md"
+    kept = out.with_suffix(".seeds")
+    key = {"set": sorted(args.set), "episodes": args.episodes, "threshold": threshold}
+    rows = {}
+    if not args.fresh:
+        for seed in seeds:
+            row = cached_row(kept, seed, key)
+            if row is not None:
+                rows[seed] = row
+                print(f"seed {seed}: kept from {seed_file(kept, seed)}", flush=True)
     with ProcessPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(one_seed, args, seed, threshold) for seed in seeds]
+        futures = [
+            pool.submit(one_seed, args, seed, threshold) for seed in seeds if seed not in rows
+        ]
         for future in futures:
             row = future.result()
-            rows.append(row)
+            rows[row["seed"]] = row
+            save_row(kept, row, key)
             print(
                 f"seed {row['seed']}: final {row['final_mean']:.1f} ± {row['final_std']:.1f}, "
                 f"threshold reached at {row['solved_at']}, {row['wall']:.0f}s",
                 flush=True,
             )
+    rows = [rows[seed] for seed in seeds]
 
     finals = [r["final_mean"] for r in rows]
     solved = [r["solved_at"] for r in rows if r["solved_at"] is not None]
@@ -144,8 +184,6 @@ def main() -> None:
     ]
     report = "\n".join(lines) + "\n"
     print(report)
-    name = f"{args.algo}{'-' + args.weights if args.weights else ''}-{args.env.replace('/', '-')}"
-    out = args.out or RESULTS / f"{name}-{args.steps}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     print(f"written to {out}", file=sys.stderr)

@@ -25,7 +25,7 @@ def test_reward_scaling_divides_by_the_return_std():
     for _ in range(50):
         norm.track_rewards(np.array([1.0, 3.0]), valid, ended)
     # returns converge to 2 and 6; the spread of all tracked returns sets the scale
-    std = float(np.sqrt(norm.return_stats.var + 1e-8))
+    std = float(np.sqrt(norm.reward_stats.var + 1e-8))
     assert norm.rewards(torch.tensor([2.0])).item() == pytest.approx(2.0 / std)
     clipped = Normalizer(1, 2, obs=False, reward=True, clip_reward=0.1, gamma=0.5)
     clipped.track_rewards(np.array([1.0, 3.0]), valid, ended)
@@ -60,7 +60,7 @@ def test_normalisation_round_trips_through_a_checkpoint(tmp_path):
     trained, restored = run.agent.normalizer, loaded.normalizer
     assert restored is not None and restored.obs_stats.count == trained.obs_stats.count > 1
     assert np.array_equal(restored.obs_stats.mean, trained.obs_stats.mean)
-    assert np.array_equal(restored.return_stats.var, trained.return_stats.var)
+    assert np.array_equal(restored.reward_stats.var, trained.reward_stats.var)
     obs = np.random.default_rng(0).normal(0, 0.5, size=(64, 4)).astype(np.float32)
     assert np.array_equal(run.agent.act(obs), loaded.act(obs))
     # the statistics are not the identity: the agent really applies them
@@ -92,3 +92,38 @@ def test_resume_restores_normaliser_and_optimizer(tmp_path):
     assert restored["return"]["var"] == state["normalizer"]["return"]["var"]
     steps = [s["step"] for s in trainer.algo.optimizer.state_dict()["state"].values()]
     assert steps and all(float(s) == 320 for s in steps)  # one update: 10 epochs x 32 minibatches
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("reward", lambda r, stats: r / np.sqrt(stats.var + 1e-8)),
+        ("standardize", lambda r, stats: (r - stats.mean) / np.sqrt(stats.var + 1e-8)),
+    ],
+)
+def test_reward_methods_use_the_statistics_of_the_rewards(method, expected):
+    norm = Normalizer(1, 2, obs=False, reward=True, reward_method=method, clip_reward=0.0)
+    valid = np.array([True, False])  # the second env's rewards are not counted
+    rewards = [1.0, 2.0, 6.0]
+    for r in rewards:
+        norm.track_rewards(np.array([r, 100.0]), valid, np.array([False, False]))
+    assert norm.reward_stats.mean == pytest.approx(3.0)
+    assert norm.reward_stats.var == pytest.approx(np.var(rewards), rel=1e-6)
+    assert norm.rewards(torch.tensor([4.0])).item() == pytest.approx(
+        expected(4.0, norm.reward_stats), rel=1e-5
+    )
+
+
+def test_standardised_constant_rewards_vanish(tmp_path):
+    """CartPole's reward is 1 every step: standardising leaves nothing to learn from."""
+    run = train_normalised(
+        tmp_path, 512, normalize_reward=True, reward_norm="standardize", clip_reward=0.0
+    )
+    norm = run.agent.normalizer
+    assert norm.reward_stats.mean == pytest.approx(1.0)
+    assert abs(norm.rewards(torch.tensor([1.0])).item()) < 1e-3
+
+
+def test_an_unknown_reward_method_is_one_clear_line():
+    with pytest.raises(pglab.errors.ConfigError, match="reward_norm.*standardize.*'median'"):
+        pglab.config.Config.from_dict({"env": {"reward_norm": "median"}})

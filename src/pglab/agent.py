@@ -83,6 +83,7 @@ def build_normalizer(
         num_envs,
         obs=env.normalize_obs,
         reward=env.normalize_reward,
+        reward_method=env.reward_norm,
         clip_obs=env.clip_obs,
         clip_reward=env.clip_reward,
         gamma=config.algo.gamma,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pglab.envs.normalize import REWARD_METHODS
 from pglab.errors import ConfigError
 from pglab.nets import ACTIVATIONS
 from pglab.policies import HEADS
@@ -206,7 +207,14 @@ class EnvConfig:
         Choice(PREPROCESS),
     )
     normalize_obs: bool = opt(False, "normalise observations by running mean and std")
-    normalize_reward: bool = opt(False, "scale rewards by the running std of the discounted return")
+    normalize_reward: bool = opt(False, "normalise rewards (how: env.reward_norm)")
+    reward_norm: str = opt(
+        "return",
+        "with normalize_reward: return = divide by the running std of the discounted return; "
+        "reward = divide by the running std of the rewards; standardize = subtract the running "
+        "mean reward, then divide",
+        Choice(REWARD_METHODS),
+    )
     clip_obs: float = opt(10.0, "clip normalised observations to +-this; 0 = no clip", NON_NEGATIVE)
     clip_reward: float = opt(10.0, "clip scaled rewards to +-this; 0 = no clip", NON_NEGATIVE)
 

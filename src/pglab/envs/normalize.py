@@ -3,10 +3,17 @@ r"""Running normalisation of observations and rewards, with state for checkpoint
 Observations: :math:`\hat o = \mathrm{clip}\big((o - \mu) / \sqrt{\sigma^2 + \epsilon}, \pm c_o\big)`
 with :math:`\mu, \sigma^2` running over every observation seen in training.
 
-Rewards: divided by the running standard deviation of the discounted return
-:math:`R_t = \gamma R_{t-1} + r_t` (reset to 0 at each episode end), then clipped to
-:math:`\pm c_r`; the mean is not subtracted, so the sign of a reward is kept (the
-"reward scaling" of Engstrom et al. 2020, as in Stable-Baselines3's VecNormalize).
+Rewards, by one of three methods, then clipped to :math:`\pm c_r`:
+
+- ``return``: :math:`\hat r_t = r_t / \sqrt{\mathrm{Var}[R] + \epsilon}`, the running
+  variance of the discounted return :math:`R_t = \gamma R_{t-1} + r_t` (reset to 0 at each
+  episode end). The mean is not subtracted, so the sign of a reward is kept (the "reward
+  scaling" of Engstrom et al. 2020, as in Stable-Baselines3's VecNormalize).
+- ``reward``: :math:`\hat r_t = r_t / \sqrt{\mathrm{Var}[r] + \epsilon}`, the running
+  variance of the rewards themselves (sign kept).
+- ``standardize``: :math:`\hat r_t = (r_t - \mathrm{E}[r]) / \sqrt{\mathrm{Var}[r] + \epsilon}`.
+  Subtracting the mean changes the task wherever episodes end early (a constant reward
+  of 1 per step, CartPole's, becomes 0), which is what makes it instructive.
 
 Training updates the statistics; evaluation and :class:`pglab.Agent` apply them
 frozen, exactly as the networks saw them last.
@@ -19,6 +26,7 @@ import torch
 from torch import Tensor
 
 EPSILON = 1e-8
+REWARD_METHODS: tuple[str, ...] = ("return", "reward", "standardize")
 
 
 class RunningMeanStd:
@@ -62,6 +70,7 @@ class Normalizer:
         num_envs: parallel envs whose discounted returns are tracked.
         obs: normalise observations.
         reward: scale rewards.
+        reward_method: how (one of :data:`REWARD_METHODS`, see the module docstring).
         clip_obs / clip_reward: clip after normalising (0 = no clipping).
         gamma: the discount of the tracked return.
     """
@@ -73,17 +82,23 @@ class Normalizer:
         *,
         obs: bool,
         reward: bool,
+        reward_method: str = "return",
         clip_obs: float = 10.0,
         clip_reward: float = 10.0,
         gamma: float = 0.99,
     ) -> None:
         self.normalize_obs = obs
+        if reward_method not in REWARD_METHODS:
+            raise ValueError(
+                f"reward_method must be one of {REWARD_METHODS}, got {reward_method!r}"
+            )
         self.scale_rewards = reward
+        self.reward_method = reward_method
         self.clip_obs = clip_obs
         self.clip_reward = clip_reward
         self.gamma = gamma
         self.obs_stats = RunningMeanStd((obs_dim,))
-        self.return_stats = RunningMeanStd()
+        self.reward_stats = RunningMeanStd()  # of the return or of the reward, by method
         self._returns = np.zeros(num_envs, dtype=np.float64)
         self._refresh()
 
@@ -109,30 +124,35 @@ class Normalizer:
         return out.clamp(-self.clip_obs, self.clip_obs) if self.clip_obs > 0 else out
 
     def track_rewards(self, rewards: np.ndarray, valid: np.ndarray, ended: np.ndarray) -> None:
-        """Advance the discounted return of each env by one step and fold it in."""
+        """Fold one step's rewards (or, for ``return``, each env's discounted return) in."""
         if not self.scale_rewards:
             return
+        if self.reward_method != "return":
+            self.reward_stats.update(np.asarray(rewards, dtype=np.float64)[valid])
+            return
         self._returns = np.where(valid, self._returns * self.gamma + rewards, self._returns)
-        self.return_stats.update(self._returns[valid])
+        self.reward_stats.update(self._returns[valid])
         self._returns[ended] = 0.0
 
     def rewards(self, rewards: Tensor) -> Tensor:
-        """Scale rewards by the running std of the return (then clip)."""
+        """Scale (or standardise) rewards with the running statistics, then clip."""
         if not self.scale_rewards:
             return rewards
-        out = rewards / float(np.sqrt(self.return_stats.var + EPSILON))
+        if self.reward_method == "standardize":
+            rewards = rewards - float(self.reward_stats.mean)
+        out = rewards / float(np.sqrt(self.reward_stats.var + EPSILON))
         return out.clamp(-self.clip_reward, self.clip_reward) if self.clip_reward > 0 else out
 
     def state_dict(self) -> dict:
         return {
             "obs": self.obs_stats.state_dict(),
-            "return": self.return_stats.state_dict(),
+            "return": self.reward_stats.state_dict(),
             "returns": torch.from_numpy(self._returns.copy()),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.obs_stats.load_state_dict(state["obs"])
-        self.return_stats.load_state_dict(state["return"])
+        self.reward_stats.load_state_dict(state["return"])
         self._refresh()
         returns = state["returns"].numpy()
         if returns.shape == self._returns.shape:
