@@ -61,10 +61,23 @@ def test_random_draws_are_the_same_on_every_reading(tmp_path):
     assert all(0.0 <= r.options["algo.entropy_coef"] <= 0.1 for r in first.runs)
 
 
+def test_variants_cross_the_grid_and_name_the_runs(tmp_path):
+    extra = '[[variants]]\nname = "mc"\nlam = 1.0\n[[variants]]\n"algo.lam" = 0.9\ngamma = 0.9\n'
+    sweep = load_spec(write_spec(tmp_path, extra=extra))
+    names = [run.name for run in sweep.runs]
+    assert len(names) == 16 and len(set(names)) == 16
+    assert "variant=mc,lr=0.01,hidden=8,seed=1" in names
+    assert "lam=0.9,gamma=0.9,lr=0.001,hidden=4,seed=0" in names
+    config = sweep.config(sweep.runs[0])
+    assert (config.algo.lam, config.algo.gamma) == (1.0, 0.99)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         ("bogus = 1\n", "unknown key 'bogus'"),
+        ('[[variants]]\nname = "a,b"\nlam = 1.0\n', "a variant's name must be a word"),
+        ("variants = [1]\n", "variants must be a list of tables"),
         ("[random]\ngamma = { normal = [0, 1] }\n", "random.gamma must be one of"),
         ('[grid]\n"policy.hiden" = [[2]]\n', "unknown option 'policy.hiden'"),
     ],

@@ -14,6 +14,13 @@ A spec is a TOML file::
     [grid]                     # every combination of these values
     lr = [0.001, 0.01, 0.1]
 
+    [[variants]]               # alternatives, each a set of options changed together
+    name = "mc"                # optional label (default: its options)
+    lam = 1.0
+    [[variants]]
+    name = "gae"
+    lam = 0.95
+
     [random]                   # `samples` draws of these distributions
     samples = 8
     entropy_coef = { uniform = [0.0, 0.01] }
@@ -21,9 +28,9 @@ A spec is a TOML file::
     batch_size = { int_uniform = [10, 50] }
     gamma = { choice = [0.98, 0.99] }
 
-Every configuration (a grid point, or a grid point with a random draw) runs once per
-seed. A run's folder is named after the options the spec varies and its seed
-(``lr=0.01,hidden=8,seed=2``). Running a sweep again skips the runs whose folder
+Every configuration (a grid point, crossed with each variant and each random draw)
+runs once per seed. A run's folder is named after the options the spec varies and its
+seed (``lr=0.01,hidden=8,seed=2``; a named variant shows as ``variant=mc``). Running a sweep again skips the runs whose folder
 holds a finished ``summary.json``, so an interrupted sweep (Ctrl-C, or kill -9)
 completes only what is missing; half-written folders are cleared and run again. A run
 that fails leaves ``error.txt`` in its folder and does not stop the others; the exit
@@ -74,6 +81,7 @@ _SPEC_KEYS = {
     "sample_seed",
     "set",
     "grid",
+    "variants",
     "random",
 }
 #: Most members per population task: bigger groups are split so that workers share them.
@@ -154,13 +162,17 @@ def load_spec(path: str | Path) -> Sweep:
         samples,
         spec.get("sample_seed", 0),
     )
+    variants = _variants(spec.get("variants", []))
     varied = [*grid, *(draws[0] if draws else {})]
     runs = []
     for point in itertools.product(*grid.values()):
         combo = dict(zip(grid, point))
-        for draw in draws or [{}]:
-            options = {**fixed, **combo, **draw}
-            label = ",".join(f"{_short(k)}={_format(options[k])}" for k in varied)
+        for (variant_label, variant), draw in itertools.product(variants, draws or [{}]):
+            options = {**fixed, **combo, **variant, **draw}
+            label = ",".join(
+                [variant_label] * bool(variant_label)
+                + [f"{_short(k)}={_format(options[k])}" for k in varied]
+            )
             for seed in seeds:
                 name = f"{label},seed={seed}" if label else f"seed={seed}"
                 runs.append(SweepRun(name, options, seed))
@@ -184,6 +196,33 @@ def _seeds(seeds: Any, base: Any) -> list[int]:
     raise ConfigError(
         f"sweep spec: seeds must be a count >= 1 or a list of seeds >= 0; got {seeds!r}"
     )
+
+
+def _variants(variants: Any) -> list[tuple[str, dict]]:
+    """Each variant as (label, options); one unlabelled empty variant when there are none."""
+    if not variants:
+        return [("", {})]
+    if not isinstance(variants, list) or not all(isinstance(v, dict) and v for v in variants):
+        raise ConfigError(
+            f"sweep spec: variants must be a list of tables of options; got {variants!r}"
+        )
+    labelled = []
+    for variant in variants:
+        options = {_key(k): v for k, v in variant.items() if k != "name"}
+        name = variant.get("name")
+        if name is None:
+            label = ",".join(f"{_short(k)}={_format(v)}" for k, v in options.items())
+        elif isinstance(name, str) and name and not set(name) & set(",=/"):
+            label = f"variant={name}"
+        else:
+            raise ConfigError(
+                f"sweep spec: a variant's name must be a word without ',', '=' or '/'; got {name!r}"
+            )
+        labelled.append((label, options))
+    labels = [label for label, _ in labelled]
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"sweep spec: two variants have the same label; got {labels}")
+    return labelled
 
 
 def _values(key: str, values: Any) -> list[Any]:
