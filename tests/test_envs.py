@@ -3,16 +3,50 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv as GymCartPoleVectorEnv
 
-from pglab.envs import make_vec_env, reward_threshold, validate_env_id
+from pglab.envs import cartpole, make_vec_env, reward_threshold, validate_env_id
 from pglab.envs.lineworld import LineWorldEnv
 from pglab.errors import EnvError
 
 
-def test_cartpole_uses_fast_vector_entry_point():
+def test_cartpole_uses_the_lean_vector_env():
     envs = make_vec_env("CartPole-v1", 4)
-    assert type(envs).__name__ == "CartPoleVectorEnv"
+    assert isinstance(envs, cartpole.CartPoleVectorEnv)
+    assert envs.spec is not None and envs.spec.max_episode_steps == 500
     envs.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"sutton_barto_reward": True}, {"max_episode_steps": 30}],
+)
+def test_lean_cartpole_equals_gymnasium_bit_for_bit(options):
+    """Random actions for thousands of steps, with many episode ends and resets."""
+    ours = cartpole.CartPoleVectorEnv(num_envs=7, **options)
+    theirs = GymCartPoleVectorEnv(num_envs=7, **options)
+    first, _ = ours.reset(seed=3)
+    expected, _ = theirs.reset(seed=3)
+    assert np.array_equal(first, expected)
+    actions = np.random.default_rng(0).integers(0, 2, size=(3000, 7))
+    ends = 0
+    for action in actions:
+        got, want = ours.step(action), theirs.step(action)
+        for a, b in zip(got[:4], want[:4]):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+        ends += int((got[2] | got[3]).sum())
+    assert ends > 100
+
+
+def test_lean_cartpole_semi_implicit_integrator_matches_too():
+    ours, theirs = cartpole.CartPoleVectorEnv(num_envs=3), GymCartPoleVectorEnv(num_envs=3)
+    for env in (ours, theirs):
+        env.kinematics_integrator = "semi-implicit euler"
+        env.reset(seed=1)
+    for action in np.random.default_rng(1).integers(0, 2, size=(500, 3)):
+        assert all(
+            np.array_equal(a, b) for a, b in zip(ours.step(action)[:4], theirs.step(action)[:4])
+        )
 
 
 def test_unknown_env_lists_closest_ids():

@@ -2,11 +2,13 @@
 
 Environments are always vectorised (N >= 1) and autoreset in Gymnasium's NEXT_STEP
 mode. Where Gymnasium has a fast vectorised implementation (``vector_entry_point``,
-for example CartPole) it is used.
+for example CartPole) it is used; for CartPole, the leaner step of
+:mod:`pglab.envs.cartpole`, which gives identical numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
+from pglab.envs import cartpole
 from pglab.envs.spaces import ActionAdapter, ObsEncoder, check_spaces
 from pglab.errors import EnvError
 
@@ -143,8 +146,10 @@ def make_vec_env(
             name = env_id.split(":", 1)[1] if ":" in env_id else env_id
             spec = gym.spec(name)
             fast = spec.vector_entry_point is not None and not wrappers
+            if spec.vector_entry_point == cartpole.GYMNASIUM_ENTRY_POINT:
+                spec = dataclasses.replace(spec, vector_entry_point=cartpole.ENTRY_POINT)
             envs = gym.make_vec(
-                name,
+                spec,
                 num_envs=num_envs,
                 vectorization_mode="vector_entry_point" if fast else "sync",
                 wrappers=wrappers or None,
