@@ -404,6 +404,8 @@ class NumpyActor:
         self._rng = np.random.default_rng(seed)
         self._weights: list[tuple[np.ndarray, np.ndarray]] = []
         self._log_std: np.ndarray | None = None
+        self._categorical = isinstance(actor.head, CategoricalHead)
+        self._bernoulli = isinstance(actor.head, BernoulliHead)
         self.sync()
 
     @classmethod
@@ -448,12 +450,11 @@ class NumpyActor:
                 x = x @ w + b
             else:
                 x = layer(x)
-        head = self.actor.head
-        if isinstance(head, CategoricalHead):
+        if self._categorical:
             if not deterministic:
                 x = x + self._rng.gumbel(size=x.shape).astype(x.dtype)
             return x.argmax(axis=-1)
-        if isinstance(head, BernoulliHead):
+        if self._bernoulli:
             logit = x[..., 0]
             if deterministic:
                 return (logit > 0).astype(np.int64)

@@ -77,6 +77,7 @@ class _Buffers:
     def __init__(
         self, capacity: int, n: int, obs_dim: int, action_shape: tuple, action_dtype
     ) -> None:
+        self.capacity = capacity
         self.arrays = {
             "obs": np.empty((capacity, n, obs_dim), dtype=np.float32),
             "actions": np.empty((capacity, n, *action_shape), dtype=action_dtype),
@@ -85,12 +86,16 @@ class _Buffers:
             "truncated": np.empty((capacity, n), dtype=bool),
             "valid": np.empty((capacity, n), dtype=bool),
         }
+        self._rows = list(self.arrays.values())
 
-    def put(self, t: int, **values: np.ndarray) -> None:
-        if t == len(self.arrays["rewards"]):
+    def put(self, t: int, *values: np.ndarray) -> None:
+        """Store row ``t``: obs, actions, rewards, terminated, truncated, valid (in that order)."""
+        if t == self.capacity:
             self.arrays = {k: np.concatenate([a, np.empty_like(a)]) for k, a in self.arrays.items()}
-        for key, value in values.items():
-            self.arrays[key][t] = value
+            self._rows = list(self.arrays.values())
+            self.capacity *= 2
+        for rows, value in zip(self._rows, values):
+            rows[t] = value
 
     def tensors(self, length: int) -> dict[str, Tensor]:
         return {k: torch.from_numpy(a[:length]) for k, a in self.arrays.items()}
@@ -138,7 +143,7 @@ class Collector:
         # Small MLP actors act through a numpy mirror: same distribution, far less overhead.
         self._fast_actor = NumpyActor.build(actor)
         self._next_seed = seed
-        self._obs: Tensor | None = None
+        self._obs: np.ndarray | None = None  # the current observations, prepared
         self._prev_done = np.zeros(self.num_envs, dtype=bool)
         self._episode_return = np.zeros(self.num_envs, dtype=np.float64)
         self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
@@ -161,11 +166,12 @@ class Collector:
         if self._fast_actor is not None:
             self._fast_actor.sync()
 
-    def _prepare(self, raw: np.ndarray) -> Tensor:
-        obs = self.encode(raw)
+    def _prepare(self, raw: np.ndarray) -> np.ndarray:
+        """Encoded (and normalised) observations, float32 ``[N, obs_dim]``."""
+        obs = self.encode.array(raw)
         if self.normalizer is None:
             return obs
-        return self.normalizer.observe(obs, self.update_normalizer)
+        return self.normalizer.observe(torch.from_numpy(obs), self.update_normalizer).numpy()
 
     def _step(
         self,
@@ -178,32 +184,26 @@ class Collector:
         """One step of every env, stored at row ``t``; returns where a counted episode ended."""
         obs = self._obs
         if self._fast_actor is not None:
-            actions = self._fast_actor.act(obs.numpy(), deterministic)
+            actions = self._fast_actor.act(obs, deterministic)
         else:
             with torch.inference_mode():
-                actions = self.actor.act(obs.to(self.device), deterministic).cpu().numpy()
+                device_obs = torch.from_numpy(obs).to(self.device)
+                actions = self.actor.act(device_obs, deterministic).cpu().numpy()
         raw, rewards, terminated, truncated, info = self.envs.step(self.to_env(actions))
         self.env_steps += self.num_envs
-        valid = ~self._prev_done & active
-        ended = (terminated | truncated) & valid
+        done = terminated | truncated
+        valid = active & ~self._prev_done
+        ended = done & valid
         if self.update_normalizer:
             self.normalizer.track_rewards(rewards, valid, ended)
         if buffers is not None:
-            buffers.put(
-                t,
-                obs=obs.numpy(),
-                actions=actions,
-                rewards=rewards,
-                terminated=terminated,
-                truncated=truncated,
-                valid=valid,
-            )
+            buffers.put(t, obs, actions, rewards, terminated, truncated, valid)
         else:
             self._count_episodes(rewards[None], valid[None], ended[None], stats)
         if "success" in info and ended.any():
             reported = info.get("_success", np.ones(self.num_envs, dtype=bool))
             stats.successes += info["success"][ended & reported].astype(bool).tolist()
-        self._prev_done = terminated | truncated
+        self._prev_done = done
         self._obs = self._prepare(raw)
         return ended
 
@@ -274,9 +274,10 @@ class Collector:
         while counted.any():
             ended = self._step(t, buffers, deterministic, counted, stats)
             t += 1
-            for i in np.flatnonzero(ended):
-                counted[i] = started < num_episodes
-                started += int(counted[i])
+            if ended.any():
+                for i in np.flatnonzero(ended):
+                    counted[i] = started < num_episodes
+                    started += int(counted[i])
         return t
 
     def collect_episodes(self, num_episodes: int, deterministic: bool = False) -> Batch:
@@ -312,7 +313,7 @@ class Collector:
             values = next_values = None
             if self.critic is not None:
                 values = self.critic(flat_obs).reshape(length, self.num_envs)
-                last = self.critic(self._obs.to(self.device))
+                last = self.critic(torch.from_numpy(self._obs).to(self.device))
                 next_values = torch.cat([values[1:], last.unsqueeze(0)])
         return Batch(
             obs=obs,

@@ -43,11 +43,15 @@ class ObsEncoder:
             self.dim = int(np.prod(space.shape))
 
     def __call__(self, obs: np.ndarray) -> Tensor:
+        return torch.from_numpy(self.array(obs))
+
+    def array(self, obs: np.ndarray) -> np.ndarray:
+        """The encoding as a float32 numpy array ``[N, dim]``."""
         if isinstance(self.space, gym.spaces.Discrete):
-            index = torch.as_tensor(np.asarray(obs) - self.space.start, dtype=torch.long)
-            return torch.nn.functional.one_hot(index, self.dim).float()
+            index = np.asarray(obs, dtype=np.int64) - self.space.start
+            return np.eye(self.dim, dtype=np.float32)[index]
         array = np.asarray(obs, dtype=np.float32)
-        return torch.from_numpy(array.reshape(array.shape[0], self.dim))
+        return array.reshape(array.shape[0], self.dim)
 
 
 class ActionAdapter:

@@ -322,7 +322,17 @@ def _tasks(sweep: Sweep, runs: Sequence[SweepRun], workers: int) -> list[list[Sw
     for members in groups.values():
         size = max(1, min(_MAX_MEMBERS, math.ceil(len(members) / workers)))
         tasks += [members[i : i + size] for i in range(0, len(members), size)]
+    # Largest budgets first, so that the last tasks to start are short ones and no
+    # worker is left alone with a long run at the end (the order of the spec otherwise).
+    tasks.sort(key=lambda task: -sum(_budget(sweep.config(run)) for run in task))
     return tasks
+
+
+def _budget(config: Config) -> int:
+    """A run's size for scheduling: updates x batch size when updates are capped, else steps."""
+    if config.run.total_updates:
+        return config.run.total_updates * config.algo.resolve().batch_size
+    return config.run.total_steps
 
 
 def run_task(sweep: Sweep, runs: list[SweepRun]) -> list[Outcome]:
