@@ -3,9 +3,10 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv as GymCartPoleVectorEnv
 
-from pglab.envs import cartpole, make_vec_env, reward_threshold, validate_env_id
+from pglab.envs import ObsEncoder, cartpole, make_vec_env, reward_threshold, validate_env_id
 from pglab.envs.lineworld import LineWorldEnv
 from pglab.errors import EnvError
 
@@ -115,3 +116,9 @@ def test_missing_extras_are_named():
     message = _missing_extra("LunarLander-v3", DependencyNotInstalled("Box2D is not installed"))
     assert "pip install 'pglab[box2d]'" in message
     assert "pglab[mujoco]" in _missing_extra("Hopper-v5", DependencyNotInstalled("no mujoco"))
+
+
+def test_discrete_observations_are_one_hot():
+    encode = ObsEncoder(gym.spaces.Discrete(4, start=1))
+    assert encode.array(np.array([1, 4])).tolist() == [[1, 0, 0, 0], [0, 0, 0, 1]]
+    assert encode(np.array([2])).dtype == torch.float32

@@ -39,6 +39,7 @@ class ObsEncoder:
         self.space = space
         if isinstance(space, gym.spaces.Discrete):
             self.dim = int(space.n)
+            self._one_hot = np.eye(self.dim, dtype=np.float32)
         else:
             self.dim = int(np.prod(space.shape))
 
@@ -49,7 +50,7 @@ class ObsEncoder:
         """The encoding as a float32 numpy array ``[N, dim]``."""
         if isinstance(self.space, gym.spaces.Discrete):
             index = np.asarray(obs, dtype=np.int64) - self.space.start
-            return np.eye(self.dim, dtype=np.float32)[index]
+            return self._one_hot[index]
         array = np.asarray(obs, dtype=np.float32)
         return array.reshape(array.shape[0], self.dim)
 
