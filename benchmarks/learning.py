@@ -138,15 +138,18 @@ def main() -> None:
         futures = [
             pool.submit(one_seed, args, seed, threshold) for seed in seeds if seed not in rows
         ]
+        trained = set()
         for future in futures:
             row = future.result()
             rows[row["seed"]] = row
+            trained.add(row["seed"])
             save_row(kept, row, key)
             print(
                 f"seed {row['seed']}: final {row['final_mean']:.1f} ± {row['final_std']:.1f}, "
                 f"threshold reached at {row['solved_at']}, {row['wall']:.0f}s",
                 flush=True,
             )
+    kept_seeds = [seed for seed in seeds if seed not in trained]
     rows = [rows[seed] for seed in seeds]
 
     finals = [r["final_mean"] for r in rows]
@@ -166,6 +169,16 @@ def main() -> None:
         f"budget; threshold: {threshold if threshold is not None else 'none'} (first periodic "
         "evaluation to reach it)",
         "",
+        *(
+            [
+                f"seeds {', '.join(map(str, kept_seeds))}: rows kept from earlier invocations of "
+                f"this command (`{kept.name}/`; wall times are each run's own, under the load "
+                "of its time)",
+                "",
+            ]
+            if kept_seeds
+            else []
+        ),
         "| seed | final return (mean ± std) | steps to threshold | wall s |",
         "|---:|---:|---:|---:|",
     ]
