@@ -62,7 +62,7 @@ def test_toml_file(tmp_path):
 def test_presets_layer_under_the_users_values(tmp_path):
     config = build_config(flags={"env.id": "CartPole-v1", "algo.name": "ppo"})
     assert config.run.preset == "ppo/CartPole-v1"
-    assert config.algo.epochs == 20 and config.policy.ortho_init  # preset, algo defaults
+    assert config.algo.epochs == 5 and config.policy.ortho_init  # preset, algo defaults
     mine = build_config(flags={"algo.name": "ppo"}, overrides=["epochs=3"])
     assert mine.algo.epochs == 3 and mine.algo.gamma == 0.98
     bare = build_config(flags={"algo.name": "ppo", "run.preset": "none"})
