@@ -12,7 +12,7 @@ evaluation reached the threshold, and the wall time.
 
 The table goes to ``benchmarks/results/learning/<algo>-<env>-<steps>.md`` (or ``--out``).
 Each finished seed is also kept as ``<table>.seeds/seed-<N>.json``; a later call with
-the same options reuses those rows and trains only the missing seeds, so a long
+the same options and unchanged preset files reuses those rows and trains only the missing seeds, so a long
 benchmark can be finished over several sittings (``--fresh`` retrains them all).
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import statistics
 import sys
@@ -84,6 +85,15 @@ def one_seed(args: argparse.Namespace, seed: int, threshold: float | None) -> di
     }
 
 
+def preset_digest(algo: str, env_id: str) -> str:
+    """A digest of the preset files a run starts from, so that kept rows go stale with them."""
+    from pglab.config import PRESETS_DIR, preset_path
+
+    files = [PRESETS_DIR / f"{algo}.toml", preset_path(f"{algo}/{env_id}")]
+    text = "".join(f.read_text() for f in files if f is not None and f.is_file())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def seed_file(folder: Path, seed: int) -> Path:
     return folder / f"seed-{seed}.json"
 
@@ -126,7 +136,12 @@ def main() -> None:
     name = f"{args.algo}{'-' + args.weights if args.weights else ''}-{args.env.replace('/', '-')}"
     out = args.out or RESULTS / f"{name}-{args.steps}.md"
     kept = out.with_suffix(".seeds")
-    key = {"set": sorted(args.set), "episodes": args.episodes, "threshold": threshold}
+    key = {
+        "set": sorted(args.set),
+        "episodes": args.episodes,
+        "threshold": threshold,
+        "presets": preset_digest(args.algo, args.env),
+    }
     rows = {}
     if not args.fresh:
         for seed in seeds:
