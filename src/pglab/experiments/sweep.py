@@ -30,9 +30,9 @@ A spec is a TOML file::
 
 Every configuration (a grid point, crossed with each variant and each random draw)
 runs once per seed. A run's folder is named after the options the spec varies and its
-seed (``lr=0.01,hidden=8,seed=2``; a named variant shows as ``variant=mc``). Running a sweep again skips the runs whose folder
-holds a finished ``summary.json``, so an interrupted sweep (Ctrl-C, or kill -9)
-completes only what is missing; half-written folders are cleared and run again. A run
+seed (``lr=0.01,hidden=8,seed=2``; a named variant shows as ``variant=mc``). Running
+a sweep again skips the runs whose folder holds a finished ``summary.json``, so an
+interrupted sweep (Ctrl-C, or kill -9) completes only what is missing; half-written folders are cleared and run again. A run
 that fails leaves ``error.txt`` in its folder and does not stop the others; the exit
 code says whether every run succeeded.
 
@@ -170,8 +170,7 @@ def load_spec(path: str | Path) -> Sweep:
         for (variant_label, variant), draw in itertools.product(variants, draws or [{}]):
             options = {**fixed, **combo, **variant, **draw}
             label = ",".join(
-                [variant_label] * bool(variant_label)
-                + [f"{_short(k)}={_format(options[k])}" for k in varied]
+                part for part in (variant_label, _label({k: options[k] for k in varied})) if part
             )
             for seed in seeds:
                 name = f"{label},seed={seed}" if label else f"seed={seed}"
@@ -211,7 +210,7 @@ def _variants(variants: Any) -> list[tuple[str, dict]]:
         options = {_key(k): v for k, v in variant.items() if k != "name"}
         name = variant.get("name")
         if name is None:
-            label = ",".join(f"{_short(k)}={_format(v)}" for k, v in options.items())
+            label = _label(options)
         elif isinstance(name, str) and name and not set(name) & set(",=/"):
             label = f"variant={name}"
         else:
@@ -270,6 +269,11 @@ def _draws(distributions: dict[str, tuple[str, list]], samples: Any, seed: int) 
     return draws
 
 
+def _label(options: dict[str, Any]) -> str:
+    """``lr=0.01,hidden=8``: the options as they appear in run names."""
+    return ",".join(f"{_short(k)}={_format(v)}" for k, v in options.items())
+
+
 def _short(key: str) -> str:
     """``algo`` and ``env`` for the main options, else the option's own name."""
     return {"algo.name": "algo", "env.id": "env"}.get(key, key.split(".")[-1])
@@ -300,9 +304,10 @@ def _tasks(sweep: Sweep, runs: Sequence[SweepRun], workers: int) -> list[list[Sw
     (split so that every worker gets work), others are tasks of their own."""
     from pglab.population import VARYING, supports_population
 
+    configs = {run.name: sweep.config(run) for run in runs}
     groups: dict[str, list[SweepRun]] = {}
     for run in runs:
-        config = sweep.config(run)
+        config = configs[run.name]
         if not supports_population(config):
             groups[run.name] = [run]
             continue
@@ -324,7 +329,7 @@ def _tasks(sweep: Sweep, runs: Sequence[SweepRun], workers: int) -> list[list[Sw
         tasks += [members[i : i + size] for i in range(0, len(members), size)]
     # Largest budgets first, so that the last tasks to start are short ones and no
     # worker is left alone with a long run at the end (the order of the spec otherwise).
-    tasks.sort(key=lambda task: -sum(_budget(sweep.config(run)) for run in task))
+    tasks.sort(key=lambda task: -sum(_budget(configs[run.name]) for run in task))
     return tasks
 
 
