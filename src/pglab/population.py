@@ -9,10 +9,12 @@ single run writes it (a member's folder can be evaluated or resumed as any run).
 One iteration:
 
 1. every member still training collects a batch with its own actor;
-2. the members' parameters, stacked into tensors ``[M, ...]``, get the gradients of
-   every member's loss in one call, ``vmap(grad(loss))`` over
-   ``torch.func.functional_call``; member *m*'s gradient depends on member *m*'s
-   parameters and data only;
+2. every member's loss in one call, ``vmap`` of the loss over
+   ``torch.func.functional_call`` with the members' parameters stacked into tensors
+   ``[M, ...]``, then one backward pass of the losses' sum: member *m*'s loss
+   depends on member *m*'s parameters and data only, so row *m* of each gradient is
+   member *m*'s own gradient (vmap only in the forward pass, plain autograd backward,
+   is faster than ``vmap(grad(loss))``);
 3. one optimizer step for all members, :class:`StackedOptimizer`: the update rules
    of Adam, RMSprop and SGD are elementwise, so stacked they are M independent
    optimizers; each member has its own learning rate, step count and gradient-norm
@@ -36,7 +38,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 
 from pglab.algos.base import JointOptimizer, minibatch_indices
 from pglab.config import Config
@@ -238,12 +240,6 @@ class Population:
         fixed = {k: v for k, v in hps[0].items() if k not in varying and k != "lr"}
         lr = torch.tensor([hp["lr"] for hp in hps], device=device)
         index = torch.tensor(members, device=device)
-        every = len(members) == len(self.trainers)
-
-        def member_loss(params: dict, mb: dict, hp: dict) -> tuple[Tensor, dict]:
-            return functional_call(self.module, params, (mb, {**fixed, **hp}))
-
-        gradients = vmap(grad(member_loss, has_aux=True), randomness="different")
         cfg = lead.config
         size = data["returns"].shape[1]
         going = torch.ones(len(members), dtype=torch.bool, device=device)
@@ -260,8 +256,7 @@ class Population:
             for k in range(per_epoch):
                 idx = torch.stack([p[k] for p in parts]).to(device)
                 mb = {key: value[rows, idx] for key, value in data.items()}
-                params = {n: s if every else s[index] for n, s in self.stacked.items()}
-                grads, stats = gradients(params, mb, varying)
+                grads, stats = self.gradients(members, mb, {**fixed, **varying})
                 if cfg.target_kl > 0:
                     going &= stats["approx_kl"] <= cfg.target_kl
                 if not going.any():
@@ -282,6 +277,32 @@ class Population:
             )
             results.append(algo.finish_metrics(metrics, d))
         return results
+
+    def gradients(
+        self, members: list[int], mb: dict[str, Tensor], hp: dict[str, Any]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Each member's gradient of its loss on its minibatch, stacked by parameter name.
+
+        ``mb`` holds ``[K, B, ...]`` tensors for the K ``members`` (in that order);
+        ``hp`` the loss's hyperparameters, ``[K]`` tensors where members differ.
+        Returns the gradients ``{name: [K, ...]}`` and the loss's diagnostics ``[K]``.
+        """
+        every = len(members) == len(self.trainers)
+        rows = torch.tensor(members, device=mb["returns"].device)
+        params = {
+            n: (s if every else s[rows]).detach().requires_grad_() for n, s in self.stacked.items()
+        }
+        varying = {k: v for k, v in hp.items() if isinstance(v, Tensor)}
+        fixed = {k: v for k, v in hp.items() if k not in varying}
+
+        def member_loss(params: dict, mb: dict, varying: dict) -> tuple[Tensor, dict]:
+            return functional_call(self.module, params, (mb, {**fixed, **varying}))
+
+        loss, stats = vmap(member_loss, randomness="different")(params, mb, varying)
+        # Member m's loss depends on row m only: the sum's gradient holds every
+        # member's own gradient in its row.
+        grads = torch.autograd.grad(loss.sum(), list(params.values()))
+        return dict(zip(params, grads)), stats
 
     def _clip(self, grads: dict[str, Tensor], max_norm: float, members: list[int]) -> Tensor:
         """Clip each member's global gradient norm to ``max_norm`` (> 0) in place;
