@@ -51,6 +51,9 @@ def test_categorical_head_matches_torch():
     reference = torch.distributions.Categorical(logits=logits)
     assert torch.allclose(head.log_prob(logits, actions), reference.log_prob(actions))
     assert torch.allclose(head.entropy(logits), reference.entropy())
+    log_prob, entropy = head.log_prob_entropy(logits, actions)
+    assert torch.allclose(log_prob, reference.log_prob(actions))
+    assert torch.allclose(entropy, reference.entropy())
 
 
 def test_categorical_sampling_frequencies():

@@ -43,7 +43,15 @@ HEADS: tuple[str, ...] = ("auto", "categorical", "bernoulli", "gaussian", "tanh_
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
-class CategoricalHead(nn.Module):
+class _Head(nn.Module):
+    """What every action head shares."""
+
+    def log_prob_entropy(self, params: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`log_prob` of ``actions`` and :meth:`entropy`, from one set of parameters."""
+        return self.log_prob(params, actions), self.entropy(params)
+
+
+class CategoricalHead(_Head):
     r"""Softmax policy over ``n`` actions: :math:`\pi(k \mid s) = e^{l_k} / \sum_j e^{l_j}`."""
 
     def __init__(self, in_dim: int, n: int) -> None:
@@ -62,12 +70,23 @@ class CategoricalHead(nn.Module):
         return logits.argmax(dim=-1)
 
     def log_prob(self, logits: Tensor, actions: Tensor) -> Tensor:
-        log_pi = logits.log_softmax(dim=-1)
-        return log_pi.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        return self._pick(logits.log_softmax(dim=-1), actions)
 
     def entropy(self, logits: Tensor) -> Tensor:
         r""":math:`H = -\sum_k \pi_k \log \pi_k`."""
+        return self._entropy(logits.log_softmax(dim=-1))
+
+    def log_prob_entropy(self, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """Both from one log-softmax (the update's hot path)."""
         log_pi = logits.log_softmax(dim=-1)
+        return self._pick(log_pi, actions), self._entropy(log_pi)
+
+    @staticmethod
+    def _pick(log_pi: Tensor, actions: Tensor) -> Tensor:
+        return log_pi.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def _entropy(log_pi: Tensor) -> Tensor:
         return -(log_pi.exp() * log_pi).sum(dim=-1)
 
     def kl(self, old: Tensor, new: Tensor, old_log_std: Tensor | None = None) -> Tensor:
@@ -76,7 +95,7 @@ class CategoricalHead(nn.Module):
         return (old_log_pi.exp() * (old_log_pi - new.log_softmax(dim=-1))).sum(dim=-1)
 
 
-class BernoulliHead(nn.Module):
+class BernoulliHead(_Head):
     r"""Two actions from one logit: :math:`P(a=1 \mid s) = \sigma(l(s))` (the classic Pong policy)."""
 
     def __init__(self, in_dim: int) -> None:
@@ -109,7 +128,7 @@ class BernoulliHead(nn.Module):
         )
 
 
-class GaussianHead(nn.Module):
+class GaussianHead(_Head):
     r"""Diagonal Gaussian with a state-independent, clamped :math:`\log\sigma`.
 
     .. math:: \log \pi(a \mid s) = -\sum_i \Big[\frac{(a_i - \mu_i)^2}{2\sigma_i^2}
@@ -242,8 +261,7 @@ class Actor(nn.Module):
 
     def log_prob_entropy(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         r""":math:`\log \pi(a \mid s)` of given actions, and the entropy at each state."""
-        params = self(obs)
-        return self.head.log_prob(params, actions), self.head.entropy(params)
+        return self.head.log_prob_entropy(self(obs), actions)
 
 
 class Critic(nn.Module):

@@ -254,8 +254,11 @@ class Population:
             ]
             per_epoch = len(parts[0])
             for k in range(per_epoch):
-                idx = torch.stack([p[k] for p in parts]).to(device)
-                mb = {key: value[rows, idx] for key, value in data.items()}
+                if lead.minibatches > 1:
+                    idx = torch.stack([p[k] for p in parts]).to(device)
+                    mb = {key: value[rows, idx] for key, value in data.items()}
+                else:
+                    mb = data
                 grads, stats = self.gradients(members, mb, {**fixed, **varying})
                 if cfg.target_kl > 0:
                     going &= stats["approx_kl"] <= cfg.target_kl

@@ -129,11 +129,14 @@ def valid_samples(batch: Batch, masked: bool = False, **extra: Tensor) -> dict[s
 
 def minibatch_indices(
     size: int, minibatches: int, generator: torch.Generator | None = None
-) -> list[Tensor]:
-    """A random partition of ``range(size)`` into ``minibatches`` near-equal parts
-    (one part, in order, when ``minibatches`` is 1: the order does not matter then)."""
+) -> list[Tensor] | list[slice]:
+    """A random partition of ``range(size)`` into ``minibatches`` near-equal parts.
+
+    With one minibatch, the whole batch as a slice: the order does not matter then,
+    and a slice indexes without copying.
+    """
     if minibatches <= 1:
-        return [torch.arange(size)]
+        return [slice(None)]
     order = torch.randperm(size, generator=generator)
     return list(order.chunk(min(minibatches, max(size, 1))))
 
