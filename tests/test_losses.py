@@ -1,8 +1,15 @@
 """Losses: weights carry no gradient, and the gradient points the right way."""
 
+import pytest
 import torch
 
-from pglab.losses import entropy_loss, explained_variance, policy_gradient_loss, value_loss
+from pglab.losses import (
+    actor_critic_loss,
+    entropy_loss,
+    explained_variance,
+    policy_gradient_loss,
+    value_loss,
+)
 
 
 def test_weights_carry_no_gradient():
@@ -44,3 +51,11 @@ def test_explained_variance():
     targets = torch.tensor([[1.0], [2.0], [3.0]])
     assert explained_variance(targets, targets).item() == 1.0
     assert abs(explained_variance(torch.full_like(targets, 2.0), targets).item()) < 1e-6
+
+
+def test_actor_critic_loss_weighs_its_terms():
+    p, v, h = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0, requires_grad=True)
+    assert actor_critic_loss(p, v, h, 0.5, 0.1).item() == pytest.approx(1.0 + 1.0 - 0.3)
+    assert not actor_critic_loss(p, v, h, 0.5, 0.0).requires_grad  # entropy left out
+    members = actor_critic_loss(p, v, h, torch.tensor([0.5, 1.0]), torch.tensor([0.0, 0.1]))
+    torch.testing.assert_close(members, torch.tensor([2.0, 2.7]))

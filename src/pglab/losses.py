@@ -43,6 +43,26 @@ def entropy_loss(entropy: Tensor, valid: Tensor | None = None) -> Tensor:
     return -masked_mean(entropy, valid)
 
 
+def actor_critic_loss(
+    policy_loss: Tensor,
+    v_loss: Tensor,
+    mean_entropy: Tensor,
+    vf_coef: float | Tensor,
+    entropy_coef: float | Tensor,
+) -> Tensor:
+    r"""The one loss of an actor and a critic trained together (A2C, PPO):
+    :math:`L = L^{\pi} + c_V\, L^V - c_H\, \bar H`.
+
+    An entropy coefficient of exactly 0 leaves the entropy out of the loss, so the
+    backward pass does not go through it. Coefficients may be ``[M]`` tensors (a
+    population's members).
+    """
+    loss = policy_loss + vf_coef * v_loss
+    if isinstance(entropy_coef, Tensor) or entropy_coef != 0:
+        loss = loss - entropy_coef * mean_entropy
+    return loss
+
+
 def explained_variance(predictions: Tensor, targets: Tensor, valid: Tensor | None = None) -> Tensor:
     r"""Fraction of the targets' variance the critic explains: :math:`1 - \mathrm{Var}[y - \hat y] / \mathrm{Var}[y]`.
 

@@ -219,6 +219,8 @@ def masked_mean(x: Tensor, valid: Tensor | None = None) -> Tensor:
 
 def masked_var(x: Tensor, valid: Tensor | None = None) -> Tensor:
     r"""Population variance of ``x`` over the valid entries: mean of :math:`(x - \bar x)^2`."""
+    if valid is None:
+        return torch.var_mean(x, correction=0)[0]
     mean = masked_mean(x, valid)
     return masked_mean((x - mean) ** 2, valid)
 
@@ -230,9 +232,11 @@ def standardize(x: Tensor, valid: Tensor | None = None, eps: float = 1e-8) -> Te
     entries come out as 0. Standardising returns acts as a batch-mean baseline and a
     per-batch step-size normalisation. Any shape.
     """
-    mean = masked_mean(x, valid)
-    std = masked_var(x, valid).sqrt()
-    return _mask((x - mean) / (std + eps), valid)
+    if valid is None:
+        var, mean = torch.var_mean(x, correction=0)
+    else:
+        mean, var = masked_mean(x, valid), masked_var(x, valid)
+    return _mask((x - mean) / (var.sqrt() + eps), valid)
 
 
 def policy_gradient_weights(

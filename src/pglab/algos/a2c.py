@@ -22,7 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from pglab.algos.base import JointOptimizer
-from pglab.losses import approx_kl, policy_gradient_loss, value_loss
+from pglab.losses import actor_critic_loss, approx_kl, policy_gradient_loss, value_loss
 from pglab.policies import Actor, Critic
 from pglab.returns import masked_mean, standardize
 
@@ -53,7 +53,9 @@ class A2C(JointOptimizer):
         policy_loss = policy_gradient_loss(log_probs, adv, valid)
         v_loss = value_loss(critic(mb["obs"]), mb["returns"], valid)
         mean_entropy = masked_mean(entropy, valid)
-        loss = policy_loss + hp["vf_coef"] * v_loss - hp["entropy_coef"] * mean_entropy
+        loss = actor_critic_loss(
+            policy_loss, v_loss, mean_entropy, hp["vf_coef"], hp["entropy_coef"]
+        )
         _, kl = approx_kl(log_probs - mb["log_probs"], valid)
         return loss, {
             "policy_loss": policy_loss.detach(),

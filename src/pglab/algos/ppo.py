@@ -30,7 +30,12 @@ from typing import Any
 from torch import Tensor
 
 from pglab.algos.base import JointOptimizer
-from pglab.losses import approx_kl, clipped_surrogate_loss, clipped_value_loss
+from pglab.losses import (
+    actor_critic_loss,
+    approx_kl,
+    clipped_surrogate_loss,
+    clipped_value_loss,
+)
 from pglab.policies import Actor, Critic
 from pglab.returns import masked_mean, standardize
 
@@ -85,7 +90,9 @@ class PPO(JointOptimizer):
         values = critic(mb["obs"])
         v_loss = clipped_value_loss(values, mb["values"], mb["returns"], hp["value_clip"], valid)
         mean_entropy = masked_mean(entropy, valid)
-        loss = policy_loss + hp["vf_coef"] * v_loss - hp["entropy_coef"] * mean_entropy
+        loss = actor_critic_loss(
+            policy_loss, v_loss, mean_entropy, hp["vf_coef"], hp["entropy_coef"]
+        )
         clipped = ((log_ratio.detach().exp() - 1.0).abs() > clip).float()
         return loss, {
             "policy_loss": policy_loss.detach(),
