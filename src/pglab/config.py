@@ -198,7 +198,9 @@ class EnvConfig:
 
     id: str = opt("CartPole-v1", "Gymnasium id (e.g. Acrobot-v1) or package.module:Class")
     num_envs: int = opt(0, "parallel envs for training; 0 = auto", NON_NEGATIVE)
-    eval_num_envs: int = opt(0, "parallel envs for evaluation; 0 = auto", NON_NEGATIVE)
+    eval_num_envs: int = opt(
+        0, "parallel envs for evaluation; 0 = auto (one per episode, at most 32)", NON_NEGATIVE
+    )
     kwargs: dict = opt({}, "keyword arguments passed to the env constructor")
     preprocess: str = opt(
         "none",

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from pglab.agent import Agent
-from pglab.envs import make_vec_env
+from pglab.envs import eval_num_envs, make_vec_env
 from pglab.rollout import Collector, EpisodeStats
 
 
@@ -46,14 +46,14 @@ def evaluate(
 
     ``env`` defaults to the env the agent was trained on (with its options). The
     run's preprocessing and frozen normalisation statistics apply as in training. The
-    episodes run in ``num_envs`` parallel copies (default: up to 16), env i seeded
+    episodes run in ``num_envs`` parallel copies (default: one per episode, up to 32), env i seeded
     with ``seed + i``; the most likely action is taken unless ``deterministic=False``.
     """
     env_id = env or agent.config.env.id
     own = env_id == agent.config.env.id
     kwargs = agent.config.env.kwargs if own else {}
     preprocess = agent.config.env.preprocess
-    envs = make_vec_env(env_id, num_envs or min(episodes, 16), kwargs, preprocess)
+    envs = make_vec_env(env_id, eval_num_envs(episodes, num_envs), kwargs, preprocess)
     try:
         collector = Collector(
             envs, agent.actor, seed=seed, normalizer=agent.normalizer, update_normalizer=False

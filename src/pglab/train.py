@@ -36,7 +36,7 @@ from pglab.algos import make_algo
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, save_checkpoint
 from pglab.config import Config, resolve_device
 from pglab.diagnostics import HealthMonitor
-from pglab.envs import make_vec_env, reward_threshold, validate_env_id
+from pglab.envs import eval_num_envs, make_vec_env, reward_threshold, validate_env_id
 from pglab.errors import PglabError
 from pglab.evaluate import EvalResult
 from pglab.logs import MetricsLogger, Progress
@@ -134,7 +134,7 @@ class Trainer:
         seed_shift = _RESUME_SEED_STRIDE * self.updates
         env = cfg.env
         self.envs = make_vec_env(env.id, _auto_num_envs(cfg), env.kwargs, env.preprocess)
-        eval_envs = env.eval_num_envs or min(cfg.run.eval_episodes, 16)
+        eval_envs = eval_num_envs(cfg.run.eval_episodes, env.eval_num_envs)
         self.eval_envs = make_vec_env(env.id, eval_envs, env.kwargs, env.preprocess)
         obs_space = self.envs.single_observation_space
         action_space = self.envs.single_action_space

@@ -110,6 +110,18 @@ def _missing_extra(env_id: str, error: Exception) -> str:
     return f"env {env_id!r} needs a package that is not installed: {first_line}"
 
 
+#: Evaluation runs one env per episode, up to this many at once: a vector step costs
+#: about the same for 16 or 32 small envs, so 20 episodes in 20 envs take half the
+#: steps of 20 episodes in 16.
+MAX_EVAL_ENVS = 32
+
+
+def eval_num_envs(episodes: int, num_envs: int = 0) -> int:
+    """Parallel envs for evaluating ``episodes`` episodes: ``num_envs`` when given,
+    else one per episode up to :data:`MAX_EVAL_ENVS`."""
+    return num_envs or min(episodes, MAX_EVAL_ENVS)
+
+
 def make_vec_env(
     env_id: str,
     num_envs: int,
