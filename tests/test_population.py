@@ -10,7 +10,6 @@ from pglab.config import build_config
 from pglab.errors import ConfigError
 from pglab.population import (
     Population,
-    StackedOptimizer,
     check_population,
     member_configs,
     parse_seeds,
@@ -32,29 +31,6 @@ def configs(tmp_path, seeds, **flags):
         flags_source="test",
     )
     return member_configs(base.resolve(475.0), seeds)
-
-
-@pytest.mark.parametrize("name", ["adam", "rmsprop", "sgd"])
-def test_stacked_optimizer_is_one_torch_optimizer_per_member(name):
-    torch.manual_seed(0)
-    lrs = [1e-2, 3e-3, 1e-1]
-    singles = [torch.randn(5, 3, requires_grad=True) for _ in lrs]
-    stacked = torch.stack([p.detach() for p in singles])
-    kinds = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
-    extra = {} if name == "sgd" else {"eps": 1e-5}
-    torch_opts = [
-        kinds[name]([p], lr=lr, weight_decay=0.01, **extra) for p, lr in zip(singles, lrs)
-    ]
-    ours = StackedOptimizer(name, [stacked], eps=1e-5, weight_decay=0.01)
-    for step in range(6):
-        grads = torch.randn(3, 5, 3)
-        members = torch.arange(3) if step % 2 == 0 else torch.tensor([0, 2])  # member 1 skips
-        for m in members.tolist():
-            singles[m].grad = grads[m].clone()
-            torch_opts[m].step()
-        ours.step([grads[members]], members, torch.tensor(lrs)[members])
-    for m in range(3):
-        torch.testing.assert_close(stacked[m], singles[m].detach(), rtol=1e-4, atol=1e-5)
 
 
 def test_population_gradient_is_each_members_own(tmp_path):
@@ -106,8 +82,8 @@ def test_member_folders_are_runs_that_resume(tmp_path):
     runs = train_many(configs(tmp_path, [0, 1], **{"run.total_steps": 1000}), progress="off")
     assert [r.summary["seed"] for r in runs] == [0, 1]
     state = torch.load(runs[1].path / "checkpoints" / "last.pt", weights_only=False)
-    adam = state["algo"]["optimizer"]["state"]
-    assert adam and all(s["exp_avg"].abs().sum() > 0 for s in adam.values())
+    adam = state["algo"]["optimizer"]
+    assert adam["steps"] > 0 and adam["exp_avg"].abs().sum() > 0
     assert pglab.load(runs[1].path).config.run.seed == 1
 
 

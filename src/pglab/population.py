@@ -15,7 +15,7 @@ One iteration:
    depends on member *m*'s parameters and data only, so row *m* of each gradient is
    member *m*'s own gradient (vmap only in the forward pass, plain autograd backward,
    is faster than ``vmap(grad(loss))``);
-3. one optimizer step for all members, :class:`StackedOptimizer`: the update rules
+3. one optimizer step for all members, :class:`~pglab.optim.StackedOptimizer`: the rules
    of Adam, RMSprop and SGD are elementwise, so stacked they are M independent
    optimizers; each member has its own learning rate, step count and gradient-norm
    clip, and a member whose approximate KL passed ``target_kl`` stops stepping for
@@ -45,6 +45,7 @@ from pglab.config import Config
 from pglab.envs import reward_threshold, validate_env_id
 from pglab.errors import ConfigError, TrainingError
 from pglab.logs import Progress
+from pglab.optim import StackedOptimizer
 from pglab.rollout import Batch
 from pglab.train import CONFIG_FILE, Run, Trainer, _new_run_dir, _StopRequest, run_label
 
@@ -81,74 +82,6 @@ def _flat(config: Config) -> dict[str, Any]:
         for section, values in config.to_dict().items()
         for key, value in values.items()
     }
-
-
-class StackedOptimizer:
-    r"""Adam, RMSprop or SGD over stacked parameters ``[M, ...]``: M independent optimizers.
-
-    The rules are PyTorch's (defaults otherwise), with a learning rate per member and
-    L2 weight decay :math:`g \leftarrow g + w\,\theta`:
-
-    * Adam: :math:`m \leftarrow \beta_1 m + (1-\beta_1) g`,
-      :math:`v \leftarrow \beta_2 v + (1-\beta_2) g^2`,
-      :math:`\theta \leftarrow \theta - \alpha \frac{m / (1-\beta_1^t)}{\sqrt{v / (1-\beta_2^t)} + \epsilon}`;
-    * RMSprop: :math:`v \leftarrow \rho v + (1-\rho) g^2`,
-      :math:`\theta \leftarrow \theta - \alpha\, g / (\sqrt v + \epsilon)` with :math:`\rho = 0.99`;
-    * SGD: :math:`\theta \leftarrow \theta - \alpha g`.
-    """
-
-    BETAS = (0.9, 0.999)
-    ALPHA = 0.99
-
-    def __init__(
-        self, name: str, params: list[Tensor], eps: float = 1e-8, weight_decay: float = 0.0
-    ) -> None:
-        if name not in ("adam", "rmsprop", "sgd"):
-            raise ConfigError(f"population training supports adam, rmsprop, sgd; got {name!r}")
-        self.name = name
-        self.params = params
-        self.eps = eps
-        self.weight_decay = weight_decay
-        self.steps = torch.zeros(params[0].shape[0], device=params[0].device)
-        moments = {"adam": ("exp_avg", "exp_avg_sq"), "rmsprop": ("square_avg",), "sgd": ()}
-        self.state = [{key: torch.zeros_like(p) for key in moments[name]} for p in params]
-
-    def step(self, grads: list[Tensor], members: Tensor, lr: Tensor) -> None:
-        """Step the rows ``members`` of every parameter with ``grads`` (rows in that order)."""
-        every = len(members) == len(self.steps)  # members are in order when all step
-        rows = slice(None) if every else members
-        self.steps[rows] += 1
-        t = self.steps[rows]
-        for param, g, state in zip(self.params, grads, self.state):
-            shape = (-1,) + (1,) * (param.dim() - 1)
-            theta = param[rows]
-            if self.weight_decay:
-                g = g + self.weight_decay * theta
-            moments = {key: value[rows] for key, value in state.items()}
-            direction = self._direction(g, moments, t.view(shape))
-            for key, value in moments.items():
-                state[key][rows] = value
-            param[rows] = theta - lr.view(shape) * direction
-
-    def _direction(self, g: Tensor, moments: dict[str, Tensor], t: Tensor) -> Tensor:
-        """Update the moments in place and return the step direction (before the lr)."""
-        if self.name == "adam":
-            beta1, beta2 = self.BETAS
-            m = moments["exp_avg"].lerp_(g, 1 - beta1)
-            v = moments["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            return (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + self.eps)
-        if self.name == "rmsprop":
-            v = moments["square_avg"].mul_(self.ALPHA).addcmul_(g, g, value=1 - self.ALPHA)
-            return g / (v.sqrt() + self.eps)
-        return g
-
-    def member_state(self, member: int, params: list[nn.Parameter]) -> dict[nn.Parameter, dict]:
-        """Member ``member``'s state in ``torch.optim``'s per-parameter layout."""
-        step = self.steps[member].clone()
-        return {
-            p: {"step": step.clone(), **{k: v[member].clone() for k, v in state.items()}}
-            for p, state in zip(params, self.state)
-        }
 
 
 class _LossModule(nn.Module):
@@ -207,10 +140,9 @@ class Population:
             trainer.before_save = lambda m=m: self._export_optimizer(m)
 
     def _export_optimizer(self, member: int) -> None:
-        """Write the member's optimizer state into its own torch optimizer (for checkpoints)."""
-        optimizer = self.trainers[member].algo.optimizer
-        optimizer.state.clear()
-        optimizer.state.update(self.optimizer.member_state(member, self.member_params[member]))
+        """Write the member's optimizer state into its own optimizer (for checkpoints)."""
+        into = self.trainers[member].algo.optimizer
+        self.optimizer.export(member, self.member_params[member], into)
 
     @contextlib.contextmanager
     def _member_rng(self, member: int) -> Iterator[None]:

@@ -23,6 +23,7 @@ import torch
 
 from pglab.algos.base import fit_critic, gradient_step, make_optimizer, scheduled_lr, set_lr
 from pglab.losses import entropy_loss, explained_variance, policy_gradient_loss
+from pglab.optim import FlatOptimizer
 from pglab.policies import Actor, Critic
 from pglab.returns import masked_mean, masked_var, policy_gradient_weights, standardize
 from pglab.rollout import Batch
@@ -55,7 +56,7 @@ class Reinforce:
         )
         self.value_optimizer = self._make_value_optimizer() if critic is not None else None
 
-    def _make_value_optimizer(self) -> torch.optim.Optimizer:
+    def _make_value_optimizer(self) -> FlatOptimizer:
         cfg = self.config
         return make_optimizer(cfg.optimizer, self.critic.parameters(), cfg.value_lr, eps=cfg.eps)
 
@@ -93,13 +94,7 @@ class Reinforce:
         entropy = entropy.view_as(batch.rewards)
         pg_loss = policy_gradient_loss(log_probs, weights, valid)
         loss = pg_loss + cfg.entropy_coef * entropy_loss(entropy, valid)
-        grad_norm = gradient_step(
-            self.policy_optimizer,
-            loss,
-            list(self.actor.parameters()),
-            cfg.max_grad_norm,
-            "policy loss",
-        )
+        grad_norm = gradient_step(self.policy_optimizer, loss, cfg.max_grad_norm, "policy loss")
         metrics = {
             "policy_loss": pg_loss.item(),
             "entropy": masked_mean(entropy.detach(), valid).item(),
