@@ -165,12 +165,3 @@ class StackedOptimizer:
             for key, value in moments.items():
                 state[key][rows] = value
             param[rows] = theta - lr.view(shape) * direction
-
-    def export(self, member: int, params: list[Tensor], into: FlatOptimizer) -> None:
-        """Write member ``member``'s state into ``into``, a :class:`FlatOptimizer` over
-        that member's parameters; ``params`` are those parameters in stacking order."""
-        position = {id(p): i for i, p in enumerate(params)}
-        into.steps = int(self.steps[member])
-        for key in into.state:
-            rows = [self.state[position[id(p)]][key][member].flatten() for p in into.params]
-            into.state[key] = torch.cat(rows)

@@ -10,8 +10,8 @@ One iteration:
 
 1. every member still training collects a batch with its own actor;
 2. every member's loss in one call, ``vmap`` of the loss over
-   ``torch.func.functional_call`` with the members' parameters stacked into tensors
-   ``[M, ...]``, then one backward pass of the losses' sum: member *m*'s loss
+   ``torch.func.functional_call`` with the members' parameters stacked, then one
+   backward pass of the losses' sum: member *m*'s loss
    depends on member *m*'s parameters and data only, so row *m* of each gradient is
    member *m*'s own gradient (vmap only in the forward pass, plain autograd backward,
    is faster than ``vmap(grad(loss))``);
@@ -21,9 +21,10 @@ One iteration:
    clip, and a member whose approximate KL passed ``target_kl`` stops stepping for
    the rest of the update, as it would alone.
 
-Members' parameters *are* the stacked tensors (each member's ``nn.Parameter`` is a
-view of its row), so acting, evaluating and checkpointing use the members' own
-modules unchanged.
+Members' parameters *are* the stack, one ``[M, P]`` tensor (each member's
+``nn.Parameter`` is a view of its row), so acting, evaluating and checkpointing use
+the members' own modules unchanged, and the optimizer's step and the gradient
+clipping are a few operations on one tensor.
 """
 
 from __future__ import annotations
@@ -120,29 +121,43 @@ class Population:
         self._stack()
 
     def _stack(self) -> None:
-        """Stack the members' parameters and make each member's parameters views of them."""
+        """Stack the members' parameters into one ``[M, P]`` tensor, a row per member
+        (every parameter flattened, in name order), and make each member's parameters
+        views of its row."""
         modules = [_LossModule(t.algo) for t in self.trainers]
         self.module = modules[0]  # the structure that functional_call fills in
-        self.names = [name for name, _ in self.module.named_parameters()]
+        self.shapes = {name: p.shape for name, p in self.module.named_parameters()}
+        self.names = list(self.shapes)
+        self.columns: dict[str, slice] = {}
+        start = 0
+        for name, shape in self.shapes.items():
+            self.columns[name] = slice(start, start + shape.numel())
+            start += shape.numel()
         member_params = [dict(m.named_parameters()) for m in modules]
-        self.stacked = {
-            n: torch.stack([p[n].detach() for p in member_params]).contiguous() for n in self.names
-        }
+        self.flat = torch.stack(
+            [torch.cat([p[n].detach().flatten() for n in self.names]) for p in member_params]
+        )
         for m, params in enumerate(member_params):
-            for n in self.names:
-                params[n].data = self.stacked[n][m]
+            for name, p in params.items():
+                p.data = self.flat[m, self.columns[name]].view(self.shapes[name])
         self.member_params = [[p[n] for n in self.names] for p in member_params]
         cfg = self.configs[0].algo
-        self.optimizer = StackedOptimizer(
-            cfg.optimizer, list(self.stacked.values()), cfg.eps, cfg.weight_decay
-        )
+        self.optimizer = StackedOptimizer(cfg.optimizer, [self.flat], cfg.eps, cfg.weight_decay)
         for m, trainer in enumerate(self.trainers):
             trainer.before_save = lambda m=m: self._export_optimizer(m)
+
+    def unflatten(self, rows: Tensor) -> dict[str, Tensor]:
+        """Rows ``[K, P]`` of the stack as parameters ``{name: [K, *shape]}`` (views)."""
+        return {n: rows[:, self.columns[n]].unflatten(1, self.shapes[n]) for n in self.names}
 
     def _export_optimizer(self, member: int) -> None:
         """Write the member's optimizer state into its own optimizer (for checkpoints)."""
         into = self.trainers[member].algo.optimizer
-        self.optimizer.export(member, self.member_params[member], into)
+        column = {id(p): self.columns[n] for n, p in zip(self.names, self.member_params[member])}
+        into.steps = int(self.optimizer.steps[member])
+        for key in into.state:
+            row = self.optimizer.state[0][key][member]
+            into.state[key] = torch.cat([row[column[id(p)]] for p in into.params])
 
     @contextlib.contextmanager
     def _member_rng(self, member: int) -> Iterator[None]:
@@ -197,7 +212,7 @@ class Population:
                 if not going.any():
                     break
                 stats["grad_norm"] = self._clip(grads, cfg.max_grad_norm, members)
-                self.optimizer.step([grads[n][going] for n in self.names], index[going], lr[going])
+                self.optimizer.step([grads[going]], index[going], lr[going])
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + torch.where(going, value, 0.0)
                 taken += going.float()
@@ -215,18 +230,16 @@ class Population:
 
     def gradients(
         self, members: list[int], mb: dict[str, Tensor], hp: dict[str, Any]
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Each member's gradient of its loss on its minibatch, stacked by parameter name.
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Each member's gradient of its loss on its minibatch, as rows ``[K, P]`` of the stack.
 
         ``mb`` holds ``[K, B, ...]`` tensors for the K ``members`` (in that order);
         ``hp`` the loss's hyperparameters, ``[K]`` tensors where members differ.
-        Returns the gradients ``{name: [K, ...]}`` and the loss's diagnostics ``[K]``.
+        Returns the gradients and the loss's diagnostics ``[K]``.
         """
         every = len(members) == len(self.trainers)
-        rows = torch.tensor(members, device=mb["returns"].device)
-        params = {
-            n: (s if every else s[rows]).detach().requires_grad_() for n, s in self.stacked.items()
-        }
+        rows = self.flat if every else self.flat[torch.tensor(members, device=self.flat.device)]
+        params = {n: p.detach().requires_grad_() for n, p in self.unflatten(rows).items()}
         varying = {k: v for k, v in hp.items() if isinstance(v, Tensor)}
         fixed = {k: v for k, v in hp.items() if k not in varying}
 
@@ -237,13 +250,12 @@ class Population:
         # Member m's loss depends on row m only: the sum's gradient holds every
         # member's own gradient in its row.
         grads = torch.autograd.grad(loss.sum(), list(params.values()))
-        return dict(zip(params, grads)), stats
+        return torch.cat([g.flatten(1) for g in grads], dim=1), stats
 
-    def _clip(self, grads: dict[str, Tensor], max_norm: float, members: list[int]) -> Tensor:
-        """Clip each member's global gradient norm to ``max_norm`` (> 0) in place;
-        returns the norms before clipping, ``[K]``."""
-        squares = sum(g.pow(2).flatten(1).sum(1) for g in grads.values())
-        norms = squares.sqrt()
+    def _clip(self, grads: Tensor, max_norm: float, members: list[int]) -> Tensor:
+        """Clip each member's global gradient norm (a row of ``grads``) to ``max_norm``
+        (> 0) in place; returns the norms before clipping, ``[K]``."""
+        norms = grads.norm(dim=1)
         if not torch.isfinite(norms).all():
             bad = members[int((~torch.isfinite(norms)).nonzero()[0])]
             raise TrainingError(
@@ -251,9 +263,7 @@ class Population:
                 "non-finite; lower the learning rate or enable gradient clipping"
             )
         if max_norm > 0:
-            scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-            for g in grads.values():
-                g.mul_(scale.view((-1,) + (1,) * (g.dim() - 1)))
+            grads.mul_((max_norm / (norms + 1e-6)).clamp(max=1.0).unsqueeze(1))
         return norms
 
     # ------------------------------------------------------------------ loop
