@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from pglab.algos import make_algo
-from pglab.algos.base import gradient_step, make_optimizer
+from pglab.algos.base import gradient_step
 from pglab.algos.trpo import conjugate_gradient
 from pglab.config import build_config
 from pglab.envs import make_vec_env
 from pglab.errors import TrainingError
 from pglab.losses import approx_kl, clipped_surrogate_loss, clipped_value_loss
+from pglab.optim import FlatOptimizer
 from pglab.policies import make_actor, make_critic
 from pglab.rollout import Collector
 
@@ -46,7 +47,7 @@ def test_gradient_step_is_torchs_clip_and_step(max_grad_norm):
     torch.manual_seed(0)
     ours, theirs = (make_critic(3, [8]) for _ in range(2))
     theirs.load_state_dict(ours.state_dict())
-    optimizer = make_optimizer("adam", ours.parameters(), 0.1)
+    optimizer = FlatOptimizer("adam", ours.parameters(), 0.1)
     reference = torch.optim.Adam(theirs.parameters(), 0.1)
     obs, target = torch.randn(16, 3), torch.randn(16)
     for _ in range(3):
@@ -64,7 +65,7 @@ def test_gradient_step_is_torchs_clip_and_step(max_grad_norm):
 def test_gradient_step_refuses_a_non_finite_loss():
     critic = make_critic(3, [8])
     before = [p.detach().clone() for p in critic.parameters()]
-    optimizer = make_optimizer("adam", critic.parameters(), 0.1)
+    optimizer = FlatOptimizer("adam", critic.parameters(), 0.1)
     loss = critic(torch.full((4, 3), float("nan"))).mean()
     with pytest.raises(TrainingError, match="non-finite"):
         gradient_step(optimizer, loss)

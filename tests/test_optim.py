@@ -21,11 +21,7 @@ def test_flat_optimizer_is_torchs(name):
     flat = FlatOptimizer(name, ours, lr=0.01, weight_decay=0.01, eps=1e-5)
     reference = _torch(name, theirs, 0.01, 0.01)
     for _ in range(5):
-        grads = [torch.randn_like(p) for p in ours]
-        flat.step(flat.flatten(grads))
-        for p, g in zip(theirs, grads):
-            p.grad = g.clone()
-        reference.step()
+        _step_both(flat, reference, theirs)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
@@ -33,13 +29,18 @@ def test_flat_optimizer_is_torchs(name):
     resumed = [p.detach().clone().requires_grad_() for p in theirs]
     again = FlatOptimizer(name, resumed, lr=0.01, weight_decay=0.01, eps=1e-5)
     again.load_state_dict(reference.state_dict())
-    grads = [torch.randn_like(p) for p in ours]
-    again.step(again.flatten(grads))
-    for p, g in zip(theirs, grads):
-        p.grad = g.clone()
-    reference.step()
+    _step_both(again, reference, theirs)
     for a, b in zip(resumed, theirs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _step_both(flat, reference, reference_params):
+    """One step of both optimizers with the same random gradient."""
+    grads = [torch.randn_like(p) for p in reference_params]
+    flat.step(flat.flatten(grads))
+    for p, g in zip(reference_params, grads):
+        p.grad = g.clone()
+    reference.step()
 
 
 def test_flat_optimizer_state_round_trips():

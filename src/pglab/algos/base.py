@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pglab.errors import TrainingError
 from pglab.losses import explained_variance, value_loss
@@ -18,20 +17,6 @@ from pglab.rollout import Batch
 
 if TYPE_CHECKING:  # the config layer sits above; only its type is named here
     from pglab.config import AlgoConfig
-
-
-def make_optimizer(
-    name: str,
-    params: Iterable[nn.Parameter],
-    lr: float,
-    weight_decay: float = 0.0,
-    eps: float = 1e-8,
-) -> FlatOptimizer:
-    """``adam`` | ``sgd`` | ``rmsprop`` over ``params`` (see :mod:`pglab.optim`).
-
-    ``eps`` is Adam's and RMSprop's epsilon (RMSprop with smoothing 0.99).
-    """
-    return FlatOptimizer(name, params, lr, weight_decay, eps)
 
 
 def scheduled_lr(base_lr: float, schedule: str, progress: float) -> float:
@@ -199,7 +184,7 @@ class JointOptimizer:
         self.critic = critic
         self.config = config
         self.params = unique_parameters(actor, critic)
-        self.optimizer = make_optimizer(
+        self.optimizer = FlatOptimizer(
             config.optimizer, self.params, config.lr, config.weight_decay, config.eps
         )
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pglab.algos.base import fit_critic, gradient_step, make_optimizer, scheduled_lr, set_lr
+from pglab.algos.base import fit_critic, gradient_step, scheduled_lr, set_lr
 from pglab.losses import entropy_loss, explained_variance, policy_gradient_loss
 from pglab.optim import FlatOptimizer
 from pglab.policies import Actor, Critic
@@ -51,14 +51,14 @@ class Reinforce:
         self.actor = actor
         self.critic = critic
         self.config = config
-        self.policy_optimizer = make_optimizer(
+        self.policy_optimizer = FlatOptimizer(
             config.optimizer, actor.parameters(), config.lr, config.weight_decay, config.eps
         )
         self.value_optimizer = self._make_value_optimizer() if critic is not None else None
 
     def _make_value_optimizer(self) -> FlatOptimizer:
         cfg = self.config
-        return make_optimizer(cfg.optimizer, self.critic.parameters(), cfg.value_lr, eps=cfg.eps)
+        return FlatOptimizer(cfg.optimizer, self.critic.parameters(), cfg.value_lr, eps=cfg.eps)
 
     def update(self, batch: Batch, progress: float) -> dict[str, float]:
         """One policy-gradient step (and critic fit) on ``batch``; ``progress`` in [0, 1]."""

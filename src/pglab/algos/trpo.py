@@ -30,13 +30,13 @@ from pglab.algos.base import (
     advantage_metrics,
     fit_critic,
     gae_advantages,
-    make_optimizer,
     scheduled_lr,
     set_lr,
     valid_samples,
 )
 from pglab.errors import TrainingError
 from pglab.losses import approx_kl
+from pglab.optim import FlatOptimizer
 from pglab.policies import Actor, Critic
 from pglab.returns import standardize
 from pglab.rollout import Batch
@@ -89,7 +89,7 @@ class TRPO:
         self.critic = critic
         self.config = config
         self.params = list(actor.parameters())
-        self.value_optimizer = make_optimizer(
+        self.value_optimizer = FlatOptimizer(
             config.optimizer, critic.parameters(), config.value_lr, eps=config.eps
         )
 
