@@ -29,10 +29,6 @@ def scheduled_lr(base_lr: float, schedule: str, progress: float) -> float:
     return base_lr
 
 
-def set_lr(optimizer: FlatOptimizer, lr: float) -> None:
-    optimizer.lr = lr
-
-
 def gradient_step(
     optimizer: FlatOptimizer, loss: Tensor, max_grad_norm: float = 0.0, what: str = "loss"
 ) -> float:
@@ -230,7 +226,7 @@ class JointOptimizer:
         cfg = self.config
         data = self.prepare(batch)
         hp = self.hyperparameters(progress)
-        set_lr(self.optimizer, hp["lr"])
+        self.optimizer.lr = hp["lr"]
         self.actor.train()
         totals: dict[str, float] = {}
         steps, stopped, per_epoch = 0, False, 1

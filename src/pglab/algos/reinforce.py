@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pglab.algos.base import fit_critic, gradient_step, scheduled_lr, set_lr
+from pglab.algos.base import fit_critic, gradient_step, scheduled_lr
 from pglab.losses import entropy_loss, explained_variance, policy_gradient_loss
 from pglab.optim import FlatOptimizer
 from pglab.policies import Actor, Critic
@@ -85,7 +85,7 @@ class Reinforce:
 
         # Policy step on L = -mean(log pi * Psi) - c_H * mean(H).
         lr = scheduled_lr(cfg.lr, cfg.lr_schedule, progress)
-        set_lr(self.policy_optimizer, lr)
+        self.policy_optimizer.lr = lr
         self.actor.train()
         log_probs, entropy = self.actor.log_prob_entropy(
             batch.obs.flatten(0, 1), batch.actions.flatten(0, 1)
@@ -112,7 +112,7 @@ class Reinforce:
         cfg = self.config
         if cfg.value_reset_optimizer:
             self.value_optimizer = self._make_value_optimizer()
-        set_lr(self.value_optimizer, scheduled_lr(cfg.value_lr, cfg.lr_schedule, progress))
+        self.value_optimizer.lr = scheduled_lr(cfg.value_lr, cfg.lr_schedule, progress)
         mask = batch.valid.flatten()
         loss = fit_critic(
             self.critic,

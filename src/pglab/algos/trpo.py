@@ -31,7 +31,6 @@ from pglab.algos.base import (
     fit_critic,
     gae_advantages,
     scheduled_lr,
-    set_lr,
     valid_samples,
 )
 from pglab.errors import TrainingError
@@ -151,7 +150,7 @@ class TRPO:
         kl_k1, kl_k3 = approx_kl(log_ratio)
 
         value_lr = scheduled_lr(cfg.value_lr, cfg.lr_schedule, progress)
-        set_lr(self.value_optimizer, value_lr)
+        self.value_optimizer.lr = value_lr
         v_loss = fit_critic(
             self.critic,
             self.value_optimizer,
