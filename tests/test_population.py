@@ -88,6 +88,9 @@ def test_member_folders_are_runs_that_resume(tmp_path):
     adam = state["algo"]["optimizer"]  # member 1's own row of the stacked optimizer
     assert adam["steps"] == population.optimizer.steps[1] > 0
     assert torch.equal(adam["exp_avg"], population.optimizer.state[0]["exp_avg"][1])
+    for name, weights in state["actor"].items():  # its own weights, not the whole stack
+        assert weights.untyped_storage().nbytes() == weights.nbytes, name
+        assert torch.equal(weights, dict(population.trainers[1].actor.named_parameters())[name])
     assert pglab.load(runs[1].path).config.run.seed == 1
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from pglab.agent import Agent, build_models, build_normalizer
 from pglab.algos import make_algo
@@ -112,6 +113,13 @@ class _StopRequest:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _own_tensors(module: torch.nn.Module) -> dict[str, Tensor]:
+    """``module``'s state dict with tensors of their own: its parameters are views of
+    a larger vector (an optimizer's, or a population's stack), which ``torch.save``
+    would write whole into every checkpoint."""
+    return {key: value.clone() for key, value in module.state_dict().items()}
 
 
 class Trainer:
@@ -206,8 +214,8 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict() if self.critic is not None else {},
+            "actor": _own_tensors(self.actor),
+            "critic": _own_tensors(self.critic) if self.critic is not None else {},
             "algo": self.algo.state_dict(),
             "normalizer": self.normalizer.state_dict() if self.normalizer is not None else {},
             "counters": {
