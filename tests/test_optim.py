@@ -72,6 +72,19 @@ def test_stacked_optimizer_is_one_torch_optimizer_per_member(name):
         torch.testing.assert_close(stacked[m], singles[m].detach(), rtol=1e-4, atol=1e-5)
 
 
+def test_flat_optimizer_parameters_are_views_of_its_vector():
+    layer = torch.nn.Linear(3, 2)
+    weight = layer.weight.detach().clone()
+    optimizer = FlatOptimizer("sgd", layer.parameters(), lr=0.5)
+    assert torch.equal(layer.weight, weight)  # moved, not changed
+    optimizer.step(torch.ones(8))
+    torch.testing.assert_close(layer.weight, weight - 0.5)
+    with torch.no_grad():  # a module's load_state_dict writes in place: the vector sees it
+        layer.bias.fill_(3.0)
+    assert torch.equal(optimizer.flat[-2:], torch.full((2,), 3.0))
+    assert layer.weight.grad_fn is None and layer.weight.requires_grad
+
+
 def test_unknown_optimizer_is_refused():
     from pglab.errors import ConfigError
 

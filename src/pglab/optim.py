@@ -64,8 +64,13 @@ def step_direction(
 
 
 class FlatOptimizer:
-    """One optimizer over ``params``, which keep their own tensors; gradients arrive,
-    and moments live, as one flat vector in parameter order."""
+    """One optimizer over ``params``; parameters, gradients and moments are each one
+    flat vector in parameter order.
+
+    Construction moves the parameters into :attr:`flat`: each becomes a view of its
+    slice, so a step is one in-place update of the vector. The parameters must not be
+    given new storage afterwards (``p.data = ...``, ``module.to(...)``).
+    """
 
     def __init__(
         self,
@@ -83,11 +88,10 @@ class FlatOptimizer:
         self.eps = eps
         self.sizes = [p.numel() for p in self.params]
         self.steps = 0
-        first = self.params[0]
-        self.state = {
-            key: torch.zeros(sum(self.sizes), dtype=first.dtype, device=first.device)
-            for key in MOMENTS[name]
-        }
+        self.flat = torch.cat([p.detach().flatten() for p in self.params])
+        for p, view in zip(self.params, self.flat.split(self.sizes)):
+            p.data = view.view_as(p)
+        self.state = {key: torch.zeros_like(self.flat) for key in MOMENTS[name]}
 
     def flatten(self, grads: Sequence[Tensor | None]) -> Tensor:
         """``grads`` (one per parameter, ``None`` for zero) as one vector."""
@@ -103,10 +107,9 @@ class FlatOptimizer:
         """One step with the flat gradient ``grad`` (see :meth:`flatten`)."""
         self.steps += 1
         if self.weight_decay:
-            grad = grad + self.weight_decay * torch.cat([p.flatten() for p in self.params])
+            grad = grad + self.weight_decay * self.flat
         direction = step_direction(self.name, grad, self.state, self.steps, self.eps)
-        for p, d in zip(self.params, (direction * -self.lr).split(self.sizes)):
-            p.add_(d.view_as(p))
+        self.flat.add_(direction, alpha=-self.lr)
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "steps": self.steps, **self.state}
