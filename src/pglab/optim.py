@@ -68,8 +68,10 @@ class FlatOptimizer:
     flat vector in parameter order.
 
     Construction moves the parameters into :attr:`flat`: each becomes a view of its
-    slice, so a step is one in-place update of the vector. The parameters must not be
-    given new storage afterwards (``p.data = ...``, ``module.to(...)``).
+    slice, so a step is one in-place update of the vector. Parameters given new storage
+    afterwards (``p.data = ...``, ``module.to(...)``) no longer follow its steps: a
+    population does this on purpose, stepping its stack with :class:`StackedOptimizer`
+    and using each member's :class:`FlatOptimizer` only to hold exported state.
     """
 
     def __init__(
@@ -86,10 +88,9 @@ class FlatOptimizer:
         self.lr = lr
         self.weight_decay = weight_decay
         self.eps = eps
-        self.sizes = [p.numel() for p in self.params]
         self.steps = 0
         self.flat = torch.cat([p.detach().flatten() for p in self.params])
-        for p, view in zip(self.params, self.flat.split(self.sizes)):
+        for p, view in zip(self.params, self.flat.split([p.numel() for p in self.params])):
             p.data = view.view_as(p)
         self.state = {key: torch.zeros_like(self.flat) for key in MOMENTS[name]}
 
