@@ -50,6 +50,37 @@ def test_lean_cartpole_semi_implicit_integrator_matches_too():
         )
 
 
+@pytest.mark.parametrize("options", [{}, {"max_episode_steps": 30}])
+def test_cartpoles_stepped_together_equal_each_stepped_alone(options):
+    """Envs of different sizes and seeds, thousands of steps with many resets: every
+    number equals what each env gives alone, and each draws resets from its own stream."""
+    sizes, seeds = (3, 8, 1), (0, 5, 0)
+    together = [cartpole.CartPoleVectorEnv(num_envs=n, **options) for n in sizes]
+    alone = [cartpole.CartPoleVectorEnv(num_envs=n, **options) for n in sizes]
+    for a, b, seed in zip(together, alone, seeds):
+        assert np.array_equal(a.reset(seed=seed)[0], b.reset(seed=seed)[0])
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(2000):
+        actions = [rng.integers(0, 2, size=n) for n in sizes]
+        outcomes = cartpole.CartPoleVectorEnv.step_together(together, actions)
+        for outcome, env, action in zip(outcomes, alone, actions):
+            want = env.step(action)
+            for a, b in zip(outcome[:4], want[:4]):
+                assert a.dtype == b.dtype and np.array_equal(a, b)
+        ends += int(sum((o[2] | o[3]).sum() for o in outcomes))
+    assert ends > 100
+
+
+def test_cartpoles_with_different_physics_are_not_stepped_together():
+    envs = [cartpole.CartPoleVectorEnv(num_envs=2) for _ in range(2)]
+    envs[1].gravity = 3.7
+    for env in envs:
+        env.reset(seed=0)
+    with pytest.raises(ValueError, match="same physical constants"):
+        cartpole.CartPoleVectorEnv.step_together(envs, [np.zeros(2, int)] * 2)
+
+
 def test_unknown_env_lists_closest_ids():
     with pytest.raises(EnvError, match="closest registered ids: CartPole-v1"):
         validate_env_id("CartPol-v1")

@@ -6,9 +6,10 @@ import pytest
 import torch
 from gymnasium.vector import SyncVectorEnv
 
-from pglab.policies import make_actor
+from pglab.envs import make_vec_env
+from pglab.policies import make_actor, make_critic
 from pglab.returns import discounted_reward_to_go, gae
-from pglab.rollout import Collector
+from pglab.rollout import Collector, collect_steps_together
 
 
 class Countdown(gym.Env):
@@ -122,3 +123,56 @@ def test_env_step_count_includes_every_step(n):
     c = collector(length=3, n=n)
     c.collect_steps(5)
     assert c.env_steps == 5 * n
+
+
+def _cartpole_collectors(seeds, hidden=(16,), num_envs=4, critic=True):
+    collectors = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        envs = make_vec_env("CartPole-v1", num_envs)
+        actor = make_actor(4, envs.single_action_space, list(hidden))
+        value = make_critic(4, list(hidden)) if critic else None
+        collectors.append(Collector(envs, actor, value, seed=seed))
+    return collectors
+
+
+@pytest.mark.parametrize("hidden", [(16,), (16, 8)])
+def test_collectors_in_lockstep_draw_what_each_draws_alone(hidden):
+    """Members with their own seeds (one repeated): every tensor of every batch, over
+    batches that cross episode ends, equals the member's own collection."""
+    seeds = (3, 7, 3)
+    together, alone = _cartpole_collectors(seeds, hidden), _cartpole_collectors(seeds, hidden)
+    ends = 0
+    for _ in range(6):
+        got = collect_steps_together(together, 40)
+        for batch, c in zip(got, alone):
+            want = c.collect_steps(40)
+            for name in (
+                "obs",
+                "actions",
+                "log_probs",
+                "rewards",
+                "terminated",
+                "truncated",
+                "valid",
+                "values",
+                "next_values",
+            ):
+                assert torch.equal(getattr(batch, name), getattr(want, name)), name
+            assert batch.episodes.returns == want.episodes.returns
+            ends += len(want.episodes.returns)
+    assert ends > 10
+    assert [c.env_steps for c in together] == [c.env_steps for c in alone]
+
+
+def test_lockstep_needs_numpy_actors_of_one_structure():
+    """A torch actor samples from the global torch stream, which lockstep would
+    interleave between members; actors of different shapes cannot be stacked."""
+    mirrorless = _cartpole_collectors((1, 2), critic=False)
+    mirrorless[0]._fast_actor = None
+    assert not mirrorless[0].acts_in_numpy
+    mixed = _cartpole_collectors((1,), (16,), critic=False)
+    mixed += _cartpole_collectors((2,), (8,), critic=False)
+    for collectors in (mirrorless, mixed):
+        with pytest.raises(ValueError, match="numpy actors of one structure"):
+            collect_steps_together(collectors, 3)

@@ -460,14 +460,24 @@ class NumpyActor:
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Actions for a ``[N, obs_dim]`` float32 batch, as the torch actor would draw them."""
-        x = obs
-        weights = iter(self._weights)
+        return self.sample(self.forward(obs, self._weights), deterministic)
+
+    def forward(self, x: np.ndarray, weights: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """The head's input (logits, logit or mean) for ``x`` through the layers with
+        ``weights``: this mirror's own, or several members' stacked (``[M, in, out]``
+        and ``[M, 1, out]``, with ``x`` ``[M, N, in]``)."""
+        weights_in_order = iter(weights)
         for kind, layer in self._layers:
             if kind == "linear":
-                w, b = next(weights)
+                w, b = next(weights_in_order)
                 x = x @ w + b
             else:
                 x = layer(x)
+        return x
+
+    def sample(self, x: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Actions from the head's input ``x`` (see :meth:`forward`), drawn with this
+        mirror's own generator."""
         if self._categorical:
             if not deterministic:
                 x = x + self._rng.gumbel(size=x.shape).astype(x.dtype)
@@ -481,3 +491,47 @@ class NumpyActor:
             return x
         noise = self._rng.standard_normal(x.shape).astype(np.float32)
         return (x + np.exp(self._log_std) * noise).astype(np.float32)
+
+
+class NumpyActorGroup:
+    """Several :class:`NumpyActor` of one structure (a population's members) acting in
+    one call: the layers run once on the members' weights stacked along a leading axis
+    (numpy's batched matmul), then each member samples with its own generator, so a
+    member draws what it would draw alone.
+
+    :meth:`build` returns None when the mirrors differ in their layers' shapes.
+    """
+
+    def __init__(self, actors: Sequence[NumpyActor]) -> None:
+        self.actors = list(actors)
+        self._weights: list[tuple[np.ndarray, np.ndarray]] = []
+
+    @classmethod
+    def build(cls, actors: Sequence[NumpyActor | None]) -> NumpyActorGroup | None:
+        if not actors or any(a is None for a in actors):
+            return None
+        mirrors = [a for a in actors if a is not None]
+        first = mirrors[0]
+        for other in mirrors[1:]:
+            same_kinds = [k for k, _ in other._layers] == [k for k, _ in first._layers]
+            same_shapes = [w.shape for w, _ in other._weights] == [
+                w.shape for w, _ in first._weights
+            ]
+            if not (same_kinds and same_shapes):
+                return None
+        return cls(mirrors)
+
+    def stack(self) -> None:
+        """Stack the members' current mirrored weights (call after their ``sync``)."""
+        self._weights = [
+            (
+                np.stack([a._weights[i][0] for a in self.actors]),
+                np.stack([a._weights[i][1] for a in self.actors])[:, None, :],
+            )
+            for i in range(len(self.actors[0]._weights))
+        ]
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> list[np.ndarray]:
+        """Each member's actions for its rows of ``obs`` ``[M, N, obs_dim]``."""
+        x = self.actors[0].forward(obs, self._weights)
+        return [actor.sample(x[m], deterministic) for m, actor in enumerate(self.actors)]

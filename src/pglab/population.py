@@ -8,7 +8,9 @@ single run writes it (a member's folder can be evaluated or resumed as any run).
 
 One iteration:
 
-1. every member still training collects a batch with its own actor;
+1. every member still training collects a batch with its own actor and envs (in
+   lockstep where the actors act in numpy: one call acts for all, and CartPole envs
+   step in one call);
 2. every member's loss in one call, ``vmap`` of the loss over
    ``torch.func.functional_call`` with the members' parameters stacked, then one
    backward pass of the losses' sum: member *m*'s loss
@@ -47,7 +49,7 @@ from pglab.envs import reward_threshold, validate_env_id
 from pglab.errors import ConfigError, TrainingError
 from pglab.logs import Progress
 from pglab.optim import StackedOptimizer
-from pglab.rollout import Batch
+from pglab.rollout import Batch, collect_steps_together
 from pglab.train import CONFIG_FILE, Run, Trainer, _new_run_dir, _StopRequest, run_label
 
 #: Options whose values may differ between the members of one population.
@@ -167,6 +169,23 @@ class Population:
             yield
         finally:
             self._rng[member] = torch.get_rng_state()
+
+    # ------------------------------------------------------------------ collect
+
+    def collect(self, members: list[int]) -> list[Batch]:
+        """The members' batches: in lockstep (:func:`~pglab.rollout.collect_steps_together`)
+        where their actors act in numpy and a batch is a number of steps, else one
+        member after another; either way each batch is the member's own."""
+        trainers = [self.trainers[m] for m in members]
+        collectors = [t.collector for t in trainers]
+        steps = trainers[0].config.algo.batch_mode == "steps"
+        if steps and all(c.acts_in_numpy for c in collectors):
+            return collect_steps_together(collectors, trainers[0].steps_per_env)
+        batches = []
+        for m, trainer in zip(members, trainers):
+            with self._member_rng(m):
+                batches.append(trainer.collect())
+        return batches
 
     # ------------------------------------------------------------------ update
 
@@ -288,10 +307,7 @@ class Population:
             with _StopRequest() as stop:
                 while live := [m for m, t in enumerate(self.trainers) if not t.finished()]:
                     tick = time.perf_counter()
-                    batches = []
-                    for m in live:
-                        with self._member_rng(m):
-                            batches.append(self.trainers[m].collect())
+                    batches = self.collect(live)
                     metrics = self.update(live, batches)
                     seconds = time.perf_counter() - tick
                     for m, batch, row in zip(live, batches, metrics):

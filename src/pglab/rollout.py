@@ -19,6 +19,7 @@ bootstrap value of a truncated step ``t``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,9 +27,10 @@ import torch
 from gymnasium.vector import VectorEnv
 from torch import Tensor
 
+from pglab.envs.cartpole import CartPoleVectorEnv
 from pglab.envs.normalize import Normalizer
 from pglab.envs.spaces import ActionAdapter, ObsEncoder
-from pglab.policies import Actor, Critic, NumpyActor, TanhGaussianHead
+from pglab.policies import Actor, Critic, NumpyActor, NumpyActorGroup, TanhGaussianHead
 
 
 @dataclass
@@ -150,6 +152,11 @@ class Collector:
         #: Every env step taken, including reset steps and steps beyond a quota.
         self.env_steps = 0
 
+    @property
+    def acts_in_numpy(self) -> bool:
+        """Whether the actor acts through its numpy mirror (small MLP actors)."""
+        return self._fast_actor is not None
+
     def reset(self) -> None:
         """Reset all envs (seeded on the first call) and forget episodes in progress."""
         self._begin()
@@ -182,14 +189,31 @@ class Collector:
         stats: EpisodeStats,
     ) -> np.ndarray:
         """One step of every env, stored at row ``t``; returns where a counted episode ended."""
-        obs = self._obs
+        actions = self._act(deterministic)
+        outcome = self.envs.step(self.to_env(actions))
+        return self._observe(t, buffers, actions, outcome, active, stats)
+
+    def _act(self, deterministic: bool) -> np.ndarray:
+        """The actor's actions for the current observations."""
         if self._fast_actor is not None:
-            actions = self._fast_actor.act(obs, deterministic)
-        else:
-            with torch.inference_mode():
-                device_obs = torch.from_numpy(obs).to(self.device)
-                actions = self.actor.act(device_obs, deterministic).cpu().numpy()
-        raw, rewards, terminated, truncated, info = self.envs.step(self.to_env(actions))
+            return self._fast_actor.act(self._obs, deterministic)
+        with torch.inference_mode():
+            device_obs = torch.from_numpy(self._obs).to(self.device)
+            return self.actor.act(device_obs, deterministic).cpu().numpy()
+
+    def _observe(
+        self,
+        t: int,
+        buffers: _Buffers | None,
+        actions: np.ndarray,
+        outcome: tuple,
+        active: np.ndarray,
+        stats: EpisodeStats,
+    ) -> np.ndarray:
+        """Record the step that ``actions`` led to (``outcome``, the env's step) at row
+        ``t``; returns where a counted episode ended."""
+        obs = self._obs
+        raw, rewards, terminated, truncated, info = outcome
         self.env_steps += self.num_envs
         done = terminated | truncated
         valid = active & ~self._prev_done
@@ -243,15 +267,17 @@ class Collector:
 
     def collect_steps(self, steps_per_env: int, deterministic: bool = False) -> Batch:
         """Run every env ``steps_per_env`` steps, continuing episodes from the last batch."""
-        if self._obs is None:
-            self.reset()
-        self._begin()
-        buffers = self._buffers(steps_per_env)
-        stats = EpisodeStats()
+        buffers, stats = self._start_batch(steps_per_env)
         everyone = np.ones(self.num_envs, dtype=bool)
         for t in range(steps_per_env):
             self._step(t, buffers, deterministic, everyone, stats)
         return self._finish(buffers, steps_per_env, stats)
+
+    def _start_batch(self, steps_per_env: int) -> tuple[_Buffers, EpisodeStats]:
+        if self._obs is None:
+            self.reset()
+        self._begin()
+        return self._buffers(steps_per_env), EpisodeStats()
 
     def _run_episodes(
         self,
@@ -327,3 +353,35 @@ class Collector:
             next_values=next_values,
             episodes=stats,
         )
+
+
+def collect_steps_together(collectors: Sequence[Collector], steps_per_env: int) -> list[Batch]:
+    """``[c.collect_steps(steps_per_env) for c in collectors]``, with the collectors
+    stepped in lockstep (a population's members: one env, one network shape each).
+
+    Per-call costs, not arithmetic, bound small actors and envs; in lockstep the
+    actors act in one call (:class:`~pglab.policies.NumpyActorGroup`) and CartPole
+    envs step in one call (:meth:`~pglab.envs.cartpole.CartPoleVectorEnv.step_together`).
+    Each collector keeps its own envs, random streams and episode bookkeeping, so
+    each batch is drawn as its collector would draw it alone. Needs actors that act
+    through numpy mirrors (:attr:`Collector.acts_in_numpy`) of one structure: a torch
+    actor samples from the global torch stream, which lockstep would interleave.
+    """
+    actors = NumpyActorGroup.build([c._fast_actor for c in collectors])
+    if actors is None:
+        raise ValueError("collecting in lockstep needs numpy actors of one structure")
+    starts = [c._start_batch(steps_per_env) for c in collectors]
+    actors.stack()
+    envs = [c.envs for c in collectors]
+    together = all(type(e) is CartPoleVectorEnv for e in envs)
+    everyone = np.ones(collectors[0].num_envs, dtype=bool)
+    for t in range(steps_per_env):
+        actions = actors.act(np.stack([c._obs for c in collectors]))
+        env_actions = [c.to_env(a) for c, a in zip(collectors, actions)]
+        if together:
+            outcomes = CartPoleVectorEnv.step_together(envs, env_actions)
+        else:
+            outcomes = [e.step(a) for e, a in zip(envs, env_actions)]
+        for c, (buffers, stats), a, outcome in zip(collectors, starts, actions, outcomes):
+            c._observe(t, buffers, a, outcome, everyone, stats)
+    return [c._finish(b, steps_per_env, stats) for c, (b, stats) in zip(collectors, starts)]

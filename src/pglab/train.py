@@ -188,11 +188,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces
 
+    @property
+    def steps_per_env(self) -> int:
+        """Steps each env takes for a batch of ``batch_size`` steps (``batch_mode`` steps)."""
+        return max(1, -(-self.config.algo.batch_size // self.envs.num_envs))
+
     def collect(self) -> Batch:
         algo = self.config.algo
         if algo.batch_mode == "episodes":
             return self.collector.collect_episodes(algo.batch_size)
-        return self.collector.collect_steps(max(1, -(-algo.batch_size // self.envs.num_envs)))
+        return self.collector.collect_steps(self.steps_per_env)
 
     def evaluate(self) -> EvalResult:
         run = self.config.run

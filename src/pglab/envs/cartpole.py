@@ -25,6 +25,7 @@ and the reset bookkeeping on steps that follow no episode end.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,32 @@ class CartPoleVectorEnv(GymCartPoleVectorEnv):
         """Advance every env one step; an env that ended on the last step resets instead."""
         if self.state is None:
             raise RuntimeError("call reset before step")
-        x, x_dot, theta, theta_dot = self.state
+        return self._advance(self._dynamics(self.state, action))
+
+    @staticmethod
+    def step_together(
+        envs: Sequence[CartPoleVectorEnv], actions: Sequence[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]]:
+        """``[env.step(a) for env, a in zip(envs, actions)]`` with the dynamics of all
+        of them in one set of array operations (elementwise, so every number is the
+        same). The envs must share their physical constants; each keeps its own
+        episode counters and draws its resets from its own generator."""
+        first = envs[0]
+        if any(env.state is None for env in envs):
+            raise RuntimeError("call reset before step")
+        if any(_constants(env) != _constants(first) for env in envs):
+            raise ValueError("step_together needs envs with the same physical constants")
+        state = first._dynamics(
+            np.concatenate([env.state for env in envs], axis=1), np.concatenate(actions)
+        )
+        bounds = np.cumsum([0] + [env.num_envs for env in envs])
+        return [
+            env._advance(state[:, low:high]) for env, low, high in zip(envs, bounds, bounds[1:])
+        ]
+
+    def _dynamics(self, state: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The state ``[4, n]`` one Euler step after ``state`` under ``action`` ``[n]``."""
+        x, x_dot, theta, theta_dot = state
         force = np.where(np.asarray(action) > 0, self.force_mag, -self.force_mag)
         costheta = np.cos(theta)
         sintheta = np.sin(theta)
@@ -53,17 +79,24 @@ class CartPoleVectorEnv(GymCartPoleVectorEnv):
             self.length * (4.0 / 3.0 - self.masspole * np.square(costheta) / self.total_mass)
         )
         xacc = temp - self.polemass_length * thetaacc * costheta / self.total_mass
-        state = np.empty_like(self.state)
+        new = np.empty_like(state)
         if self.kinematics_integrator == "euler":
-            np.add(x, self.tau * x_dot, out=state[0])
-            np.add(x_dot, self.tau * xacc, out=state[1])
-            np.add(theta, self.tau * theta_dot, out=state[2])
-            np.add(theta_dot, self.tau * thetaacc, out=state[3])
+            np.add(x, self.tau * x_dot, out=new[0])
+            np.add(x_dot, self.tau * xacc, out=new[1])
+            np.add(theta, self.tau * theta_dot, out=new[2])
+            np.add(theta_dot, self.tau * thetaacc, out=new[3])
         else:  # semi-implicit Euler
-            np.add(x_dot, self.tau * xacc, out=state[1])
-            np.add(x, self.tau * state[1], out=state[0])
-            np.add(theta_dot, self.tau * thetaacc, out=state[3])
-            np.add(theta, self.tau * state[3], out=state[2])
+            np.add(x_dot, self.tau * xacc, out=new[1])
+            np.add(x, self.tau * new[1], out=new[0])
+            np.add(theta_dot, self.tau * thetaacc, out=new[3])
+            np.add(theta, self.tau * new[3], out=new[2])
+        return new
+
+    def _advance(
+        self, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Take ``state`` (from :meth:`_dynamics`) as the new state: rewards, episode
+        ends, and the resets of the envs that ended on the previous step."""
         self.state = state
         terminated = (np.abs(state[0]) > self.x_threshold) | (
             np.abs(state[2]) > self.theta_threshold_radians
@@ -85,3 +118,20 @@ class CartPoleVectorEnv(GymCartPoleVectorEnv):
             truncated[restart] = False
         self.prev_done = terminated | truncated
         return state.T.astype(np.float32), reward, terminated, truncated, {}
+
+
+def _constants(env: CartPoleVectorEnv) -> tuple:
+    """What fixes an env's dynamics and rewards."""
+    return (
+        env.gravity,
+        env.masscart,
+        env.masspole,
+        env.length,
+        env.force_mag,
+        env.tau,
+        env.kinematics_integrator,
+        env.x_threshold,
+        env.theta_threshold_radians,
+        env.max_episode_steps,
+        env._sutton_barto_reward,
+    )
