@@ -25,6 +25,7 @@ and the reset bookkeeping on steps that follow no episode end.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,28 +46,23 @@ class CartPoleVectorEnv(GymCartPoleVectorEnv):
         """Advance every env one step; an env that ended on the last step resets instead."""
         if self.state is None:
             raise RuntimeError("call reset before step")
-        return self._advance(self._dynamics(self.state, action))
+        return _advance([self], self._dynamics(self.state, action))[0]
 
     @staticmethod
     def step_together(
         envs: Sequence[CartPoleVectorEnv], actions: Sequence[np.ndarray]
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]]:
-        """``[env.step(a) for env, a in zip(envs, actions)]`` with the dynamics of all
-        of them in one set of array operations (elementwise, so every number is the
-        same). The envs must share their physical constants; each keeps its own
-        episode counters and draws its resets from its own generator."""
+        """``[env.step(a) for env, a in zip(envs, actions)]`` in one set of array
+        operations over all their envs (elementwise, so every number is the same). The
+        envs must share their physical constants; each keeps its own episode counters
+        and draws its resets from its own generator."""
         first = envs[0]
         if any(env.state is None for env in envs):
             raise RuntimeError("call reset before step")
         if any(_constants(env) != _constants(first) for env in envs):
             raise ValueError("step_together needs envs with the same physical constants")
-        state = first._dynamics(
-            np.concatenate([env.state for env in envs], axis=1), np.concatenate(actions)
-        )
-        bounds = np.cumsum([0] + [env.num_envs for env in envs])
-        return [
-            env._advance(state[:, low:high]) for env, low, high in zip(envs, bounds, bounds[1:])
-        ]
+        state = np.concatenate([env.state for env in envs], axis=1)
+        return _advance(envs, first._dynamics(state, np.concatenate(actions)))
 
     def _dynamics(self, state: np.ndarray, action: np.ndarray) -> np.ndarray:
         """The state ``[4, n]`` one Euler step after ``state`` under ``action`` ``[n]``."""
@@ -92,32 +88,55 @@ class CartPoleVectorEnv(GymCartPoleVectorEnv):
             np.add(theta, self.tau * new[3], out=new[2])
         return new
 
-    def _advance(
-        self, state: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Take ``state`` (from :meth:`_dynamics`) as the new state: rewards, episode
-        ends, and the resets of the envs that ended on the previous step."""
-        self.state = state
-        terminated = (np.abs(state[0]) > self.x_threshold) | (
-            np.abs(state[2]) > self.theta_threshold_radians
-        )
-        self.steps += 1
-        truncated = self.steps >= self.max_episode_steps
-        if self._sutton_barto_reward:
-            reward = -terminated.astype(np.float32)
-        else:
-            reward = np.ones(self.num_envs, dtype=np.float32)
-        restart = self.prev_done
-        if restart.any():  # these envs ended last step: this step is their reset
-            state[:, restart] = self.np_random.uniform(
-                low=self.low, high=self.high, size=(4, int(restart.sum()))
-            )
-            self.steps[restart] = 0
-            reward[restart] = 0.0
-            terminated[restart] = False
-            truncated[restart] = False
-        self.prev_done = terminated | truncated
-        return state.T.astype(np.float32), reward, terminated, truncated, {}
+
+def _advance(
+    envs: Sequence[CartPoleVectorEnv], state: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]]:
+    """Take ``state`` ``[4, n]`` (from :meth:`CartPoleVectorEnv._dynamics`) as the new
+    state of ``envs``, whose envs own its columns in order: rewards, episode ends, and
+    the resets of the envs that ended on the previous step. Returns each env's step."""
+    first = envs[0]
+    alone = len(envs) == 1
+    if alone:
+        steps, restart = first.steps + 1, first.prev_done
+    else:
+        steps = np.concatenate([env.steps for env in envs]) + 1
+        restart = np.concatenate([env.prev_done for env in envs])
+    terminated = (np.abs(state[0]) > first.x_threshold) | (
+        np.abs(state[2]) > first.theta_threshold_radians
+    )
+    truncated = steps >= first.max_episode_steps
+    if first._sutton_barto_reward:
+        reward = -terminated.astype(np.float32)
+    else:
+        reward = np.ones(len(steps), dtype=np.float32)
+    if restart.any():  # these envs ended last step: this step is their reset
+        for env, part in zip(envs, [slice(None)] if alone else _columns(envs)):
+            mine = restart[part]
+            if mine.any():
+                state[:, part][:, mine] = env.np_random.uniform(
+                    low=env.low, high=env.high, size=(4, int(mine.sum()))
+                )
+        steps[restart] = 0
+        reward[restart] = 0.0
+        terminated[restart] = False
+        truncated[restart] = False
+    done = terminated | truncated
+    obs = state.T.astype(np.float32)
+    if alone:
+        first.state, first.steps, first.prev_done = state, steps, done
+        return [(obs, reward, terminated, truncated, {})]
+    outcomes = []
+    for env, part in zip(envs, _columns(envs)):
+        env.state, env.steps, env.prev_done = state[:, part], steps[part], done[part]
+        outcomes.append((obs[part], reward[part], terminated[part], truncated[part], {}))
+    return outcomes
+
+
+def _columns(envs: Sequence[CartPoleVectorEnv]) -> list[slice]:
+    """Each env's columns of the stacked state."""
+    ends = list(itertools.accumulate(env.num_envs for env in envs))
+    return [slice(end - env.num_envs, end) for env, end in zip(envs, ends)]
 
 
 def _constants(env: CartPoleVectorEnv) -> tuple:
