@@ -9,7 +9,7 @@ from gymnasium.vector import SyncVectorEnv
 from pglab.envs import make_vec_env
 from pglab.policies import make_actor, make_critic
 from pglab.returns import discounted_reward_to_go, gae
-from pglab.rollout import Collector, collect_steps_together
+from pglab.rollout import Collector, collect_steps_together, run_episodes_together
 
 
 class Countdown(gym.Env):
@@ -176,3 +176,20 @@ def test_lockstep_needs_numpy_actors_of_one_structure():
     for collectors in (mirrorless, mixed):
         with pytest.raises(ValueError, match="numpy actors of one structure"):
             collect_steps_together(collectors, 3)
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_evaluations_in_lockstep_play_what_each_plays_alone(deterministic):
+    """Members whose episodes end at different times (untrained, different seeds): each
+    plays exactly its own episodes, and keeps its envs where they would be alone."""
+    seeds = (0, 4, 9)
+    together, alone = (
+        _cartpole_collectors(seeds, critic=False),
+        _cartpole_collectors(seeds, critic=False),
+    )
+    for _ in range(2):
+        got = run_episodes_together(together, 7, deterministic)
+        for stats, c in zip(got, alone):
+            want = c.run_episodes(7, deterministic)
+            assert (stats.returns, stats.lengths) == (want.returns, want.lengths)
+    assert len({tuple(s.lengths) for s in got}) > 1

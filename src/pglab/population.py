@@ -10,7 +10,7 @@ One iteration:
 
 1. every member still training collects a batch with its own actor and envs (in
    lockstep where the actors act in numpy: one call acts for all, and CartPole envs
-   step in one call);
+   step in one call), and the members whose evaluation is due play it in lockstep too;
 2. every member's loss in one call, ``vmap`` of the loss over
    ``torch.func.functional_call`` with the members' parameters stacked, then one
    backward pass of the losses' sum: member *m*'s loss
@@ -49,7 +49,7 @@ from pglab.envs import reward_threshold, validate_env_id
 from pglab.errors import ConfigError, TrainingError
 from pglab.logs import Progress
 from pglab.optim import StackedOptimizer
-from pglab.rollout import Batch, collect_steps_together
+from pglab.rollout import Batch, EpisodeStats, collect_steps_together, run_episodes_together
 from pglab.train import CONFIG_FILE, Run, Trainer, _new_run_dir, _StopRequest, run_label
 
 #: Options whose values may differ between the members of one population.
@@ -187,6 +187,17 @@ class Population:
                 batches.append(trainer.collect())
         return batches
 
+    def evaluate(self, members: list[int]) -> dict[int, EpisodeStats]:
+        """The evaluation episodes of ``members`` (whose evaluations are due), played in
+        lockstep where their actors act in numpy; members that cannot are left to
+        evaluate on their own (absent from the result)."""
+        evaluators = [self.trainers[m].evaluator for m in members]
+        if not members or not all(e.acts_in_numpy for e in evaluators):
+            return {}
+        run = self.configs[0].run
+        played = run_episodes_together(evaluators, run.eval_episodes, run.eval_deterministic)
+        return dict(zip(members, played))
+
     # ------------------------------------------------------------------ update
 
     def update(self, members: list[int], batches: list[Batch]) -> list[dict[str, float]]:
@@ -310,9 +321,12 @@ class Population:
                     batches = self.collect(live)
                     metrics = self.update(live, batches)
                     seconds = time.perf_counter() - tick
+                    for m, batch in zip(live, batches):
+                        self.trainers[m].count(batch)
+                    played = self.evaluate([m for m in live if self.trainers[m].evaluation_due()])
                     for m, batch, row in zip(live, batches, metrics):
                         with self._member_rng(m):
-                            self.trainers[m].record(batch, row, seconds)
+                            self.trainers[m].log_update(batch, row, seconds, played.get(m))
                     display.update(sum(t.steps for t in self.trainers), self._info())
                     if stop.requested:
                         stopped = "interrupted"

@@ -103,6 +103,28 @@ class _Buffers:
         return {k: torch.from_numpy(a[:length]) for k, a in self.arrays.items()}
 
 
+class _Quota:
+    """Which episodes of a fixed number count, decided when they start (the first
+    ``num_episodes`` started, over all envs), never by when they end, so that long
+    episodes are not under-represented. An env whose next episode would not count
+    idles (its steps are invalid) until the others finish."""
+
+    def __init__(self, num_envs: int, num_episodes: int) -> None:
+        self.num_episodes = num_episodes
+        self.counted = np.arange(num_envs) < num_episodes  # does the current episode count?
+        self.started = int(self.counted.sum())
+
+    def open(self) -> bool:
+        """Whether a counted episode is still running."""
+        return bool(self.counted.any())
+
+    def close(self, ended: np.ndarray) -> None:
+        """Start the next episode of every env where a counted one ``ended``."""
+        for i in np.flatnonzero(ended):
+            self.counted[i] = self.started < self.num_episodes
+            self.started += int(self.counted[i])
+
+
 class Collector:
     """Runs an actor in a vector env and returns :class:`Batch` objects.
 
@@ -286,24 +308,14 @@ class Collector:
         deterministic: bool,
         stats: EpisodeStats,
     ) -> int:
-        """Reset, then step until ``num_episodes`` complete episodes are in; returns T.
-
-        Which episodes count is decided when they start (the first ``num_episodes``
-        started, over all envs), never by when they end, so long episodes are not
-        under-represented. An env whose next episode would not count idles (its
-        steps are invalid) until the others finish.
-        """
+        """Reset, then step until ``num_episodes`` complete episodes are in; returns T
+        (which episodes count: :class:`_Quota`)."""
         self.reset()
-        counted = np.arange(self.num_envs) < num_episodes  # does the current episode count?
-        started = int(counted.sum())
+        quota = _Quota(self.num_envs, num_episodes)
         t = 0
-        while counted.any():
-            ended = self._step(t, buffers, deterministic, counted, stats)
+        while quota.open():
+            quota.close(self._step(t, buffers, deterministic, quota.counted, stats))
             t += 1
-            if ended.any():
-                for i in np.flatnonzero(ended):
-                    counted[i] = started < num_episodes
-                    started += int(counted[i])
         return t
 
     def collect_episodes(self, num_episodes: int, deterministic: bool = False) -> Batch:
@@ -367,21 +379,55 @@ def collect_steps_together(collectors: Sequence[Collector], steps_per_env: int) 
     through numpy mirrors (:attr:`Collector.acts_in_numpy`) of one structure: a torch
     actor samples from the global torch stream, which lockstep would interleave.
     """
-    actors = NumpyActorGroup.build([c._fast_actor for c in collectors])
-    if actors is None:
-        raise ValueError("collecting in lockstep needs numpy actors of one structure")
-    starts = [c._start_batch(steps_per_env) for c in collectors]
+    actors = _actor_group(collectors)
+    starts = [c._start_batch(steps_per_env) for c in collectors]  # syncs the mirrors
     actors.stack()
-    envs = [c.envs for c in collectors]
-    together = all(type(e) is CartPoleVectorEnv for e in envs)
     everyone = np.ones(collectors[0].num_envs, dtype=bool)
     for t in range(steps_per_env):
         actions = actors.act(np.stack([c._obs for c in collectors]))
-        env_actions = [c.to_env(a) for c, a in zip(collectors, actions)]
-        if together:
-            outcomes = CartPoleVectorEnv.step_together(envs, env_actions)
-        else:
-            outcomes = [e.step(a) for e, a in zip(envs, env_actions)]
+        outcomes = _step_envs(collectors, actions)
         for c, (buffers, stats), a, outcome in zip(collectors, starts, actions, outcomes):
             c._observe(t, buffers, a, outcome, everyone, stats)
     return [c._finish(b, steps_per_env, stats) for c, (b, stats) in zip(collectors, starts)]
+
+
+def run_episodes_together(
+    collectors: Sequence[Collector], num_episodes: int, deterministic: bool = True
+) -> list[EpisodeStats]:
+    """``[c.run_episodes(num_episodes, deterministic) for c in collectors]`` in lockstep
+    (see :func:`collect_steps_together`, whose needs it shares). A collector whose
+    episodes are all in stops stepping, so each plays exactly what it would play alone."""
+    _actor_group(collectors)  # before any reset: can they act together?
+    for c in collectors:
+        c.reset()  # syncs the mirrors
+    quotas = [_Quota(c.num_envs, num_episodes) for c in collectors]
+    stats = [EpisodeStats() for _ in collectors]
+    t, playing, actors = 0, [], None
+    while still := [i for i, quota in enumerate(quotas) if quota.open()]:
+        if still != playing:
+            playing = still
+            actors = _actor_group([collectors[i] for i in playing])
+            actors.stack()
+        group = [collectors[i] for i in playing]
+        actions = actors.act(np.stack([c._obs for c in group]), deterministic)
+        for i, c, a, outcome in zip(playing, group, actions, _step_envs(group, actions)):
+            quotas[i].close(c._observe(t, None, a, outcome, quotas[i].counted, stats[i]))
+        t += 1
+    return stats
+
+
+def _actor_group(collectors: Sequence[Collector]) -> NumpyActorGroup:
+    """The collectors' numpy actors as one group (call its ``stack`` once they are synced)."""
+    actors = NumpyActorGroup.build([c._fast_actor for c in collectors])
+    if actors is None:
+        raise ValueError("collecting in lockstep needs numpy actors of one structure")
+    return actors
+
+
+def _step_envs(collectors: Sequence[Collector], actions: list[np.ndarray]) -> list[tuple]:
+    """Each collector's env step on its ``actions``, CartPole envs in one call."""
+    env_actions = [c.to_env(a) for c, a in zip(collectors, actions)]
+    envs = [c.envs for c in collectors]
+    if all(type(e) is CartPoleVectorEnv for e in envs):
+        return CartPoleVectorEnv.step_together(envs, env_actions)
+    return [e.step(a) for e, a in zip(envs, env_actions)]

@@ -41,7 +41,7 @@ from pglab.envs import eval_num_envs, make_vec_env, reward_threshold, validate_e
 from pglab.errors import PglabError
 from pglab.evaluate import EvalResult
 from pglab.logs import MetricsLogger, Progress
-from pglab.rollout import Batch, Collector
+from pglab.rollout import Batch, Collector, EpisodeStats
 
 CONFIG_FILE = "config.toml"
 SUMMARY_FILE = "summary.json"
@@ -199,10 +199,13 @@ class Trainer:
             return self.collector.collect_episodes(algo.batch_size)
         return self.collector.collect_steps(self.steps_per_env)
 
-    def evaluate(self) -> EvalResult:
+    def evaluate(self, played: EpisodeStats | None = None) -> EvalResult:
+        """Evaluate the actor (``run.eval_episodes`` episodes), or take the episodes
+        already ``played`` by :attr:`evaluator` for this evaluation."""
         run = self.config.run
-        stats = self.evaluator.run_episodes(run.eval_episodes, run.eval_deterministic)
-        result = EvalResult.from_stats(stats)
+        if played is None:
+            played = self.evaluator.run_episodes(run.eval_episodes, run.eval_deterministic)
+        result = EvalResult.from_stats(played)
         self.last_eval = {
             "step": self.steps,
             "mean": result.mean,
@@ -329,16 +332,36 @@ class Trainer:
 
     def record(self, batch: Batch, metrics: dict[str, float], seconds: float) -> None:
         """Count ``batch``, log a row of ``metrics``, evaluate and checkpoint when due."""
-        cfg = self.config.run
+        self.count(batch)
+        self.log_update(batch, metrics, seconds)
+
+    def count(self, batch: Batch) -> None:
+        """Add ``batch``'s steps, episodes and update to the counters."""
         self.steps += batch.num_steps
         self.env_steps = self.env_steps_before + self.collector.env_steps
         self.updates += 1
         self.episodes += len(batch.episodes.returns)
         self.recent_returns.extend(batch.episodes.returns)
+
+    def evaluation_due(self) -> bool:
+        """Whether the update just counted evaluates: every ``run.eval_every`` steps,
+        and always the last update."""
+        every = self.config.run.eval_every
+        return bool(every and self.steps >= self._next_eval) or self.budget_spent()
+
+    def log_update(
+        self,
+        batch: Batch,
+        metrics: dict[str, float],
+        seconds: float,
+        played: EpisodeStats | None = None,
+    ) -> None:
+        """Log the row of the update just counted, evaluating (or taking the episodes
+        already ``played`` for it) and checkpointing when due."""
+        cfg = self.config.run
         row = self._row(batch, metrics)
-        due = cfg.eval_every and self.steps >= self._next_eval
-        if due or self.budget_spent():  # the last update always evaluates
-            row.update(self._eval_row())
+        if self.evaluation_due():
+            row.update(self._eval_row(played))
             self._next_eval = self._next_multiple(cfg.eval_every)
         row["steps_per_second"] = batch.num_steps / max(seconds, 1e-9)
         row["wall_seconds"] = self.wall_seconds()
@@ -398,8 +421,8 @@ class Trainer:
             **metrics,
         }
 
-    def _eval_row(self) -> dict[str, Any]:
-        result = self.evaluate()
+    def _eval_row(self, played: EpisodeStats | None = None) -> dict[str, Any]:
+        result = self.evaluate(played)
         return {
             "eval_return_mean": result.mean,
             "eval_return_std": result.std,
