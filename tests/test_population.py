@@ -64,6 +64,21 @@ def test_population_gradient_is_each_members_own(tmp_path):
             torch.testing.assert_close(grads[name][row], want, rtol=1e-4, atol=1e-6)
 
 
+def test_members_batches_are_scored_by_their_own_networks(tmp_path):
+    """The lockstep collection scores every member's batch in one call over the stack:
+    the log-probabilities and values are those of each member's own actor and critic."""
+    population = Population(configs(tmp_path, [0, 1, 2]))
+    batches = population.collect([2, 0])
+    for m, batch in zip([2, 0], batches):
+        collector = population.trainers[m].collector
+        obs, actions = batch.obs.flatten(0, 1), batch.actions.flatten(0, 1)
+        last = torch.from_numpy(collector._obs)
+        log_probs, values, last_value = collector._score(obs, actions, last)
+        torch.testing.assert_close(batch.log_probs.flatten(), log_probs)
+        torch.testing.assert_close(batch.values.flatten(), values)
+        torch.testing.assert_close(batch.next_values[-1], last_value)
+
+
 def rows(run):
     with open(run.path / "metrics.csv", newline="") as handle:
         drop = ("wall_seconds", "steps_per_second")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import multiprocessing
 import time
 from collections.abc import Iterator, Sequence
@@ -100,6 +101,20 @@ class _LossModule(nn.Module):
         return self.loss(self.actor, self.critic, mb, hp)
 
 
+class _ScoreModule(nn.Module):
+    """A member's actor and critic, whose forward scores a collected batch (see
+    :data:`~pglab.rollout.Scorer`); its parameters are named as :class:`_LossModule`'s."""
+
+    def __init__(self, loss_module: _LossModule) -> None:
+        super().__init__()
+        self.actor = loss_module.actor
+        self.critic = loss_module.critic
+
+    def forward(self, obs: Tensor, actions: Tensor, last_obs: Tensor) -> tuple[Tensor, ...]:
+        log_probs, _ = self.actor.log_prob_entropy(obs, actions)
+        return log_probs, self.critic(obs), self.critic(last_obs)
+
+
 class Population:
     """Trains the members described by ``configs`` together (see the module's text)."""
 
@@ -128,6 +143,7 @@ class Population:
         views of its row."""
         modules = [_LossModule(t.algo) for t in self.trainers]
         self.module = modules[0]  # the structure that functional_call fills in
+        self.scorer = _ScoreModule(self.module)
         self.shapes = {name: p.shape for name, p in self.module.named_parameters()}
         self.names = list(self.shapes)
         self.columns: dict[str, slice] = {}
@@ -147,6 +163,12 @@ class Population:
         self.optimizer = StackedOptimizer(cfg.optimizer, [self.flat], cfg.eps, cfg.weight_decay)
         for m, trainer in enumerate(self.trainers):
             trainer.before_save = lambda m=m: self._export_optimizer(m)
+
+    def _rows(self, members: list[int]) -> Tensor:
+        """The members' rows of the stack."""
+        if len(members) == len(self.trainers):
+            return self.flat
+        return self.flat[torch.tensor(members, device=self.flat.device)]
 
     def unflatten(self, rows: Tensor) -> dict[str, Tensor]:
         """Rows ``[K, P]`` of the stack as parameters ``{name: [K, *shape]}`` (views)."""
@@ -180,12 +202,25 @@ class Population:
         collectors = [t.collector for t in trainers]
         steps = trainers[0].config.algo.batch_mode == "steps"
         if steps and all(c.acts_in_numpy for c in collectors):
-            return collect_steps_together(collectors, trainers[0].steps_per_env)
+            scorer = functools.partial(self.score, members)
+            return collect_steps_together(collectors, trainers[0].steps_per_env, scorer)
         batches = []
         for m, trainer in zip(members, trainers):
             with self._member_rng(m):
                 batches.append(trainer.collect())
         return batches
+
+    @torch.no_grad()
+    def score(
+        self, members: list[int], obs: Tensor, actions: Tensor, last_obs: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The members' log-probabilities and values of their batches (see
+        :data:`~pglab.rollout.Scorer`), in one call over their stacked parameters."""
+        self.scorer.eval()  # as the members collected
+        params = self.unflatten(self._rows(members))
+        return vmap(lambda p, *data: functional_call(self.scorer, p, data))(
+            params, obs, actions, last_obs
+        )
 
     def evaluate(self, members: list[int]) -> dict[int, EpisodeStats]:
         """The evaluation episodes of ``members`` (whose evaluations are due), played in
@@ -267,9 +302,8 @@ class Population:
         ``hp`` the loss's hyperparameters, ``[K]`` tensors where members differ.
         Returns the gradients and the loss's diagnostics ``[K]``.
         """
-        every = len(members) == len(self.trainers)
-        rows = self.flat if every else self.flat[torch.tensor(members, device=self.flat.device)]
-        params = {n: p.detach().requires_grad_() for n, p in self.unflatten(rows).items()}
+        params = self.unflatten(self._rows(members))
+        params = {n: p.detach().requires_grad_() for n, p in params.items()}
         varying = {k: v for k, v in hp.items() if isinstance(v, Tensor)}
         fixed = {k: v for k, v in hp.items() if k not in varying}
 

@@ -19,7 +19,7 @@ bootstrap value of a truncated step ``t``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,6 +101,10 @@ class _Buffers:
 
     def tensors(self, length: int) -> dict[str, Tensor]:
         return {k: torch.from_numpy(a[:length]) for k, a in self.arrays.items()}
+
+
+#: Scores a population's batches in one call (see :func:`collect_steps_together`).
+Scorer = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
 class _Quota:
@@ -332,34 +336,83 @@ class Collector:
         return stats
 
     def _finish(self, buffers: _Buffers, length: int, stats: EpisodeStats) -> Batch:
+        return self._finish_all([self], [buffers], length, [stats])[0]
+
+    @staticmethod
+    def _finish_all(
+        collectors: Sequence[Collector],
+        buffers: Sequence[_Buffers],
+        length: int,
+        stats: Sequence[EpisodeStats],
+        scorer: Scorer | None = None,
+    ) -> list[Batch]:
+        """The collectors' batches from their filled ``buffers``: episodes counted,
+        rewards normalised, the last step marked truncated, and the log-probabilities
+        and values of the collecting networks (each collector's own, or all from
+        ``scorer`` in one call)."""
+        parts = [c._gather(b, length, s) for c, b, s in zip(collectors, buffers, stats)]
+        if scorer is None:
+            scores = [c._score(*part[1:]) for c, part in zip(collectors, parts)]
+        else:
+            stacked = scorer(*(torch.stack(tensors) for tensors in list(zip(*parts))[1:]))
+            scores = list(zip(*stacked))
+        return [
+            c._batch(data, *score, length, s)
+            for c, (data, *_), score, s in zip(collectors, parts, scores, stats)
+        ]
+
+    def _gather(
+        self, buffers: _Buffers, length: int, stats: EpisodeStats
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+        """The buffers' first ``length`` rows on the device, with the episodes that
+        ended counted; and what :meth:`_score` takes (flat observations and actions,
+        the observations after the last step)."""
         data = buffers.tensors(length)
         ends = (data["terminated"] | data["truncated"]) & data["valid"]
         self._count_episodes(data["rewards"].numpy(), data["valid"].numpy(), ends.numpy(), stats)
+        if self.normalizer is not None:
+            data["rewards"] = self.normalizer.rewards(data["rewards"])
+        data = {key: value.to(self.device) for key, value in data.items()}
         # The rollout stops here: bootstrap from the next observation where the
         # episode did not truly terminate.
-        rewards = data["rewards"]
-        if self.normalizer is not None:
-            rewards = self.normalizer.rewards(rewards)
-        data = {key: value.to(self.device) for key, value in data.items()}
-        rewards = rewards.to(self.device)
-        truncated = data["truncated"].clone()
-        truncated[-1] |= ~data["terminated"][-1]
-        obs, actions = data["obs"], data["actions"]
-        flat_obs = obs.reshape(length * self.num_envs, -1)
+        data["truncated"] = data["truncated"].clone()
+        data["truncated"][-1] |= ~data["terminated"][-1]
+        flat_obs = data["obs"].reshape(length * self.num_envs, -1)
+        last_obs = torch.from_numpy(self._obs).to(self.device)
+        return data, flat_obs, data["actions"].flatten(0, 1), last_obs
+
+    def _score(
+        self, obs: Tensor, actions: Tensor, last_obs: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The actor's log-probabilities of ``actions`` at ``obs``, and the critic's
+        values of ``obs`` and of ``last_obs`` (None without a critic)."""
         with torch.no_grad():
-            log_probs, _ = self.actor.log_prob_entropy(flat_obs, actions.flatten(0, 1))
-            values = next_values = None
-            if self.critic is not None:
-                values = self.critic(flat_obs).reshape(length, self.num_envs)
-                last = self.critic(torch.from_numpy(self._obs).to(self.device))
-                next_values = torch.cat([values[1:], last.unsqueeze(0)])
+            log_probs, _ = self.actor.log_prob_entropy(obs, actions)
+            if self.critic is None:
+                return log_probs, None, None
+            return log_probs, self.critic(obs), self.critic(last_obs)
+
+    def _batch(
+        self,
+        data: dict[str, Tensor],
+        log_probs: Tensor,
+        values: Tensor | None,
+        last_values: Tensor | None,
+        length: int,
+        stats: EpisodeStats,
+    ) -> Batch:
+        shape = (length, self.num_envs)
+        next_values = None
+        if values is not None:
+            values = values.reshape(shape)
+            next_values = torch.cat([values[1:], last_values.unsqueeze(0)])
         return Batch(
-            obs=obs,
-            actions=actions,
-            log_probs=log_probs.reshape(length, self.num_envs),
-            rewards=rewards,
+            obs=data["obs"],
+            actions=data["actions"],
+            log_probs=log_probs.reshape(shape),
+            rewards=data["rewards"],
             terminated=data["terminated"],
-            truncated=truncated,
+            truncated=data["truncated"],
             valid=data["valid"],
             values=values,
             next_values=next_values,
@@ -367,7 +420,9 @@ class Collector:
         )
 
 
-def collect_steps_together(collectors: Sequence[Collector], steps_per_env: int) -> list[Batch]:
+def collect_steps_together(
+    collectors: Sequence[Collector], steps_per_env: int, scorer: Scorer | None = None
+) -> list[Batch]:
     """``[c.collect_steps(steps_per_env) for c in collectors]``, with the collectors
     stepped in lockstep (a population's members: one env, one network shape each).
 
@@ -378,6 +433,11 @@ def collect_steps_together(collectors: Sequence[Collector], steps_per_env: int) 
     each batch is drawn as its collector would draw it alone. Needs actors that act
     through numpy mirrors (:attr:`Collector.acts_in_numpy`) of one structure: a torch
     actor samples from the global torch stream, which lockstep would interleave.
+
+    ``scorer`` takes the members' flat observations ``[M, T*N, ...]``, actions
+    ``[M, T*N, ...]`` and last observations ``[M, N, ...]`` and gives their
+    log-probabilities ``[M, T*N]``, values ``[M, T*N]`` and last values ``[M, N]`` in
+    one call; without it each collector scores its own batch.
     """
     actors = _actor_group(collectors)
     starts = [c._start_batch(steps_per_env) for c in collectors]  # syncs the mirrors
@@ -388,7 +448,8 @@ def collect_steps_together(collectors: Sequence[Collector], steps_per_env: int) 
         outcomes = _step_envs(collectors, actions)
         for c, (buffers, stats), a, outcome in zip(collectors, starts, actions, outcomes):
             c._observe(t, buffers, a, outcome, everyone, stats)
-    return [c._finish(b, steps_per_env, stats) for c, (b, stats) in zip(collectors, starts)]
+    buffers, stats = zip(*starts)
+    return Collector._finish_all(collectors, buffers, steps_per_env, stats, scorer)
 
 
 def run_episodes_together(
