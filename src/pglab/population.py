@@ -8,9 +8,10 @@ single run writes it (a member's folder can be evaluated or resumed as any run).
 
 One iteration:
 
-1. every member still training collects a batch with its own actor and envs (in
-   lockstep where the actors act in numpy: one call acts for all, and CartPole envs
-   step in one call), and the members whose evaluation is due play it in lockstep too;
+1. every member still training collects a batch with its own actor, envs and random
+   streams; where the actors act in numpy the members step in lockstep (one call
+   acts for all, CartPole envs step in one call, and one vmapped call scores every
+   batch with its member's log-probabilities and values);
 2. every member's loss in one call, ``vmap`` of the loss over
    ``torch.func.functional_call`` with the members' parameters stacked, then one
    backward pass of the losses' sum: member *m*'s loss
@@ -21,7 +22,8 @@ One iteration:
    of Adam, RMSprop and SGD are elementwise, so stacked they are M independent
    optimizers; each member has its own learning rate, step count and gradient-norm
    clip, and a member whose approximate KL passed ``target_kl`` stops stepping for
-   the rest of the update, as it would alone.
+   the rest of the update, as it would alone;
+4. the members whose evaluation is due play their episodes, in lockstep as in 1.
 
 Members' parameters *are* the stack, one ``[M, P]`` tensor (each member's
 ``nn.Parameter`` is a view of its row), so acting, evaluating and checkpointing use
