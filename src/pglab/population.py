@@ -463,7 +463,9 @@ def _worker(configs: list[Config]) -> list[tuple[str, dict, bool]]:
 
 
 def _train_in_processes(configs: list[Config], jobs: int) -> list[Run]:
-    """Deal ``configs`` round-robin over ``jobs`` processes (a population in each)."""
+    """Deal ``configs`` round-robin over ``jobs`` processes (a population in each): this
+    one trains the first share while new processes start (they import torch anew) and
+    train the others."""
     from pglab.agent import load
 
     shares = [configs[i::jobs] for i in range(min(jobs, len(configs)))]
@@ -471,8 +473,9 @@ def _train_in_processes(configs: list[Config], jobs: int) -> list[Run]:
         if len(share) > 1 and supports_population(share[0]):
             check_population(share)
     context = multiprocessing.get_context("spawn")  # fork can deadlock once torch has run
-    with _StopRequest() as stop, context.Pool(len(shares)) as pool:
-        results = pool.map(_worker, shares)
+    with _StopRequest() as stop, context.Pool(len(shares) - 1) as pool:
+        others = pool.map_async(_worker, shares[1:])
+        results = [_worker(shares[0]), *others.get()]
     interrupted = stop.requested or any(flag for result in results for *_, flag in result)
     if interrupted:
         raise KeyboardInterrupt(str(Path(configs[0].run.out) / configs[0].run.group))
