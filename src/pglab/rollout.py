@@ -10,6 +10,9 @@ Two ways to fill a batch:
   ``K % N`` envs one more). Fixing the quota in advance keeps short episodes from
   being over-represented, and no partial episode of an older policy enters.
 
+:func:`collect_steps_together` and :func:`run_episodes_together` do the same for several
+collectors in lockstep (a population's members), each drawing what it would draw alone.
+
 Gymnasium's NEXT_STEP autoreset: the step after an episode ends is a reset step (its
 action is ignored, its reward is 0). It is recorded with ``valid = False`` and every
 estimator, loss and statistic ignores it. The observation stored at a reset step is
