@@ -461,16 +461,17 @@ def run_episodes_together(
     """``[c.run_episodes(num_episodes, deterministic) for c in collectors]`` in lockstep
     (see :func:`collect_steps_together`, whose needs it shares). A collector whose
     episodes are all in stops stepping, so each plays exactly what it would play alone."""
-    _actor_group(collectors)  # before any reset: can they act together?
+    actors = _actor_group(collectors)  # before any reset: can they act together?
     for c in collectors:
         c.reset()  # syncs the mirrors
+    actors.stack()
     quotas = [_Quota(c.num_envs, num_episodes) for c in collectors]
     stats = [EpisodeStats() for _ in collectors]
-    t, playing, actors = 0, [], None
+    t, playing = 0, list(range(len(collectors)))
     while still := [i for i, quota in enumerate(quotas) if quota.open()]:
-        if still != playing:
+        if still != playing:  # some have all their episodes: the rest act on
             playing = still
-            actors = _actor_group([collectors[i] for i in playing])
+            actors = NumpyActorGroup([collectors[i]._fast_actor for i in playing])
             actors.stack()
         group = [collectors[i] for i in playing]
         actions = actors.act(np.stack([c._obs for c in group]), deterministic)

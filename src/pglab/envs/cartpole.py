@@ -59,7 +59,8 @@ class CartPoleVectorEnv(GymCartPoleVectorEnv):
         first = envs[0]
         if any(env.state is None for env in envs):
             raise RuntimeError("call reset before step")
-        if any(_constants(env) != _constants(first) for env in envs):
+        constants = _constants(first)
+        if any(_constants(env) != constants for env in envs[1:]):
             raise ValueError("step_together needs envs with the same physical constants")
         state = np.concatenate([env.state for env in envs], axis=1)
         return _advance(envs, first._dynamics(state, np.concatenate(actions)))
