@@ -173,7 +173,9 @@ def test_lockstep_needs_numpy_actors_of_one_structure():
     assert not mirrorless[0].acts_in_numpy
     mixed = _cartpole_collectors((1,), (16,), critic=False)
     mixed += _cartpole_collectors((2,), (8,), critic=False)
-    for collectors in (mirrorless, mixed):
+    other_activation = _cartpole_collectors((1, 2), critic=False)
+    other_activation[1]._fast_actor._layers[1] = ("act", np.sin)
+    for collectors in (mirrorless, mixed, other_activation):
         with pytest.raises(ValueError, match="numpy actors of one structure"):
             collect_steps_together(collectors, 3)
 

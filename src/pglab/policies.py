@@ -493,13 +493,19 @@ class NumpyActor:
         return (x + np.exp(self._log_std) * noise).astype(np.float32)
 
 
+def _structure(actor: NumpyActor) -> list:
+    """A mirror's layers: each activation function and each weight's shape, in order."""
+    weights = iter(actor._weights)
+    return [layer if kind == "act" else next(weights)[0].shape for kind, layer in actor._layers]
+
+
 class NumpyActorGroup:
     """Several :class:`NumpyActor` of one structure (a population's members) acting in
     one call: the layers run once on the members' weights stacked along a leading axis
     (numpy's batched matmul), then each member samples with its own generator, so a
     member draws what it would draw alone.
 
-    :meth:`build` returns None when the mirrors differ in their layers' shapes.
+    :meth:`build` returns None when the mirrors differ in their layers.
     """
 
     def __init__(self, actors: Sequence[NumpyActor]) -> None:
@@ -511,14 +517,9 @@ class NumpyActorGroup:
         if not actors or any(a is None for a in actors):
             return None
         mirrors = [a for a in actors if a is not None]
-        first = mirrors[0]
-        for other in mirrors[1:]:
-            same_kinds = [k for k, _ in other._layers] == [k for k, _ in first._layers]
-            same_shapes = [w.shape for w, _ in other._weights] == [
-                w.shape for w, _ in first._weights
-            ]
-            if not (same_kinds and same_shapes):
-                return None
+        first = _structure(mirrors[0])
+        if any(_structure(other) != first for other in mirrors[1:]):
+            return None
         return cls(mirrors)
 
     def stack(self) -> None:
