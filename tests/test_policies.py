@@ -11,6 +11,7 @@ from pglab.nets import mlp
 from pglab.policies import (
     BernoulliHead,
     CategoricalHead,
+    DenseActorCritic,
     GaussianHead,
     TanhGaussianHead,
     make_actor,
@@ -219,3 +220,81 @@ def test_orthogonal_init_gains_and_shared_body():
     assert all((m.bias == 0).all() for m in actor.modules() if isinstance(m, torch.nn.Linear))
     shared = shared_critic(actor)
     assert shared.body is actor.body and shared(torch.randn(3, 4)).shape == (3,)
+
+
+def _stack_of(actor_critics):
+    """Parameters of several (actor, critic) pairs, by name, stacked [M, ...]."""
+    named = [DenseActorCritic.parameters(a, c) for a, c in actor_critics]
+    return {n: torch.stack([p[n].detach() for p in named]) for n in named[0]}
+
+
+@pytest.mark.parametrize(
+    ("space", "hidden", "activation"),
+    [
+        (gym.spaces.Discrete(3), [8, 8], "tanh"),
+        (gym.spaces.Box(-1, 1, (2,), dtype=np.float32), [8], "relu"),
+        (gym.spaces.Discrete(2), [], "tanh"),
+    ],
+)
+def test_dense_actor_critic_backward_is_autograds(space, hidden, activation):
+    """The written backward pass gives autograd's gradients, for one pair of networks
+    and for several stacked."""
+    torch.manual_seed(0)
+    pairs = []
+    for _ in range(2):
+        actor = make_actor(3, space, hidden, activation=activation).double()
+        critic = make_critic(3, [6], activation).double()
+        if isinstance(actor.head, GaussianHead):
+            with torch.no_grad():
+                actor.head.log_std.copy_(torch.tensor([-0.5, 0.3]))
+        pairs.append((actor, critic))
+    net = DenseActorCritic.build(*pairs[0])
+    obs = torch.randn(2, 10, 3, dtype=torch.float64)
+    actions = torch.stack([a.act(o) for (a, _), o in zip(pairs, obs)]).detach()
+    g_lp, g_ent, g_v = torch.randn(3, 2, 10, dtype=torch.float64)
+    expected = []
+    for (actor, critic), o, a, lp_, ent_, v_ in zip(pairs, obs, actions, g_lp, g_ent, g_v):
+        log_probs, entropy = actor.log_prob_entropy(o, a)
+        loss = (log_probs * lp_).sum() + (entropy * ent_).sum() + (critic(o) * v_).sum()
+        named = DenseActorCritic.parameters(actor, critic)
+        grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+        expected.append({n: g for n, g in zip(named, grads) if g is not None})
+        # one pair
+        params = {n: p.detach() for n, p in named.items()}
+        lp, ent, values, backward = net.forward(params, o, a)
+        torch.testing.assert_close(lp, log_probs.detach())
+        torch.testing.assert_close(ent, entropy.detach())
+        torch.testing.assert_close(values, critic(o).detach())
+        written = backward(lp_, ent_, v_)
+        for name, want in expected[-1].items():
+            torch.testing.assert_close(written[name], want)
+    # both pairs at once
+    written = net.forward(_stack_of(pairs), obs, actions)[3](g_lp, g_ent, g_v)
+    for m in range(2):
+        for name, want in expected[m].items():
+            torch.testing.assert_close(written[name][m], want)
+
+
+def test_gaussian_log_std_gradient_stops_where_the_clamp_holds():
+    head = GaussianHead(4, 3)
+    log_std = torch.tensor([-25.0, 0.0, 3.0])  # below, inside and above the clamp
+    mean = torch.randn(5, 3)
+    _, _, backward = head.log_prob_entropy_vjp(mean, torch.randn(5, 3), log_std)
+    _, g_log_std = backward(torch.ones(5), torch.ones(5))
+    assert g_log_std[0] == 0 and g_log_std[2] == 0 and g_log_std[1] != 0
+
+
+def test_dense_actor_critic_declines_other_networks():
+    box = gym.spaces.Box(-1, 1, (2,), dtype=np.float32)
+    critic = make_critic(4, [8])
+    assert DenseActorCritic.build(make_actor(4, gym.spaces.Discrete(2), [8]), critic)
+    for actor, other in [
+        (make_actor(4, gym.spaces.Discrete(2), [8], activation="gelu"), critic),
+        (make_actor(4, gym.spaces.Discrete(2), [8], dropout=0.1), critic),
+        (make_actor(4, gym.spaces.Discrete(2), [8], head="bernoulli"), critic),
+        (make_actor(4, box, [8], head="tanh_gaussian"), critic),
+        (make_actor(4, gym.spaces.Discrete(2), [8]), make_critic(4, [8], "elu")),
+    ]:
+        assert DenseActorCritic.build(actor, other) is None
+    actor = make_actor(4, gym.spaces.Discrete(2), [8])
+    assert DenseActorCritic.build(actor, shared_critic(actor)) is None

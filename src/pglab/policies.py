@@ -27,7 +27,7 @@ what was sampled.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -35,12 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pglab.nets import mlp, output_dim
+from pglab.nets import dense_backward, dense_forward, dense_layers, mlp, output_dim
 
 #: Head names selectable with ``policy.head`` (``auto`` picks from the action space).
 HEADS: tuple[str, ...] = ("auto", "categorical", "bernoulli", "gaussian", "tanh_gaussian")
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+#: Maps a loss's gradients with respect to the log-probabilities and the entropies
+#: (None: the loss has no entropy term) to its gradients with respect to the head's
+#: distribution parameters and its log std (None where it has none).
+HeadBackward = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]
 
 
 class _Head(nn.Module):
@@ -80,6 +85,31 @@ class CategoricalHead(_Head):
         """Both from one log-softmax (the update's hot path)."""
         log_pi = logits.log_softmax(dim=-1)
         return self._pick(log_pi, actions), self._entropy(log_pi)
+
+    def log_prob_entropy_vjp(
+        self, logits: Tensor, actions: Tensor, log_std: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, HeadBackward]:
+        r""":meth:`log_prob_entropy` and the map from a loss's gradients with respect to
+        them to its gradient with respect to the logits (``log_std`` is unused):
+
+        .. math::
+            \frac{\partial \log \pi_a}{\partial l} = e_a - \pi, \qquad
+            \frac{\partial H}{\partial l} = -\pi \odot (\log \pi + H)
+        """
+        log_pi = logits.log_softmax(dim=-1)
+        pi = log_pi.exp()
+        index = actions.long().unsqueeze(-1)
+        log_prob = log_pi.gather(-1, index).squeeze(-1)
+        entropy = -(pi * log_pi).sum(dim=-1)
+
+        def backward(g_log_prob: Tensor, g_entropy: Tensor | None) -> tuple[Tensor, None]:
+            g_logits = pi * -g_log_prob.unsqueeze(-1)
+            g_logits.scatter_add_(-1, index, g_log_prob.unsqueeze(-1))
+            if g_entropy is not None:
+                g_logits -= g_entropy.unsqueeze(-1) * pi * (log_pi + entropy.unsqueeze(-1))
+            return g_logits, None
+
+        return log_prob, entropy, backward
 
     @staticmethod
     def _pick(log_pi: Tensor, actions: Tensor) -> Tensor:
@@ -164,6 +194,39 @@ class GaussianHead(_Head):
         per_dim = 0.5 + 0.5 * math.log(2 * math.pi) + self._log_std()
         return per_dim.sum().expand(mean.shape[:-1])
 
+    def log_prob_entropy_vjp(
+        self, mean: Tensor, actions: Tensor, log_std: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, HeadBackward]:
+        r""":meth:`log_prob_entropy` and the map from a loss's gradients with respect to
+        them to its gradients with respect to the means and the (unclamped) log std
+        ``log_std`` (this head's own by default; ``[M, A]`` for M stacked heads). With
+        :math:`z = (a - \mu) / \sigma`:
+
+        .. math::
+            \frac{\partial \log \pi}{\partial \mu} = \frac{z}{\sigma}, \qquad
+            \frac{\partial \log \pi}{\partial \log\sigma_i} = z_i^2 - 1, \qquad
+            \frac{\partial H}{\partial \log\sigma_i} = 1
+
+        summed over the batch for :math:`\log\sigma`, and zero where the clamp holds it.
+        """
+        raw = self.log_std if log_std is None else log_std
+        clamped = raw.clamp(LOG_STD_MIN, LOG_STD_MAX).unsqueeze(-2)
+        std = clamped.exp()
+        z = (actions - mean) / std
+        log_prob = (-0.5 * z**2 - clamped - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+        per_dim = 0.5 + 0.5 * math.log(2 * math.pi) + clamped
+        entropy = per_dim.sum(dim=-1).expand(mean.shape[:-1])
+
+        def backward(g_log_prob: Tensor, g_entropy: Tensor | None) -> tuple[Tensor, Tensor]:
+            g = g_log_prob.unsqueeze(-1)
+            g_log_std = (g * (z * z - 1.0)).sum(dim=-2)
+            if g_entropy is not None:
+                g_log_std = g_log_std + g_entropy.sum(dim=-1, keepdim=True)
+            inside = (raw >= LOG_STD_MIN) & (raw <= LOG_STD_MAX)
+            return g * z / std, g_log_std * inside
+
+        return log_prob, entropy, backward
+
     def std(self) -> Tensor:
         """The current standard deviation per action dimension."""
         return self._log_std().exp()
@@ -204,6 +267,11 @@ class TanhGaussianHead(GaussianHead):
         super().__init__(in_dim, len(low), log_std_init)
         self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
+
+    def log_prob_entropy_vjp(
+        self, mean: Tensor, actions: Tensor, log_std: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, HeadBackward]:
+        raise NotImplementedError("the squashed Gaussian's gradient is left to autograd")
 
     def squash(self, u: Tensor) -> Tensor:
         """The env action :math:`\\ell + (h - \\ell)(\tanh u + 1)/2`."""
@@ -361,6 +429,92 @@ def unique_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
             for p in module.parameters():
                 seen.setdefault(id(p), p)
     return list(seen.values())
+
+
+#: A map from a loss's gradients with respect to the log-probabilities, the entropies
+#: (None: no entropy term) and the values to its gradients by parameter name.
+DenseBackward = Callable[[Tensor, Tensor | None, Tensor], dict[str, Tensor]]
+
+
+class DenseActorCritic:
+    r"""An actor and a critic whose forward and backward passes are written out, so a
+    loss's gradient needs no autograd graph: separate plain MLP bodies (see
+    :func:`~pglab.nets.dense_layers`) under a categorical or Gaussian head and a
+    linear value output. :meth:`build` returns None for any other pair.
+
+    Parameters go by their names in a module holding the actor as ``actor`` and the
+    critic as ``critic`` (``actor.body.0.weight``, ``critic.value.bias``, ...), and may
+    be stacked ``[M, ...]`` to run M networks (a population's members) at once.
+    """
+
+    def __init__(
+        self,
+        head: CategoricalHead | GaussianHead,
+        actor: tuple[list[str], str],
+        critic: tuple[list[str], str],
+    ) -> None:
+        self.head = head
+        self.actor_layers, self.actor_activation = actor
+        self.critic_layers, self.critic_activation = critic
+        self.log_std = "actor.head.log_std" if isinstance(head, GaussianHead) else None
+        self._actor_names = [(f"{n}.weight", f"{n}.bias") for n in self.actor_layers]
+        self._critic_names = [(f"{n}.weight", f"{n}.bias") for n in self.critic_layers]
+
+    @classmethod
+    def build(cls, actor: Actor, critic: Critic) -> DenseActorCritic | None:
+        if type(actor.head) not in (CategoricalHead, GaussianHead) or critic.body is actor.body:
+            return None
+        actor_body, critic_body = dense_layers(actor.body), dense_layers(critic.body)
+        if actor_body is None or critic_body is None:
+            return None
+        names = {id(m): f"actor.{n}" for n, m in actor.named_modules()}
+        names.update({id(m): f"critic.{n}" for n, m in critic.named_modules()})
+        actor_linears = [*actor_body[0], actor.head.linear]
+        critic_linears = [*critic_body[0], critic.value]
+        return cls(
+            actor.head,
+            ([names[id(m)] for m in actor_linears], actor_body[1]),
+            ([names[id(m)] for m in critic_linears], critic_body[1]),
+        )
+
+    @staticmethod
+    def parameters(actor: Actor, critic: Critic) -> dict[str, Tensor]:
+        """The networks' parameters by the names :meth:`forward` takes."""
+        named = {f"actor.{n}": p for n, p in actor.named_parameters()}
+        named.update({f"critic.{n}": p for n, p in critic.named_parameters()})
+        return named
+
+    def forward(
+        self, params: dict[str, Tensor], obs: Tensor, actions: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, DenseBackward]:
+        """Log-probabilities of ``actions``, entropies and values at ``obs`` (``[B]``, or
+        ``[M, B]`` with stacked parameters), and the backward pass from a loss's
+        gradients with respect to those three to its gradient by parameter name."""
+        actor = [(params[w], params[b]) for w, b in self._actor_names]
+        critic = [(params[w], params[b]) for w, b in self._critic_names]
+        h_actor = dense_forward(obs, actor, self.actor_activation)
+        h_critic = dense_forward(obs, critic, self.critic_activation)
+        log_std = params[self.log_std] if self.log_std else None
+        log_probs, entropy, head_backward = self.head.log_prob_entropy_vjp(
+            h_actor[-1], actions, log_std
+        )
+
+        def backward(
+            g_log_probs: Tensor, g_entropy: Tensor | None, g_values: Tensor
+        ) -> dict[str, Tensor]:
+            g_head, g_log_std = head_backward(g_log_probs, g_entropy)
+            grads: dict[str, Tensor] = {}
+            for names, layers, outputs, activation, g in (
+                (self._actor_names, actor, h_actor, self.actor_activation, g_head),
+                (self._critic_names, critic, h_critic, self.critic_activation, g_values[..., None]),
+            ):
+                for (w, b), (dw, db) in zip(names, dense_backward(outputs, layers, activation, g)):
+                    grads[w], grads[b] = dw, db
+            if self.log_std:
+                grads[self.log_std] = g_log_std
+            return grads
+
+        return log_probs, entropy, h_critic[-1].squeeze(-1), backward
 
 
 class NatureCNN(nn.Module):

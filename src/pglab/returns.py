@@ -209,33 +209,46 @@ def baseline_return(
     return _mask(returns - values, valid)
 
 
-def masked_mean(x: Tensor, valid: Tensor | None = None) -> Tensor:
-    r"""Mean of ``x`` over the valid entries: :math:`\sum_i m_i x_i / \max(1, \sum_i m_i)`."""
+def masked_mean(x: Tensor, valid: Tensor | None = None, dim: int | None = None) -> Tensor:
+    r"""Mean of ``x`` over the valid entries: :math:`\sum_i m_i x_i / \max(1, \sum_i m_i)`.
+
+    Over all entries, or along ``dim`` only (one mean per row of the other axes).
+    """
     if valid is None:
-        return x.mean()
+        return x.mean() if dim is None else x.mean(dim)
     weights = _flag(valid)
-    return (x * weights).sum() / weights.sum().clamp(min=1.0)
+    if dim is None:
+        return (x * weights).sum() / weights.sum().clamp(min=1.0)
+    return (x * weights).sum(dim) / weights.sum(dim).clamp(min=1.0)
 
 
-def masked_var(x: Tensor, valid: Tensor | None = None) -> Tensor:
-    r"""Population variance of ``x`` over the valid entries: mean of :math:`(x - \bar x)^2`."""
+def masked_var(x: Tensor, valid: Tensor | None = None, dim: int | None = None) -> Tensor:
+    r"""Population variance of ``x`` over the valid entries: mean of :math:`(x - \bar x)^2`
+    (over all entries, or along ``dim`` only)."""
     if valid is None:
-        return torch.var_mean(x, correction=0)[0]
-    mean = masked_mean(x, valid)
-    return masked_mean((x - mean) ** 2, valid)
+        return torch.var_mean(x, dim=dim, correction=0)[0]
+    mean = masked_mean(x, valid, dim)
+    if dim is not None:
+        mean = mean.unsqueeze(dim)
+    return masked_mean((x - mean) ** 2, valid, dim)
 
 
-def standardize(x: Tensor, valid: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+def standardize(
+    x: Tensor, valid: Tensor | None = None, eps: float = 1e-8, dim: int | None = None
+) -> Tensor:
     r"""Per-batch standardisation of the weights: :math:`(x - \bar x) / (\sigma_x + \epsilon)`.
 
     Mean and standard deviation are taken over the valid entries only; invalid
     entries come out as 0. Standardising returns acts as a batch-mean baseline and a
-    per-batch step-size normalisation. Any shape.
+    per-batch step-size normalisation. Any shape; with ``dim``, each row along that
+    axis is standardised on its own.
     """
     if valid is None:
-        var, mean = torch.var_mean(x, correction=0)
+        var, mean = torch.var_mean(x, dim=dim, keepdim=dim is not None, correction=0)
     else:
-        mean, var = masked_mean(x, valid), masked_var(x, valid)
+        mean, var = masked_mean(x, valid, dim), masked_var(x, valid, dim)
+        if dim is not None:
+            mean, var = mean.unsqueeze(dim), var.unsqueeze(dim)
     return _mask((x - mean) / (var.sqrt() + eps), valid)
 
 
