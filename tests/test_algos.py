@@ -180,3 +180,61 @@ def test_selectable_heads_train_and_act_in_the_env_format(env_id, head, tmp_path
     actions = agent.act(obs, deterministic=False)
     assert all(agent.action_space.contains(a) for a in actions)
     assert np.array_equal(agent.act(obs), run.agent.act(obs))
+
+
+@pytest.mark.parametrize(
+    ("space", "options"),
+    [
+        (gym.spaces.Discrete(3), {}),
+        (gym.spaces.Discrete(3), {"normalize": False, "entropy_coef": 0.05, "value_clip": 0.1}),
+        (gym.spaces.Box(-1, 1, (2,)), {"entropy_coef": 0.01, "masked": True}),
+        (gym.spaces.Box(-1, 1, (2,)), {"value_clip": 0.3, "clip_range": 0.1, "masked": True}),
+    ],
+)
+def test_ppo_written_gradient_is_autograds(space, options):
+    """PPO's written-out loss gradient equals autograd's through :meth:`PPO.loss`, with
+    its diagnostics, on a minibatch where many ratios are clipped."""
+    from pglab.algos.ppo import PPO
+    from pglab.policies import DenseActorCritic
+
+    torch.manual_seed(0)
+    actor, critic = make_actor(4, space, [16, 16]).double(), make_critic(4, [16]).double()
+    n = 64
+    obs = torch.randn(n, 4, dtype=torch.float64)
+    actions = actor.act(obs).detach()
+    with torch.no_grad():
+        log_probs = actor.log_prob_entropy(obs, actions)[0] + 0.3 * torch.randn(n).double()
+        values = critic(obs) + 0.2 * torch.randn(n).double()
+    mb = {
+        "obs": obs,
+        "actions": actions,
+        "log_probs": log_probs,
+        "values": values,
+        "advantages": torch.randn(n, dtype=torch.float64),
+        "returns": torch.randn(n, dtype=torch.float64),
+    }
+    if options.get("masked"):
+        mb["valid"] = torch.arange(n) % 5 != 0
+    hp = {"clip_range": 0.2, "vf_coef": 0.5, "entropy_coef": 0.0, "value_clip": 0.0}
+    hp.update({"normalize": True}, **{k: v for k, v in options.items() if k != "masked"})
+    loss, stats = PPO.loss(actor, critic, mb, hp)
+    assert 0.1 < float(stats["clip_fraction"]) < 0.95
+    named = DenseActorCritic.parameters(actor, critic)
+    expected = torch.autograd.grad(loss, list(named.values()))
+    net = DenseActorCritic.build(actor, critic)
+    params = {k: p.detach() for k, p in named.items()}
+    written_loss, written_stats, grads = PPO.loss_and_gradient(net, params, mb, hp)
+    torch.testing.assert_close(written_loss, loss.detach())
+    for key, value in stats.items():
+        torch.testing.assert_close(written_stats[key], value.detach(), check_dtype=False)
+    for name, want in zip(named, expected):
+        torch.testing.assert_close(grads[name], want, msg=name)
+
+
+def test_ppo_takes_its_gradient_written_out_unless_told_otherwise():
+    actor, critic = make_actor(4, gym.spaces.Discrete(2), [8]), make_critic(4, [8])
+    ppo = make_algo(build_config(flags={"algo.name": "ppo"}).algo, actor, critic)
+    assert ppo.dense is not None
+    told = build_config(flags={"algo.name": "ppo", "algo.gradients": "autograd"}).algo
+    assert make_algo(told, actor, critic).dense is None
+    assert make_algo(build_config(flags={"algo.name": "a2c"}).algo, actor, critic).dense is None

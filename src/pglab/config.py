@@ -44,6 +44,7 @@ else:  # pragma: no cover
 ALGOS: tuple[str, ...] = ("reinforce", "a2c", "ppo", "trpo")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "rmsprop")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "linear")
+GRADIENTS: tuple[str, ...] = ("auto", "autograd")
 BATCH_MODES: tuple[str, ...] = ("auto", "episodes", "steps")
 PROGRESS: tuple[str, ...] = ("auto", "bar", "plain", "off")
 PREPROCESS: tuple[str, ...] = ("none", "pong", "atari")
@@ -295,6 +296,13 @@ class AlgoConfig:
     value_clip: float = opt(0.0, "ppo: clip the value change to +-this; 0 = off", NON_NEGATIVE)
     target_kl: float = opt(
         0.0, "ppo: stop the epochs once approx KL exceeds this; 0 = off", NON_NEGATIVE
+    )
+    gradients: str = opt(
+        "auto",
+        "ppo: auto = the loss's gradient written out where the networks allow it (MLP "
+        "bodies with tanh or relu, categorical or gaussian head, separate critic); "
+        "autograd = always by torch.autograd",
+        Choice(GRADIENTS),
     )
     max_kl: float = opt(0.01, "trpo: trust-region size (max mean KL per update)", POSITIVE)
     cg_iters: int = opt(10, "trpo: conjugate-gradient iterations", Range(1, None))

@@ -12,9 +12,11 @@ One iteration:
    streams; where the actors act in numpy the members step in lockstep (one call
    acts for all, CartPole envs step in one call, and one vmapped call scores every
    batch with its member's log-probabilities and values);
-2. every member's loss in one call, ``vmap`` of the loss over
-   ``torch.func.functional_call`` with the members' parameters stacked, then one
-   backward pass of the losses' sum: member *m*'s loss
+2. every member's loss and gradient in one call: where the algorithm writes its
+   gradient out (PPO on :class:`~pglab.policies.DenseActorCritic` networks), on the
+   members' parameters stacked, batched matrix products giving each member its own;
+   else ``vmap`` of the loss over ``torch.func.functional_call`` with the members'
+   parameters stacked, then one backward pass of the losses' sum: member *m*'s loss
    depends on member *m*'s parameters and data only, so row *m* of each gradient is
    member *m*'s own gradient (vmap only in the forward pass, plain autograd backward,
    is faster than ``vmap(grad(loss))``);
@@ -305,6 +307,11 @@ class Population:
         Returns the gradients and the loss's diagnostics ``[K]``.
         """
         params = self.unflatten(self._rows(members))
+        lead = self.trainers[members[0]].algo
+        if lead.dense is not None:  # the gradient written out, for all members at once
+            with torch.inference_mode():
+                _, stats, grads = lead.loss_and_gradient(lead.dense, params, mb, hp)
+            return torch.cat([grads[n].flatten(1) for n in self.names], dim=1), stats
         params = {n: p.detach().requires_grad_() for n, p in params.items()}
         varying = {k: v for k, v in hp.items() if isinstance(v, Tensor)}
         fixed = {k: v for k, v in hp.items() if k not in varying}

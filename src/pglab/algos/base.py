@@ -11,7 +11,7 @@ from torch import Tensor
 from pglab.errors import TrainingError
 from pglab.losses import explained_variance, value_loss
 from pglab.optim import FlatOptimizer
-from pglab.policies import Actor, Critic, GaussianHead, unique_parameters
+from pglab.policies import Actor, Critic, DenseActorCritic, GaussianHead, unique_parameters
 from pglab.returns import gae, masked_mean, masked_var
 from pglab.rollout import Batch
 
@@ -30,7 +30,11 @@ def scheduled_lr(base_lr: float, schedule: str, progress: float) -> float:
 
 
 def gradient_step(
-    optimizer: FlatOptimizer, loss: Tensor, max_grad_norm: float = 0.0, what: str = "loss"
+    optimizer: FlatOptimizer,
+    loss: Tensor,
+    max_grad_norm: float = 0.0,
+    what: str = "loss",
+    grad: Tensor | None = None,
 ) -> float:
     r"""Backpropagate ``loss`` into the optimizer's parameters and step, clipping the
     global gradient norm when ``max_grad_norm`` > 0.
@@ -40,13 +44,16 @@ def gradient_step(
     ``clip_grad_norm_``). Returns :math:`\lVert g \rVert_2` *before* clipping. A
     non-finite loss or gradient raises :class:`TrainingError` and leaves the
     parameters untouched. A parameter the loss does not reach gets a zero gradient.
+    ``grad``, when given, is the gradient already taken (one vector in the optimizer's
+    parameter order), and ``loss`` is then only checked.
     """
-    if not torch.isfinite(loss):
+    if not math.isfinite(loss.item()):
         raise TrainingError(
             f"the {what} became non-finite ({loss.item()}); "
             "lower the learning rate or enable gradient clipping"
         )
-    grad = optimizer.flatten(torch.autograd.grad(loss, optimizer.params, allow_unused=True))
+    if grad is None:
+        grad = optimizer.flatten(torch.autograd.grad(loss, optimizer.params, allow_unused=True))
     norm = float(grad.norm())
     if not math.isfinite(norm):
         raise TrainingError(
@@ -174,6 +181,8 @@ class JointOptimizer:
     METRICS: tuple[str, ...] = ()
     #: Hyperparameters of :meth:`loss` that may differ between population members.
     LOSS_HYPERPARAMETERS = ("vf_coef", "entropy_coef")
+    #: Whether the subclass writes out its loss's gradient (:meth:`loss_and_gradient`).
+    WRITTEN_GRADIENT = False
 
     def __init__(self, actor: Actor, critic: Critic, config: AlgoConfig) -> None:
         self.actor = actor
@@ -183,6 +192,13 @@ class JointOptimizer:
         self.optimizer = FlatOptimizer(
             config.optimizer, self.params, config.lr, config.weight_decay, config.eps
         )
+        #: The networks, where the loss's gradient is taken without autograd (else None).
+        self.dense: DenseActorCritic | None = None
+        if self.WRITTEN_GRADIENT and config.gradients == "auto":
+            self.dense = DenseActorCritic.build(actor, critic)
+        self._named = DenseActorCritic.parameters(actor, critic)
+        names = {id(p): name for name, p in self._named.items()}
+        self._order = [names[id(p)] for p in self.params]
 
     # What a subclass gives.
 
@@ -199,6 +215,14 @@ class JointOptimizer:
         actor: Actor, critic: Critic, mb: dict[str, Tensor], hp: dict[str, Any]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss of one minibatch and its diagnostics (tensors; ``approx_kl`` among them)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def loss_and_gradient(
+        net: DenseActorCritic, params: dict[str, Tensor], mb: dict[str, Tensor], hp: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """:meth:`loss` and its gradient by parameter name, without autograd (where
+        :attr:`WRITTEN_GRADIENT`)."""
         raise NotImplementedError
 
     # The shared update.
@@ -235,12 +259,14 @@ class JointOptimizer:
             per_epoch = len(parts)
             for index in parts:
                 mb = {k: v[index] for k, v in data.items()}
-                loss, stats = self.loss(self.actor, self.critic, mb, hp)
+                loss, stats, grad = self.minibatch_loss(mb, hp)
                 if cfg.target_kl > 0 and stats["approx_kl"] > cfg.target_kl:
                     stopped = True
                     break
                 name = f"{type(self).__name__} loss"
-                stats["grad_norm"] = gradient_step(self.optimizer, loss, cfg.max_grad_norm, name)
+                stats["grad_norm"] = gradient_step(
+                    self.optimizer, loss, cfg.max_grad_norm, name, grad
+                )
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + float(value)
                 steps += 1
@@ -249,6 +275,17 @@ class JointOptimizer:
         metrics = {key: total / max(steps, 1) for key, total in totals.items()}
         metrics.update(lr=hp["lr"], clip_range=hp["clip_range"], epochs=steps / per_epoch)
         return self.finish_metrics(metrics, data)
+
+    def minibatch_loss(
+        self, mb: dict[str, Tensor], hp: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+        """The minibatch's loss and diagnostics, with its gradient (one vector in the
+        optimizer's order) where it is written out, else None for autograd to take."""
+        if self.dense is None:
+            return *self.loss(self.actor, self.critic, mb, hp), None
+        with torch.inference_mode():
+            loss, stats, grads = self.loss_and_gradient(self.dense, self._named, mb, hp)
+        return loss, stats, torch.cat([grads[name].flatten() for name in self._order])
 
     def finish_metrics(
         self, metrics: dict[str, float], data: dict[str, Tensor]
