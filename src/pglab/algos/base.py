@@ -196,9 +196,10 @@ class JointOptimizer:
         self.dense: DenseActorCritic | None = None
         if self.WRITTEN_GRADIENT and config.gradients == "auto":
             self.dense = DenseActorCritic.build(actor, critic)
-        self._named = DenseActorCritic.parameters(actor, critic)
-        names = {id(p): name for name, p in self._named.items()}
-        self._order = [names[id(p)] for p in self.params]
+        if self.dense is not None:  # parameters by name, and the names in step order
+            self._named = DenseActorCritic.parameters(actor, critic)
+            names = {id(p): name for name, p in self._named.items()}
+            self._order = [names[id(p)] for p in self.params]
 
     # What a subclass gives.
 
