@@ -102,6 +102,7 @@ class FlatOptimizer:
         for p, view in zip(self.params, self.flat.split([p.numel() for p in self.params])):
             p.data = view.view_as(p)
         self.state = {key: torch.zeros_like(self.flat) for key in MOMENTS[name]}
+        self._fused = name == "adam" and _fused_adam(self.flat)
         self._step = torch.zeros((), device=self.flat.device)  # the fused kernel's count
 
     def flatten(self, grads: Sequence[Tensor | None]) -> Tensor:
@@ -121,7 +122,7 @@ class FlatOptimizer:
         vectors instead of a dozen tensor operations; the same rule, equal to rounding).
         """
         self.steps += 1
-        if self.name == "adam" and _fused_adam(self.flat):
+        if self._fused:
             self._step.fill_(self.steps)
             torch._fused_adam_(
                 [self.flat],
