@@ -82,15 +82,15 @@ def test_evaluate_applies_the_frozen_statistics(tmp_path, monkeypatch):
 def test_resume_restores_normaliser_and_optimizer(tmp_path):
     from pglab.checkpoint import load_checkpoint
     from pglab.config import Config
-    from pglab.train import Trainer
+    from pglab.population import Population
 
     run = train_normalised(tmp_path, 1024, normalize_obs=True, normalize_reward=True)
     state = load_checkpoint(run.path)
-    trainer = Trainer(Config.from_dict(state["config"]), state)
+    trainer = Population([Config.from_dict(state["config"])], [state]).trainers[0]
     restored = trainer.normalizer.state_dict()
     assert torch.equal(restored["obs"]["mean"], state["normalizer"]["obs"]["mean"])
     assert restored["return"]["var"] == state["normalizer"]["return"]["var"]
-    assert trainer.algo.optimizer.steps == 320  # one update: 10 epochs x 32 minibatches
+    assert trainer.algo.optimizer.steps[0] == 320  # one update: 10 epochs x 32 minibatches
 
 
 @pytest.mark.parametrize(

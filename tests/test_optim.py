@@ -57,19 +57,45 @@ def test_flat_optimizer_state_round_trips():
 def test_stacked_optimizer_is_one_torch_optimizer_per_member(name):
     torch.manual_seed(0)
     lrs = [1e-2, 3e-3, 1e-1]
-    singles = [torch.randn(5, 3, requires_grad=True) for _ in lrs]
+    singles = [torch.randn(15, requires_grad=True) for _ in lrs]
     stacked = torch.stack([p.detach() for p in singles])
     torch_opts = [_torch(name, [p], lr, 0.01) for p, lr in zip(singles, lrs)]
-    ours = StackedOptimizer(name, [stacked], eps=1e-5, weight_decay=0.01)
+    ours = StackedOptimizer(name, stacked, eps=1e-5, weight_decay=0.01)
     for step in range(6):
-        grads = torch.randn(3, 5, 3)
-        members = torch.arange(3) if step % 2 == 0 else torch.tensor([0, 2])  # member 1 skips
-        for m in members.tolist():
+        grads = torch.randn(3, 15)
+        members = [0, 1, 2] if step % 2 == 0 else [2, 0]  # member 1 skips, rows in any order
+        for m in members:
             singles[m].grad = grads[m].clone()
             torch_opts[m].step()
-        ours.step([grads[members]], members, torch.tensor(lrs)[members])
+        ours.step(grads[members], members, [lrs[m] for m in members])
     for m in range(3):
         torch.testing.assert_close(stacked[m], singles[m].detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_members_row_steps_the_same_in_any_stack():
+    """Every row is stepped on its own: a member's row is bit for bit what a stack of
+    one would make of it, whatever the other rows and the other learning rates."""
+    torch.manual_seed(0)
+    rows = torch.randn(4, 1000)
+    grads = [torch.randn(4, 1000) for _ in range(3)]
+    lrs = [1e-3, 1e-3, 5e-2, 1e-3]
+    for name in TORCH:
+        big = StackedOptimizer(name, rows.clone(), eps=1e-5)
+        alone = StackedOptimizer(name, rows[2:3].clone(), eps=1e-5)
+        for g in grads:
+            big.step(g, [0, 1, 2, 3], lrs)
+            alone.step(g[2:3], [0], [lrs[2]])
+        assert torch.equal(big.flat[2], alone.flat[0]), name
+
+
+def test_moving_a_stacked_parameter_is_refused():
+    from pglab.errors import TrainingError
+
+    layer = torch.nn.Linear(3, 2)
+    optimizer = FlatOptimizer("adam", layer.parameters(), lr=0.1)
+    layer.double()  # new storage: the optimizer's vector no longer holds the layer
+    with pytest.raises(TrainingError, match="moved or replaced"):
+        optimizer.step(torch.ones(8))
 
 
 def test_flat_optimizer_parameters_are_views_of_its_vector():

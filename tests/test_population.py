@@ -33,35 +33,35 @@ def configs(tmp_path, seeds, **flags):
     return member_configs(base.resolve(475.0), seeds)
 
 
-def test_population_gradient_is_each_members_own(tmp_path):
-    population = Population(configs(tmp_path, [0, 1, 2]))
+@pytest.mark.parametrize("gradients", ["auto", "autograd"])
+def test_population_gradient_is_each_members_own(tmp_path, gradients):
+    population = Population(configs(tmp_path, [0, 1, 2], **{"algo.gradients": gradients}))
+    rule = population.rule
     batches = [t.collect() for t in population.trainers]
-    datas = [t.algo.prepare(b, masked=True) for t, b in zip(population.trainers, batches)]
-    hp = population.trainers[0].algo.hyperparameters(0.0)
+    datas = [rule.prepare(b, t.config.algo) for t, b in zip(population.trainers, batches)]
+    hp = rule.hyperparameters(rule.config, 0.0)
     # autograd on each member's own modules
     expected = []
-    for trainer, data in zip(population.trainers, datas):
-        loss, _ = trainer.algo.loss(trainer.actor, trainer.critic, data, hp)
-        expected.append(
-            torch.autograd.grad(loss, population.member_params[population.trainers.index(trainer)])
-        )
+    for m, (trainer, data) in enumerate(zip(population.trainers, datas)):
+        loss, _ = rule.loss(trainer.actor, trainer.critic, data, hp)
+        expected.append(torch.autograd.grad(loss, rule.stack.members[m]))
     # the stacked call
     varying = {k: torch.tensor([hp[k]] * 3) for k in ("clip_range", "vf_coef", "entropy_coef")}
     fixed = {k: v for k, v in hp.items() if k not in varying and k != "lr"}
     data = {k: torch.stack([d[k] for d in datas]) for k in datas[0]}
-    grads, _ = population.gradients([0, 1, 2], data, {**fixed, **varying})
-    grads = population.unflatten(grads)
+    grads, _ = rule.gradients([0, 1, 2], data, {**fixed, **varying})
+    grads = rule.stack.unflatten(grads)
     for m in range(3):
-        for name, want in zip(population.names, expected[m]):
-            torch.testing.assert_close(grads[name][m], want, rtol=1e-4, atol=1e-6)
+        for got, want in zip(grads, expected[m]):
+            torch.testing.assert_close(got[m], want, rtol=1e-4, atol=1e-6)
     # some members only (the others have finished): rows in the order given
     some = {k: v[[2, 0]] for k, v in {**data, **varying}.items()}
     hp_some = {**fixed, **{k: some.pop(k) for k in varying}}
-    grads, _ = population.gradients([2, 0], some, hp_some)
-    grads = population.unflatten(grads)
+    grads, _ = rule.gradients([2, 0], some, hp_some)
+    grads = rule.stack.unflatten(grads)
     for row, m in enumerate([2, 0]):
-        for name, want in zip(population.names, expected[m]):
-            torch.testing.assert_close(grads[name][row], want, rtol=1e-4, atol=1e-6)
+        for got, want in zip(grads, expected[m]):
+            torch.testing.assert_close(got[row], want, rtol=1e-4, atol=1e-6)
 
 
 def test_members_batches_are_scored_by_their_own_networks(tmp_path):
@@ -101,8 +101,8 @@ def test_member_folders_are_runs_that_resume(tmp_path):
     assert [r.summary["seed"] for r in runs] == [0, 1]
     state = torch.load(runs[1].path / "checkpoints" / "last.pt", weights_only=False)
     adam = state["algo"]["optimizer"]  # member 1's own row of the stacked optimizer
-    assert adam["steps"] == population.optimizer.steps[1] > 0
-    assert torch.equal(adam["exp_avg"], population.optimizer.state[0]["exp_avg"][1])
+    assert adam["steps"] == population.rule.optimizer.steps[1] > 0
+    assert torch.equal(adam["exp_avg"], population.rule.optimizer.state["exp_avg"][1])
     for name, weights in state["actor"].items():  # its own weights, not the whole stack
         assert weights.untyped_storage().nbytes() == weights.nbytes, name
         assert torch.equal(weights, dict(population.trainers[1].actor.named_parameters())[name])

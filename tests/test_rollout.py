@@ -6,6 +6,7 @@ import pytest
 import torch
 from gymnasium.vector import SyncVectorEnv
 
+import pglab.policies as pglab_policies
 from pglab.envs import make_vec_env
 from pglab.policies import make_actor, make_critic
 from pglab.returns import discounted_reward_to_go, gae
@@ -195,3 +196,49 @@ def test_evaluations_in_lockstep_play_what_each_plays_alone(deterministic):
             want = c.run_episodes(7, deterministic)
             assert (stats.returns, stats.lengths) == (want.returns, want.lengths)
     assert len({tuple(s.lengths) for s in got}) > 1
+
+
+class LeaningActor(pglab_policies.Actor):
+    """A user's actor: its own forward leans hard towards action 0."""
+
+    def forward(self, obs):
+        logits = super().forward(obs)
+        return logits + torch.tensor([8.0, 0.0])
+
+
+class LeaningHead(pglab_policies.CategoricalHead):
+    """A user's head: the same lean, in the head."""
+
+    def forward(self, features):
+        return super().forward(features) + torch.tensor([8.0, 0.0])
+
+
+@pytest.mark.parametrize("kind", ["actor", "head"])
+def test_a_users_actor_or_head_acts_itself_and_ppo_starts_on_policy(kind):
+    """The numpy mirror would bypass a subclass's own code: such actors act in torch,
+    and PPO's first pass sees exactly the log-probabilities stored at collection."""
+    from pglab.algos import make_algo
+    from pglab.config import build_config
+
+    torch.manual_seed(0)
+    envs = make_vec_env("CartPole-v1", 4)
+    built = make_actor(4, envs.single_action_space, hidden=(16,))
+    if kind == "actor":
+        actor = LeaningActor(built.body, built.head)
+    else:
+        head = LeaningHead(16, 2)
+        head.load_state_dict(built.head.state_dict())
+        actor = pglab_policies.Actor(built.body, head)
+    critic = make_critic(4, hidden=(16,))
+    collector = Collector(envs, actor, critic, seed=0)
+    assert not collector.acts_in_numpy
+    batch = collector.collect_steps(64)
+    assert (batch.actions[batch.valid] == 0).float().mean() > 0.98  # the lean was used
+    config = build_config(flags={"algo.name": "ppo"}).algo
+    rule = make_algo(config, actor, critic)
+    assert rule.dense is None  # the written-out gradient would bypass it too
+    data = rule.prepare(batch, config)
+    log_probs, _ = actor.log_prob_entropy(data["obs"], data["actions"])
+    torch.testing.assert_close(log_probs, data["log_probs"], rtol=0, atol=1e-6)
+    metrics = rule.update(batch, 0.0)
+    assert metrics["epochs"] > 0

@@ -406,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PglabError as error:
         _fail(str(error))
     except KeyboardInterrupt as interrupt:
-        where = str(interrupt)
+        where = getattr(interrupt, "run_dirs", None)
         if args.command == "sweep":
             print(
                 f"pglab: interrupted; run 'pglab sweep {args.spec}' again to finish the "
@@ -414,10 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         elif where:
+            commands = "; ".join(f"pglab train --resume {path}" for path in where)
             print(
-                f"pglab: interrupted; checkpoint saved. Continue with: pglab train --resume "
-                f"{where}",
-                file=sys.stderr,
+                f"pglab: interrupted; checkpoint saved. Continue with: {commands}", file=sys.stderr
             )
         else:
             print("pglab: interrupted", file=sys.stderr)

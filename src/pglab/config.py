@@ -287,15 +287,21 @@ class AlgoConfig:
         False, "restart the return after every non-zero reward (a point scored in Pong)"
     )
     vf_coef: float = opt(0.5, "a2c, ppo: weight of the value loss", NON_NEGATIVE)
-    epochs: int = opt(10, "ppo: passes over each batch", Range(1, None))
-    minibatches: int = opt(32, "ppo, trpo (critic): minibatches per pass", Range(1, None))
+    epochs: int = opt(
+        1, "ppo, reinforce: passes over each batch (ppo's defaults: 10)", Range(1, None)
+    )
+    minibatches: int = opt(
+        1,
+        "ppo, reinforce: minibatches per pass (ppo's defaults: 32); trpo: of its critic",
+        Range(1, None),
+    )
     clip_range: float = opt(0.2, "ppo: clip range epsilon of the ratio", POSITIVE)
     clip_schedule: str = opt(
         "constant", "ppo: clip-range schedule (linear decays to 0)", Choice(LR_SCHEDULES)
     )
     value_clip: float = opt(0.0, "ppo: clip the value change to +-this; 0 = off", NON_NEGATIVE)
     target_kl: float = opt(
-        0.0, "ppo: stop the epochs once approx KL exceeds this; 0 = off", NON_NEGATIVE
+        0.0, "ppo, reinforce: stop the epochs once approx KL exceeds this; 0 = off", NON_NEGATIVE
     )
     gradients: str = opt(
         "auto",

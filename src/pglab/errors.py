@@ -24,3 +24,12 @@ class CheckpointError(PglabError):
 
 class TrainingError(PglabError):
     """Training cannot go on (for example the loss became non-finite)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped at a request (Ctrl-C, SIGTERM) after checkpointing every run:
+    :attr:`run_dirs` are the folders that ``pglab train --resume`` continues."""
+
+    def __init__(self, run_dirs: list[str]) -> None:
+        super().__init__(" ".join(run_dirs))
+        self.run_dirs = list(run_dirs)

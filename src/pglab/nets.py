@@ -78,6 +78,11 @@ def dense_forward(x: Tensor, layers: Sequence[Dense], activation: str) -> list[T
     the activation on every layer but the last. ``x`` is ``[B, in]``, or
     ``[M, B, in]`` with weights ``[M, ...]`` for M networks at once (a population).
     Returns :math:`[h_0 = x, h_1, \dots, h_L]`.
+
+    A layer with one output (a value, a Bernoulli logit, a 1-D Gaussian's mean) is
+    computed as the weighted sum :math:`\sum_j h_j w_j + b`: a batched matrix product
+    with one output column rounds differently with the number of stacked networks,
+    and a network's numbers must not depend on the others in its stack.
     """
     outputs = [x]
     for i, (weight, bias) in enumerate(layers):
@@ -85,7 +90,10 @@ def dense_forward(x: Tensor, layers: Sequence[Dense], activation: str) -> list[T
         # tanh(z) = 2 sigmoid(2z) - 1: torch's sigmoid kernel is several times faster
         # on a CPU than its tanh, and the affine map gives 2z for free.
         scale = 2.0 if hidden and activation == "tanh" else 1.0
-        if x.dim() == 2:
+        if weight.shape[-2] == 1:  # one output: a weighted sum (see the docstring)
+            h = (outputs[-1] * weight).sum(-1, keepdim=True).add_(bias.unsqueeze(-2))
+            h = h.mul_(scale) if scale != 1.0 else h
+        elif x.dim() == 2:
             h = torch.addmm(bias, outputs[-1], weight.t(), beta=scale, alpha=scale)
         else:
             h = torch.baddbmm(bias.unsqueeze(-2), outputs[-1], weight.mT, beta=scale, alpha=scale)

@@ -1,21 +1,25 @@
-r"""Adam, RMSprop and SGD with PyTorch's update rules, in two layouts.
+r"""Adam, RMSprop and SGD with PyTorch's update rules, over parameters stacked in rows.
 
-* :class:`FlatOptimizer`: one run's parameters. Gradient and moments are one flat
-  vector, so a step is a handful of tensor operations however many parameter
-  tensors the networks have.
-* :class:`StackedOptimizer`: a population's parameters stacked ``[M, ...]``, M
-  independent optimizers with a learning rate and a step count per member.
+* :class:`ParameterStack`: the parameters of M members of one structure as the rows
+  of one ``[M, P]`` tensor; each member's ``nn.Parameter`` becomes a view of its row.
+* :class:`StackedOptimizer`: M independent optimizers over such rows, each member
+  with its own learning rate and step count. A single run is a stack of one.
+* :class:`FlatOptimizer`: the optimizer of one set of parameters (a stack of one),
+  for learning rules that own several optimizers (REINFORCE's policy and critic).
 
-Both apply the same rules (:func:`step_direction`), with L2 weight decay
-:math:`g \leftarrow g + w\,\theta`:
+The rules (:func:`step_direction`), with L2 weight decay :math:`g \leftarrow g + w\,\theta`:
 
 * Adam: :math:`m \leftarrow \beta_1 m + (1-\beta_1) g`,
   :math:`v \leftarrow \beta_2 v + (1-\beta_2) g^2`,
   :math:`\theta \leftarrow \theta - \alpha \frac{m / (1-\beta_1^t)}{\sqrt{v / (1-\beta_2^t)} + \epsilon}`
-  with :math:`\beta = (0.9, 0.999)`;
+  with :math:`\beta = (0.9, 0.999)`; where torch has a fused Adam kernel for the
+  device, Adam runs as that kernel, one pass per row (the same rule, equal to rounding);
 * RMSprop: :math:`v \leftarrow \rho v + (1-\rho) g^2`,
   :math:`\theta \leftarrow \theta - \alpha\, g / (\sqrt v + \epsilon)` with :math:`\rho = 0.99`;
 * SGD: :math:`\theta \leftarrow \theta - \alpha g`.
+
+Every rule is elementwise and every row is stepped on its own, so a member's row
+evolves bit for bit as it would in a stack of any other size.
 
 Why not ``torch.optim``: creating the first torch optimizer imports
 ``torch._dynamo``, about 1.8 s here, which is half the time PPO takes to solve
@@ -30,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pglab.errors import ConfigError
+from pglab.errors import ConfigError, TrainingError
 
 #: Optimizer names (``algo.optimizer``) and the moments each keeps.
 MOMENTS: dict[str, tuple[str, ...]] = {
@@ -72,16 +76,168 @@ def _fused_adam(flat: Tensor) -> bool:
     )
 
 
-class FlatOptimizer:
-    """One optimizer over ``params``; parameters, gradients and moments are each one
-    flat vector in parameter order.
+class ParameterStack:
+    """The parameters of M members that share one structure, as the rows of one
+    ``[M, P]`` tensor :attr:`flat` (each member's parameters flattened, in the order
+    given).
 
-    Construction moves the parameters into :attr:`flat`: each becomes a view of its
-    slice, so a step is one in-place update of the vector. Parameters given new storage
-    afterwards (``p.data = ...``, ``module.to(...)``) no longer follow its steps: a
-    population does this on purpose, stepping its stack with :class:`StackedOptimizer`
-    and using each member's :class:`FlatOptimizer` only to hold exported state.
+    Construction re-homes every parameter as a view of its slice of its member's row:
+    an optimizer step is then one in-place update of the rows, and the members'
+    modules act, evaluate and save with the stepped values. A parameter given new
+    storage afterwards (``module.to(...)``, ``p.data = ...``) would no longer follow
+    the steps; :meth:`check` finds that and raises.
     """
+
+    def __init__(self, members: Sequence[Sequence[nn.Parameter]]) -> None:
+        if not members:
+            raise ValueError("a parameter stack needs at least one member")
+        self.members = [list(params) for params in members]
+        self.shapes = [p.shape for p in self.members[0]]
+        for params in self.members[1:]:
+            if [p.shape for p in params] != self.shapes:
+                raise ValueError("stacked members must have parameters of the same shapes")
+        self.sizes = [p.numel() for p in self.members[0]]
+        self.flat = torch.stack(
+            [torch.cat([p.detach().flatten() for p in params]) for params in self.members]
+        )
+        for row, params in zip(self.flat, self.members):
+            for p, view in zip(params, row.split(self.sizes)):
+                p.data = view.view_as(p)
+        self._homes = [[p.data_ptr() for p in params] for params in self.members]
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def check(self) -> None:
+        """Raise :class:`~pglab.errors.TrainingError` if a parameter no longer lives in
+        the stack (it was moved or replaced after the learning rule was built)."""
+        for params, homes in zip(self.members, self._homes):
+            for p, home in zip(params, homes):
+                if p.data_ptr() != home:
+                    raise TrainingError(
+                        f"a parameter of shape {tuple(p.shape)} was moved or replaced after "
+                        "its optimizer was built (module.to(...) or .data = ...); move the "
+                        "modules before building the learning rule"
+                    )
+
+    def flatten(self, grads: Sequence[Tensor | None]) -> Tensor:
+        """One member's per-parameter gradients (``None`` for zero) as one row ``[P]``."""
+        return torch.cat(
+            [
+                (g if g is not None else torch.zeros(shape, device=self.flat.device)).flatten()
+                for g, shape in zip(grads, self.shapes)
+            ]
+        )
+
+    def unflatten(self, rows: Tensor) -> list[Tensor]:
+        """Rows ``[K, P]`` as per-parameter tensors ``[K, *shape]`` (views)."""
+        parts = rows.split(self.sizes, dim=1)
+        return [part.unflatten(1, shape) for part, shape in zip(parts, self.shapes)]
+
+
+class StackedOptimizer:
+    """M independent optimizers over the rows of ``flat`` ``[M, P]``: each member has
+    its own learning rate and step count, and steps only when it takes part."""
+
+    def __init__(self, name: str, flat: Tensor, eps: float = 1e-8, weight_decay: float = 0.0):
+        _check_name(name)
+        self.name = name
+        self.flat = flat
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.steps = torch.zeros(flat.shape[0], device=flat.device)
+        self.state = {key: torch.zeros_like(flat) for key in MOMENTS[name]}
+        self._fused = name == "adam" and _fused_adam(flat)
+
+    @torch.no_grad()
+    def step(self, grads: Tensor, members: Sequence[int], lrs: Sequence[float]) -> None:
+        """Step the rows ``members`` with ``grads`` (``[K, P]``, rows in that order),
+        each with its learning rate in ``lrs``."""
+        members = list(members)
+        index = torch.tensor(members, device=self.flat.device)
+        self.steps[index] += 1
+        if self._fused:
+            self._fused_step(grads, members, [float(lr) for lr in lrs])
+            return
+        every = members == list(range(len(self.steps)))
+        rows: slice | Tensor = slice(None) if every else index
+        theta = self.flat[rows]
+        g = grads + self.weight_decay * theta if self.weight_decay else grads
+        moments = {key: value[rows] for key, value in self.state.items()}
+        t = self.steps[rows].unsqueeze(1)
+        direction = step_direction(self.name, g, moments, t, self.eps)
+        for key, value in moments.items():
+            self.state[key][rows] = value
+        lr = torch.tensor([float(x) for x in lrs], device=self.flat.device, dtype=theta.dtype)
+        self.flat[rows] = theta - lr.unsqueeze(1) * direction
+
+    def _fused_step(self, grads: Tensor, members: list[int], lrs: list[float]) -> None:
+        """Adam by torch's fused kernel: one call per distinct learning rate, one pass
+        per row (each row is processed from its start, as a stack of one would)."""
+        for lr in dict.fromkeys(lrs):
+            picked = [k for k, value in enumerate(lrs) if value == lr]
+            rows = [members[k] for k in picked]
+            torch._fused_adam_(
+                [self.flat[m] for m in rows],
+                [grads[k] for k in picked],
+                [self.state["exp_avg"][m] for m in rows],
+                [self.state["exp_avg_sq"][m] for m in rows],
+                [],
+                [self.steps[m] for m in rows],
+                lr=lr,
+                beta1=BETAS[0],
+                beta2=BETAS[1],
+                weight_decay=self.weight_decay,
+                eps=self.eps,
+                amsgrad=False,
+                maximize=False,
+            )
+
+    def reset(self, members: Sequence[int]) -> None:
+        """Make the optimizers of ``members`` new: no steps taken, zero moments."""
+        index = torch.tensor(list(members), device=self.flat.device)
+        self.steps[index] = 0
+        for value in self.state.values():
+            value[index] = 0
+
+    def member_state(self, member: int) -> dict[str, Any]:
+        """Member ``member``'s state: its step count and its rows of the moments."""
+        state = {key: value[member].clone() for key, value in self.state.items()}
+        return {"name": self.name, "steps": int(self.steps[member]), **state}
+
+    def load_member_state(
+        self, member: int, state: dict[str, Any], params: Sequence[Tensor] = ()
+    ) -> None:
+        """Restore :meth:`member_state`'s output into member ``member`` (or a
+        ``torch.optim`` state dict of the same kind of optimizer over ``params``,
+        from older runs)."""
+        if "param_groups" in state:
+            state = _from_torch(state["state"], list(params), tuple(self.state))
+        self.steps[member] = float(state["steps"])
+        for key, value in self.state.items():
+            value[member] = state[key].to(value)
+
+
+def _from_torch(
+    per_param: dict[int, dict[str, Tensor]], params: list[Tensor], keys: tuple[str, ...]
+) -> dict[str, Any]:
+    """A ``torch.optim`` state dict over ``params`` as :meth:`StackedOptimizer.member_state`."""
+    steps = next((float(s["step"]) for s in per_param.values() if "step" in s), 0)
+    flat = {
+        key: torch.cat(
+            [
+                per_param.get(i, {}).get(key, torch.zeros_like(p)).flatten()
+                for i, p in enumerate(params)
+            ]
+        )
+        for key in keys
+    }
+    return {"steps": steps, **flat}
+
+
+class FlatOptimizer:
+    """The optimizer of one set of ``params``: a :class:`ParameterStack` of one member
+    and its :class:`StackedOptimizer` (the parameters become views of :attr:`flat`)."""
 
     def __init__(
         self,
@@ -92,113 +248,38 @@ class FlatOptimizer:
         eps: float = 1e-8,
     ) -> None:
         _check_name(name)
-        self.name = name
         self.params = list(params)
         self.lr = lr
-        self.weight_decay = weight_decay
-        self.eps = eps
-        self.steps = 0
-        self.flat = torch.cat([p.detach().flatten() for p in self.params])
-        for p, view in zip(self.params, self.flat.split([p.numel() for p in self.params])):
-            p.data = view.view_as(p)
-        self.state = {key: torch.zeros_like(self.flat) for key in MOMENTS[name]}
-        self._fused = name == "adam" and _fused_adam(self.flat)
-        self._step = torch.zeros((), device=self.flat.device)  # the fused kernel's count
+        self.stack = ParameterStack([self.params])
+        self.optimizer = StackedOptimizer(name, self.stack.flat, eps, weight_decay)
+
+    @property
+    def flat(self) -> Tensor:
+        """The parameters as one vector."""
+        return self.stack.flat[0]
+
+    @property
+    def steps(self) -> int:
+        return int(self.optimizer.steps[0])
+
+    @property
+    def state(self) -> dict[str, Tensor]:
+        """The moments, one vector each."""
+        return {key: value[0] for key, value in self.optimizer.state.items()}
 
     def flatten(self, grads: Sequence[Tensor | None]) -> Tensor:
         """``grads`` (one per parameter, ``None`` for zero) as one vector."""
-        return torch.cat(
-            [
-                (g if g is not None else torch.zeros_like(p)).flatten()
-                for g, p in zip(grads, self.params)
-            ]
-        )
+        return self.stack.flatten(grads)
 
-    @torch.no_grad()
     def step(self, grad: Tensor) -> None:
-        """One step with the flat gradient ``grad`` (see :meth:`flatten`).
-
-        Adam runs as torch's fused kernel where the build has one (one pass over the
-        vectors instead of a dozen tensor operations; the same rule, equal to rounding).
-        """
-        self.steps += 1
-        if self._fused:
-            self._step.fill_(self.steps)
-            torch._fused_adam_(
-                [self.flat],
-                [grad],
-                [self.state["exp_avg"]],
-                [self.state["exp_avg_sq"]],
-                [],
-                [self._step],
-                lr=self.lr,
-                beta1=BETAS[0],
-                beta2=BETAS[1],
-                weight_decay=self.weight_decay,
-                eps=self.eps,
-                amsgrad=False,
-                maximize=False,
-            )
-            return
-        if self.weight_decay:
-            grad = grad + self.weight_decay * self.flat
-        direction = step_direction(self.name, grad, self.state, self.steps, self.eps)
-        self.flat.add_(direction, alpha=-self.lr)
+        """One step with the flat gradient ``grad`` (see :meth:`flatten`)."""
+        self.stack.check()
+        self.optimizer.step(grad.unsqueeze(0), [0], [self.lr])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "steps": self.steps, **self.state}
+        return self.optimizer.member_state(0)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (or a ``torch.optim`` state dict of
         the same kind of optimizer over the same parameters, from older runs)."""
-        if "param_groups" in state:
-            state = self._from_torch(state["state"])
-        self.steps = int(state["steps"])
-        for key in self.state:
-            self.state[key] = state[key].to(self.state[key]).clone()
-
-    def _from_torch(self, per_param: dict[int, dict[str, Tensor]]) -> dict[str, Any]:
-        steps = next((float(s["step"]) for s in per_param.values() if "step" in s), 0)
-        flat = {
-            key: torch.cat(
-                [
-                    per_param.get(i, {}).get(key, torch.zeros_like(p)).flatten()
-                    for i, p in enumerate(self.params)
-                ]
-            )
-            for key in self.state
-        }
-        return {"steps": steps, **flat}
-
-
-class StackedOptimizer:
-    """M independent optimizers over stacked parameters ``[M, ...]``: each member has
-    its own learning rate and step count, and steps only when it takes part."""
-
-    def __init__(
-        self, name: str, params: list[Tensor], eps: float = 1e-8, weight_decay: float = 0.0
-    ) -> None:
-        _check_name(name)
-        self.name = name
-        self.params = params
-        self.eps = eps
-        self.weight_decay = weight_decay
-        self.steps = torch.zeros(params[0].shape[0], device=params[0].device)
-        self.state = [{key: torch.zeros_like(p) for key in MOMENTS[name]} for p in params]
-
-    def step(self, grads: list[Tensor], members: Tensor, lr: Tensor) -> None:
-        """Step the rows ``members`` of every parameter with ``grads`` (rows in that order)."""
-        every = len(members) == len(self.steps)  # members are in order when all step
-        rows = slice(None) if every else members
-        self.steps[rows] += 1
-        t = self.steps[rows]
-        for param, g, state in zip(self.params, grads, self.state):
-            shape = (-1,) + (1,) * (param.dim() - 1)
-            theta = param[rows]
-            if self.weight_decay:
-                g = g + self.weight_decay * theta
-            moments = {key: value[rows] for key, value in state.items()}
-            direction = step_direction(self.name, g, moments, t.view(shape), self.eps)
-            for key, value in moments.items():
-                state[key][rows] = value
-            param[rows] = theta - lr.view(shape) * direction
+        self.optimizer.load_member_state(0, state, self.params)

@@ -462,7 +462,9 @@ class DenseActorCritic:
 
     @classmethod
     def build(cls, actor: Actor, critic: Critic) -> DenseActorCritic | None:
-        if type(actor.head) not in (CategoricalHead, GaussianHead) or critic.body is actor.body:
+        if type(actor) is not Actor or type(critic) is not Critic or critic.body is actor.body:
+            return None
+        if type(actor.head) not in (CategoricalHead, GaussianHead):
             return None
         actor_body, critic_body = dense_layers(actor.body), dense_layers(critic.body)
         if actor_body is None or critic_body is None:
@@ -483,6 +485,11 @@ class DenseActorCritic:
         named = {f"actor.{n}": p for n, p in actor.named_parameters()}
         named.update({f"critic.{n}": p for n, p in critic.named_parameters()})
         return named
+
+    def values(self, params: dict[str, Tensor], obs: Tensor) -> Tensor:
+        """The critic's values at ``obs`` (``[B]``, or ``[M, B]`` with stacked parameters)."""
+        critic = [(params[w], params[b]) for w, b in self._critic_names]
+        return dense_forward(obs, critic, self.critic_activation)[-1].squeeze(-1)
 
     def forward(
         self, params: dict[str, Tensor], obs: Tensor, actions: Tensor
@@ -548,6 +555,9 @@ class NatureCNN(nn.Module):
         return features.reshape(*lead, -1)
 
 
+#: The heads a numpy mirror samples as the torch head would.
+_MIRRORED_HEADS = (CategoricalHead, BernoulliHead, GaussianHead, TanhGaussianHead)
+
 _NUMPY_ACTIVATIONS = {
     nn.Tanh: np.tanh,
     nn.ReLU: lambda x: np.maximum(x, 0.0),
@@ -582,11 +592,16 @@ class NumpyActor:
 
     @classmethod
     def build(cls, actor: Actor) -> NumpyActor | None:
-        if not isinstance(actor.body, nn.Sequential):
+        """The mirror of ``actor``, or None unless the actor is exactly pglab's own
+        :class:`Actor` with a built-in head and a plain MLP body (no subclass of any of
+        them, whose overridden methods the mirror would bypass)."""
+        if type(actor) is not Actor or type(actor.head) not in _MIRRORED_HEADS:
+            return None
+        if type(actor.body) is not nn.Sequential:
             return None
         layers: list = []
         for module in [*actor.body, actor.head.linear]:
-            if isinstance(module, nn.Linear):
+            if type(module) is nn.Linear:
                 layers.append(("linear", module))
             elif type(module) in _NUMPY_ACTIVATIONS:
                 if isinstance(module, nn.LeakyReLU) and module.negative_slope != 0.01:
@@ -594,7 +609,7 @@ class NumpyActor:
                 if isinstance(module, nn.ELU) and module.alpha != 1.0:
                     return None
                 layers.append(("act", _NUMPY_ACTIVATIONS[type(module)]))
-            elif isinstance(module, nn.Dropout):
+            elif type(module) is nn.Dropout:
                 continue  # collection acts in eval mode: dropout is the identity
             else:
                 return None

@@ -1,36 +1,25 @@
-r"""Population training: several runs trained in one process, stacked along a leading axis.
+r"""The training loop, for one run or a population of runs in one process.
 
-A population is M members that share everything that fixes a tensor's shape (env,
-networks, batch, number of envs) and may differ in their seed and in the
-hyperparameters listed in :data:`VARYING`. Each member keeps its own envs, its own
-normaliser, its own random streams and its own run folder, written exactly as a
-single run writes it (a member's folder can be evaluated or resumed as any run).
+A population is M >= 1 members that share everything that fixes a tensor's shape
+(env, networks, batch, number of envs) and may differ in their seed and in the
+hyperparameters listed in :data:`VARYING`. A single run is a population of one: the
+same loop, the same collection, the same update. Each member keeps its own envs, its
+own normaliser, its own random streams and its own run folder, written exactly as a
+run alone writes it, and every computation reduces per member, so a member's run is
+bit for bit the same in a population of any size, in any ``--jobs`` process, or alone.
 
 One iteration:
 
 1. every member still training collects a batch with its own actor, envs and random
-   streams; where the actors act in numpy the members step in lockstep (one call
-   acts for all, CartPole envs step in one call, and one vmapped call scores every
-   batch with its member's log-probabilities and values);
-2. every member's loss and gradient in one call: where the algorithm writes its
-   gradient out (PPO on :class:`~pglab.policies.DenseActorCritic` networks), on the
-   members' parameters stacked, batched matrix products giving each member its own;
-   else ``vmap`` of the loss over ``torch.func.functional_call`` with the members'
-   parameters stacked, then one backward pass of the losses' sum: member *m*'s loss
-   depends on member *m*'s parameters and data only, so row *m* of each gradient is
-   member *m*'s own gradient (vmap only in the forward pass, plain autograd backward,
-   is faster than ``vmap(grad(loss))``);
-3. one optimizer step for all members, :class:`~pglab.optim.StackedOptimizer`: the rules
-   of Adam, RMSprop and SGD are elementwise, so stacked they are M independent
-   optimizers; each member has its own learning rate, step count and gradient-norm
-   clip, and a member whose approximate KL passed ``target_kl`` stops stepping for
-   the rest of the update, as it would alone;
-4. the members whose evaluation is due play their episodes, in lockstep as in 1.
-
-Members' parameters *are* the stack, one ``[M, P]`` tensor (each member's
-``nn.Parameter`` is a view of its row), so acting, evaluating and checkpointing use
-the members' own modules unchanged, and the optimizer's step and the gradient
-clipping are a few operations on one tensor.
+   streams; where the actors act in numpy (:attr:`~pglab.rollout.Collector.acts_in_numpy`)
+   the members step in lockstep (:func:`~pglab.rollout.collect_steps_together`: one
+   call acts for all, envs that declare a joint step take it, and a stacking rule
+   scores every batch in one call over its stack);
+2. the update: a stacking rule (A2C, PPO: :class:`~pglab.algos.base.JointOptimizer`)
+   updates every member in one schedule over their stacked parameters; other rules
+   update each member with its own rule, under its own random stream;
+3. the members whose evaluation is due play their episodes, in lockstep as in 1;
+4. each member logs its row and checkpoints when due.
 """
 
 from __future__ import annotations
@@ -45,17 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch import Tensor
 
-from pglab.algos.base import JointOptimizer, minibatch_indices
+from pglab.algos import make_algo, make_stacked, stacks
+from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
 from pglab.config import Config
 from pglab.envs import reward_threshold, validate_env_id
-from pglab.errors import ConfigError, TrainingError
+from pglab.errors import ConfigError, Interrupted, PglabError
 from pglab.logs import Progress
-from pglab.optim import StackedOptimizer
+from pglab.member import CONFIG_FILE, Run, StopRequest, Trainer, new_run_dir, run_label
 from pglab.rollout import Batch, EpisodeStats, collect_steps_together, run_episodes_together
-from pglab.train import CONFIG_FILE, Run, Trainer, _new_run_dir, _StopRequest, run_label
 
 #: Options whose values may differ between the members of one population.
 VARYING = (
@@ -92,100 +80,36 @@ def _flat(config: Config) -> dict[str, Any]:
     }
 
 
-class _LossModule(nn.Module):
-    """A member's actor and critic, whose forward is its algorithm's minibatch loss."""
-
-    def __init__(self, algo: JointOptimizer) -> None:
-        super().__init__()
-        self.actor = algo.actor
-        self.critic = algo.critic
-        self.loss = type(algo).loss
-
-    def forward(self, mb: dict[str, Tensor], hp: dict[str, Any]) -> tuple[Tensor, dict]:
-        return self.loss(self.actor, self.critic, mb, hp)
-
-
-class _ScoreModule(nn.Module):
-    """A member's actor and critic, whose forward scores a collected batch (see
-    :data:`~pglab.rollout.Scorer`); its parameters are named as :class:`_LossModule`'s."""
-
-    def __init__(self, loss_module: _LossModule) -> None:
-        super().__init__()
-        self.actor = loss_module.actor
-        self.critic = loss_module.critic
-
-    def forward(self, obs: Tensor, actions: Tensor, last_obs: Tensor) -> tuple[Tensor, ...]:
-        log_probs, _ = self.actor.log_prob_entropy(obs, actions)
-        return log_probs, self.critic(obs), self.critic(last_obs)
-
-
 class Population:
-    """Trains the members described by ``configs`` together (see the module's text)."""
+    """Trains the members described by ``configs`` together (see the module's text);
+    ``states`` are checkpoints to continue from (one per member, or None)."""
 
-    def __init__(self, configs: Sequence[Config]) -> None:
+    def __init__(
+        self, configs: Sequence[Config], states: Sequence[dict[str, Any] | None] | None = None
+    ) -> None:
         check_population(configs)
         self.configs = list(configs)
         self.trainers: list[Trainer] = []
         self._rng: list[Tensor] = []
-        for config in self.configs:
-            trainer = Trainer(config)  # seeds torch with the member's seed, then builds
-            if not isinstance(trainer.algo, JointOptimizer):
-                raise ConfigError(
-                    "population training supports algo ppo and a2c; "
-                    f"got {config.algo.name!r} (train its seeds as separate runs)"
-                )
+        for config, state in zip(self.configs, states or [None] * len(self.configs)):
+            trainer = Trainer(config, state)  # seeds torch with the member's seed, then builds
             self.trainers.append(trainer)
             self._rng.append(torch.get_rng_state())
-        self._generators = [
-            torch.Generator().manual_seed(config.run.seed) for config in self.configs
-        ]
-        self._stack()
-
-    def _stack(self) -> None:
-        """Stack the members' parameters into one ``[M, P]`` tensor, a row per member
-        (every parameter flattened, in name order), and make each member's parameters
-        views of its row."""
-        modules = [_LossModule(t.algo) for t in self.trainers]
-        self.module = modules[0]  # the structure that functional_call fills in
-        self.scorer = _ScoreModule(self.module)
-        self.shapes = {name: p.shape for name, p in self.module.named_parameters()}
-        self.names = list(self.shapes)
-        self.columns: dict[str, slice] = {}
-        start = 0
-        for name, shape in self.shapes.items():
-            self.columns[name] = slice(start, start + shape.numel())
-            start += shape.numel()
-        member_params = [dict(m.named_parameters()) for m in modules]
-        self.flat = torch.stack(
-            [torch.cat([p[n].detach().flatten() for n in self.names]) for p in member_params]
-        )
-        for m, params in enumerate(member_params):
-            for name, p in params.items():
-                p.data = self.flat[m, self.columns[name]].view(self.shapes[name])
-        self.member_params = [[p[n] for n in self.names] for p in member_params]
-        cfg = self.configs[0].algo
-        self.optimizer = StackedOptimizer(cfg.optimizer, [self.flat], cfg.eps, cfg.weight_decay)
-        for m, trainer in enumerate(self.trainers):
-            trainer.before_save = lambda m=m: self._export_optimizer(m)
-
-    def _rows(self, members: list[int]) -> Tensor:
-        """The members' rows of the stack."""
-        if len(members) == len(self.trainers):
-            return self.flat
-        return self.flat[torch.tensor(members, device=self.flat.device)]
-
-    def unflatten(self, rows: Tensor) -> dict[str, Tensor]:
-        """Rows ``[K, P]`` of the stack as parameters ``{name: [K, *shape]}`` (views)."""
-        return {n: rows[:, self.columns[n]].unflatten(1, self.shapes[n]) for n in self.names}
-
-    def _export_optimizer(self, member: int) -> None:
-        """Write the member's optimizer state into its own optimizer (for checkpoints)."""
-        into = self.trainers[member].algo.optimizer
-        column = {id(p): self.columns[n] for n, p in zip(self.names, self.member_params[member])}
-        into.steps = int(self.optimizer.steps[member])
-        for key in into.state:
-            row = self.optimizer.state[0][key][member]
-            into.state[key] = torch.cat([row[column[id(p)]] for p in into.params])
+        algo = self.configs[0].algo
+        #: The stacked rule of every member (None where the rule does not stack).
+        self.rule = None
+        if stacks(algo.name):
+            self.rule = make_stacked(
+                [c.algo for c in self.configs],
+                [t.actor for t in self.trainers],
+                [t.critic for t in self.trainers],
+                [c.run.seed for c in self.configs],
+            )
+            for m, trainer in enumerate(self.trainers):
+                trainer.attach(self.rule, m)
+        else:
+            for trainer in self.trainers:
+                trainer.attach(make_algo(trainer.config.algo, trainer.actor, trainer.critic))
 
     @contextlib.contextmanager
     def _member_rng(self, member: int) -> Iterator[None]:
@@ -206,25 +130,15 @@ class Population:
         collectors = [t.collector for t in trainers]
         steps = trainers[0].config.algo.batch_mode == "steps"
         if steps and all(c.acts_in_numpy for c in collectors):
-            scorer = functools.partial(self.score, members)
+            scorer = None  # each collector scores its own batch, unless written-out nets do
+            if self.rule is not None and self.rule.dense is not None:
+                scorer = functools.partial(self.rule.score, members)
             return collect_steps_together(collectors, trainers[0].steps_per_env, scorer)
         batches = []
         for m, trainer in zip(members, trainers):
             with self._member_rng(m):
                 batches.append(trainer.collect())
         return batches
-
-    @torch.no_grad()
-    def score(
-        self, members: list[int], obs: Tensor, actions: Tensor, last_obs: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """The members' log-probabilities and values of their batches (see
-        :data:`~pglab.rollout.Scorer`), in one call over their stacked parameters."""
-        self.scorer.eval()  # as the members collected
-        params = self.unflatten(self._rows(members))
-        return vmap(lambda p, *data: functional_call(self.scorer, p, data))(
-            params, obs, actions, last_obs
-        )
 
     def evaluate(self, members: list[int]) -> dict[int, EpisodeStats]:
         """The evaluation episodes of ``members`` (whose evaluations are due), played in
@@ -242,123 +156,42 @@ class Population:
     def update(self, members: list[int], batches: list[Batch]) -> list[dict[str, float]]:
         """One update of ``members`` on their ``batches``; returns each member's metrics."""
         trainers = [self.trainers[m] for m in members]
-        algos = [t.algo for t in trainers]
-        lead = algos[0]
-        datas = [a.prepare(b, masked=True) for a, b in zip(algos, batches)]
-        data = {k: torch.stack([d[k] for d in datas]) for k in datas[0]}
-        hps = [
-            a.hyperparameters(t.steps / t.config.run.total_steps) for a, t in zip(algos, trainers)
-        ]
-        device = trainers[0].device
-        varying = {
-            k: torch.tensor([hp[k] for hp in hps], device=device) for k in lead.LOSS_HYPERPARAMETERS
-        }
-        fixed = {k: v for k, v in hps[0].items() if k not in varying and k != "lr"}
-        lr = torch.tensor([hp["lr"] for hp in hps], device=device)
-        index = torch.tensor(members, device=device)
-        cfg = lead.config
-        size = data["returns"].shape[1]
-        going = torch.ones(len(members), dtype=torch.bool, device=device)
-        taken = torch.zeros(len(members), device=device)
-        totals: dict[str, Tensor] = {}
-        per_epoch = 1
-        self.module.train()
-        rows = torch.arange(len(members), device=device)[:, None]
-        for _ in range(lead.epochs):
-            parts = [
-                minibatch_indices(size, lead.minibatches, self._generators[m]) for m in members
-            ]
-            per_epoch = len(parts[0])
-            for k in range(per_epoch):
-                if lead.minibatches > 1:
-                    idx = torch.stack([p[k] for p in parts]).to(device)
-                    mb = {key: value[rows, idx] for key, value in data.items()}
-                else:
-                    mb = data
-                grads, stats = self.gradients(members, mb, {**fixed, **varying})
-                if cfg.target_kl > 0:
-                    going &= stats["approx_kl"] <= cfg.target_kl
-                if not going.any():
-                    break
-                stats["grad_norm"] = self._clip(grads, cfg.max_grad_norm, members)
-                self.optimizer.step([grads[going]], index[going], lr[going])
-                for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + torch.where(going, value, 0.0)
-                taken += going.float()
-            if not going.any():
-                break
-
-        results = []
-        for i, (algo, d) in enumerate(zip(algos, datas)):
-            metrics = {key: float(total[i] / max(taken[i], 1.0)) for key, total in totals.items()}
-            metrics.update(
-                lr=hps[i]["lr"], clip_range=hps[i]["clip_range"], epochs=float(taken[i]) / per_epoch
-            )
-            results.append(algo.finish_metrics(metrics, d))
-        return results
-
-    def gradients(
-        self, members: list[int], mb: dict[str, Tensor], hp: dict[str, Any]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Each member's gradient of its loss on its minibatch, as rows ``[K, P]`` of the stack.
-
-        ``mb`` holds ``[K, B, ...]`` tensors for the K ``members`` (in that order);
-        ``hp`` the loss's hyperparameters, ``[K]`` tensors where members differ.
-        Returns the gradients and the loss's diagnostics ``[K]``.
-        """
-        params = self.unflatten(self._rows(members))
-        lead = self.trainers[members[0]].algo
-        if lead.dense is not None:  # the gradient written out, for all members at once
-            with torch.inference_mode():
-                _, stats, grads = lead.loss_and_gradient(lead.dense, params, mb, hp)
-            return torch.cat([grads[n].flatten(1) for n in self.names], dim=1), stats
-        params = {n: p.detach().requires_grad_() for n, p in params.items()}
-        varying = {k: v for k, v in hp.items() if isinstance(v, Tensor)}
-        fixed = {k: v for k, v in hp.items() if k not in varying}
-
-        def member_loss(params: dict, mb: dict, varying: dict) -> tuple[Tensor, dict]:
-            return functional_call(self.module, params, (mb, {**fixed, **varying}))
-
-        loss, stats = vmap(member_loss, randomness="different")(params, mb, varying)
-        # Member m's loss depends on row m only: the sum's gradient holds every
-        # member's own gradient in its row.
-        grads = torch.autograd.grad(loss.sum(), list(params.values()))
-        return torch.cat([g.flatten(1) for g in grads], dim=1), stats
-
-    def _clip(self, grads: Tensor, max_norm: float, members: list[int]) -> Tensor:
-        """Clip each member's global gradient norm (a row of ``grads``) to ``max_norm``
-        (> 0) in place; returns the norms before clipping, ``[K]``."""
-        norms = grads.norm(dim=1)
-        if not torch.isfinite(norms).all():
-            bad = members[int((~torch.isfinite(norms)).nonzero()[0])]
-            raise TrainingError(
-                f"the gradient of member {bad} (seed {self.configs[bad].run.seed}) became "
-                "non-finite; lower the learning rate or enable gradient clipping"
-            )
-        if max_norm > 0:
-            grads.mul_((max_norm / (norms + 1e-6)).clamp(max=1.0).unsqueeze(1))
-        return norms
+        progress = [t.steps / t.config.run.total_steps for t in trainers]
+        if self.rule is not None:
+            return self.rule.update_members(members, batches, progress)
+        metrics = []
+        for m, trainer, batch, done in zip(members, trainers, batches, progress):
+            with self._member_rng(m):
+                metrics.append(trainer.algo.update(batch, done))
+        return metrics
 
     # ------------------------------------------------------------------ loop
 
-    def train(self, progress: str | None = None) -> list[Run]:
-        """Train every member to its own end (budget or solved), each into its own run folder.
+    def train(
+        self, progress: str | None = None, run_dirs: Sequence[Path] | None = None
+    ) -> list[Run]:
+        """Train every member to its own end (budget or solved), each into its own run
+        folder: new ones, or ``run_dirs`` to continue (resumed members).
 
-        One progress display for the whole population (``progress``, by default the
-        members' ``run.progress``); health warnings name their member's folder.
+        One progress display (``progress``, by default the members' ``run.progress``):
+        a run's own, or one for the whole population whose health warnings name their
+        member's folder. A stop request (Ctrl-C, SIGTERM) ends the current iteration,
+        checkpoints every member and raises :class:`~pglab.errors.Interrupted`.
         """
-        for trainer in self.trainers:
-            run_dir = _new_run_dir(trainer.config)
-            (run_dir / CONFIG_FILE).write_text(trainer.config.to_toml())
-            trainer.open(run_dir, progress="off")
-            trainer.warn_prefix = f"{run_dir.name}: "
-        first = self.configs[0]
-        total = sum(c.run.total_steps for c in self.configs)
-        title = f"{run_label(first)} {first.env.id} x{len(self.trainers)}"
-        display = Progress(progress or first.run.progress, total, title)
+        alone = len(self.trainers) == 1
+        for m, trainer in enumerate(self.trainers):
+            if run_dirs is None:
+                run_dir = new_run_dir(trainer.config)
+                (run_dir / CONFIG_FILE).write_text(trainer.config.to_toml())
+            else:
+                run_dir = Path(run_dirs[m])
+            trainer.open(run_dir, run_dirs is not None, progress if alone else "off")
+            if not alone:
+                trainer.warn_prefix = f"{run_dir.name}: "
+        display = None if alone else self._display(progress)
         stopped = "budget"
         try:
-            with _StopRequest() as stop:
+            with StopRequest() as stop:
                 while live := [m for m, t in enumerate(self.trainers) if not t.finished()]:
                     tick = time.perf_counter()
                     batches = self.collect(live)
@@ -370,22 +203,30 @@ class Population:
                     for m, batch, row in zip(live, batches, metrics):
                         with self._member_rng(m):
                             self.trainers[m].log_update(batch, row, seconds, played.get(m))
-                    display.update(sum(t.steps for t in self.trainers), self._info())
+                    if display is not None:
+                        display.update(sum(t.steps for t in self.trainers), self._info())
                     if stop.requested:
                         stopped = "interrupted"
                         break
         finally:
-            display.update(sum(t.steps for t in self.trainers), self._info(), force=True)
-            display.close()
+            if display is not None:
+                display.update(sum(t.steps for t in self.trainers), self._info(), force=True)
+                display.close()
             for trainer in self.trainers:
                 trainer.close_logs()
         runs = []
-        for trainer in self.trainers:
-            with contextlib.suppress(KeyboardInterrupt):
+        for m, trainer in enumerate(self.trainers):
+            with self._member_rng(m):
                 runs.append(trainer.close(stopped))
         if stopped == "interrupted":
-            raise KeyboardInterrupt(str(self.trainers[0].run_dir.parent))
+            raise Interrupted([str(t.run_dir) for t in self.trainers])
         return runs
+
+    def _display(self, progress: str | None) -> Progress:
+        first = self.configs[0]
+        total = sum(c.run.total_steps for c in self.configs)
+        title = f"{run_label(first)} {first.env.id} x{len(self.trainers)}"
+        return Progress(progress or first.run.progress, total, title)
 
     def _info(self) -> dict[str, Any]:
         solved = sum(t.solved_at_step is not None for t in self.trainers)
@@ -394,6 +235,31 @@ class Population:
             "solved": f"{solved}/{len(self.trainers)}",
             "eval median": float(torch.tensor(evals).median()) if evals else None,
         }
+
+
+def train(config: Config) -> Run:
+    """Train a new run described by ``config`` (``auto`` options are resolved here):
+    a population of one."""
+    validate_env_id(config.env.id)
+    config = config.resolve(reward_threshold(config.env.id))
+    return Population([config]).train()[0]  # built first: a bad option leaves no folder
+
+
+def resume(run_dir: str | Path) -> Run:
+    """Continue the run in ``run_dir`` from its last checkpoint, in the same folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PglabError(f"--resume expects a run folder; {str(run_dir)!r} is not a folder")
+    state = load_checkpoint(run_dir)
+    config = Config.from_dict(state["config"], source=f"{run_dir}/{CHECKPOINT_DIR}/{LAST}")
+    population = Population([config], [state])
+    trainer = population.trainers[0]
+    if trainer.finished():
+        raise PglabError(
+            f"run {str(run_dir)!r} already finished at step {trainer.steps:,} "
+            f"(budget {config.run.total_steps:,}); nothing to resume"
+        )
+    return population.train(run_dirs=[run_dir])[0]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -423,16 +289,18 @@ def member_configs(config: Config, seeds: Sequence[int]) -> list[Config]:
 
 
 def supports_population(config: Config) -> bool:
-    """Whether ``config``'s algorithm trains as a stacked population (a2c, ppo)."""
-    return config.algo.name in ("a2c", "ppo")
+    """Whether ``config``'s rule trains a population in one stacked update (a2c, ppo);
+    other rules' populations share collection and evaluation only."""
+    return stacks(config.algo.name)
 
 
 def train_many(configs: Sequence[Config], jobs: int = 1, progress: str | None = None) -> list[Run]:
-    """Train every config: as one population where the algorithm allows it (else one
-    after another), spread over ``jobs`` processes when ``jobs`` > 1.
+    """Train every config: as one population where they can form one (else one
+    after another), spread over ``jobs`` processes when ``jobs`` > 1. Each run is the
+    same experiment whichever way it trains.
 
     Ctrl-C stops every run at its next update with a checkpoint, then raises
-    KeyboardInterrupt naming the group folder.
+    :class:`~pglab.errors.Interrupted` naming every interrupted run's folder.
     """
     for config in configs:
         validate_env_id(config.env.id)
@@ -444,19 +312,16 @@ def train_many(configs: Sequence[Config], jobs: int = 1, progress: str | None = 
         ]
     if jobs > 1 and len(configs) > 1:
         return _train_in_processes(configs, jobs)
-    if len(configs) > 1 and supports_population(configs[0]):
+    return _train_together(configs)
+
+
+def _train_together(configs: list[Config]) -> list[Run]:
+    """``configs`` as one population, or one after another when they cannot form one."""
+    try:
         check_population(configs)
-        return Population(configs).train()
-    runs = []
-    for config in configs:
-        runs.append(_train_one(config))
-    return runs
-
-
-def _train_one(config: Config) -> Run:
-    from pglab.train import train
-
-    return train(config)
+    except ConfigError:
+        return [run for config in configs for run in Population([config]).train()]
+    return Population(configs).train()
 
 
 def _worker(configs: list[Config]) -> list[tuple[str, dict, bool]]:
@@ -464,8 +329,10 @@ def _worker(configs: list[Config]) -> list[tuple[str, dict, bool]]:
     torch.set_num_threads(1)
     try:
         runs = train_many(configs, jobs=1, progress="off")
+    except Interrupted as interrupt:
+        return [(path, {}, True) for path in interrupt.run_dirs]
     except KeyboardInterrupt:
-        return [("", {}, True)]
+        return []
     return [(str(run.path), run.summary, False) for run in runs]
 
 
@@ -476,16 +343,13 @@ def _train_in_processes(configs: list[Config], jobs: int) -> list[Run]:
     from pglab.agent import load
 
     shares = [configs[i::jobs] for i in range(min(jobs, len(configs)))]
-    for share in shares:
-        if len(share) > 1 and supports_population(share[0]):
-            check_population(share)
     context = multiprocessing.get_context("spawn")  # fork can deadlock once torch has run
-    with _StopRequest() as stop, context.Pool(len(shares) - 1) as pool:
+    with StopRequest() as stop, context.Pool(len(shares) - 1) as pool:
         others = pool.map_async(_worker, shares[1:])
         results = [_worker(shares[0]), *others.get()]
-    interrupted = stop.requested or any(flag for result in results for *_, flag in result)
-    if interrupted:
-        raise KeyboardInterrupt(str(Path(configs[0].run.out) / configs[0].run.group))
+    interrupted = [path for result in results for path, _, flag in result if flag]
+    if stop.requested or interrupted or any(not result for result in results):
+        raise Interrupted(interrupted)
     runs: list[Run | None] = [None] * len(configs)
     for i, result in enumerate(results):  # share i holds configs i, i + jobs, i + 2 jobs, ...
         for k, (path, summary, _) in enumerate(result):

@@ -30,7 +30,6 @@ import torch
 from gymnasium.vector import VectorEnv
 from torch import Tensor
 
-from pglab.envs.cartpole import CartPoleVectorEnv
 from pglab.envs.normalize import Normalizer
 from pglab.envs.spaces import ActionAdapter, ObsEncoder
 from pglab.policies import Actor, Critic, NumpyActor, NumpyActorGroup, TanhGaussianHead
@@ -490,9 +489,14 @@ def _actor_group(collectors: Sequence[Collector]) -> NumpyActorGroup:
 
 
 def _step_envs(collectors: Sequence[Collector], actions: list[np.ndarray]) -> list[tuple]:
-    """Each collector's env step on its ``actions``, CartPole envs in one call."""
+    """Each collector's env step on its ``actions``: in one call where the envs are of
+    one class that declares a joint step (a class method ``step_together(envs,
+    actions)`` returning each env's step, as :class:`~pglab.envs.cartpole.CartPoleVectorEnv`
+    does), else one env after another."""
     env_actions = [c.to_env(a) for c, a in zip(collectors, actions)]
     envs = [c.envs for c in collectors]
-    if all(type(e) is CartPoleVectorEnv for e in envs):
-        return CartPoleVectorEnv.step_together(envs, env_actions)
+    kind = type(envs[0])
+    step_together = getattr(kind, "step_together", None)
+    if step_together is not None and all(type(e) is kind for e in envs):
+        return step_together(envs, env_actions)
     return [e.step(a) for e, a in zip(envs, env_actions)]

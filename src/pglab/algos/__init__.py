@@ -1,10 +1,16 @@
-"""Learning rules, one per file; :func:`make_algo` picks one by ``algo.name``."""
+"""Learning rules, one per file; :func:`make_algo` picks one by ``algo.name``.
+
+Rules built on :class:`~pglab.algos.base.StackedRule` (REINFORCE, A2C, PPO) stack: one
+rule object trains M >= 1 members at once (:func:`stacks`); TRPO trains one member each.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pglab.algos.a2c import A2C
+from pglab.algos.base import StackedRule
 from pglab.algos.ppo import PPO
 from pglab.algos.reinforce import Reinforce
 from pglab.algos.trpo import TRPO
@@ -23,6 +29,29 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 }
 
 
-def make_algo(config: AlgoConfig, actor: Actor, critic: Critic | None) -> Algorithm:
-    """The learning rule named by ``config.name``, owning its optimizers."""
-    return ALGORITHMS[config.name](actor, critic, config)
+def stacks(name: str) -> bool:
+    """Whether the rule named ``name`` trains many members as one stacked rule."""
+    return issubclass(ALGORITHMS[name], StackedRule)
+
+
+def make_algo(config: AlgoConfig, actor: Actor, critic: Critic | None, seed: int = 0) -> Algorithm:
+    """The learning rule named by ``config.name`` for one run, owning its optimizers
+    (``seed`` seeds a stacking rule's minibatch sampler)."""
+    rule = ALGORITHMS[config.name]
+    if issubclass(rule, StackedRule):
+        return rule.single(actor, critic, config, seed)
+    return rule(actor, critic, config)
+
+
+def make_stacked(
+    configs: Sequence[AlgoConfig],
+    actors: Sequence[Actor],
+    critics: Sequence[Critic],
+    seeds: Sequence[int],
+) -> StackedRule:
+    """One stacking rule (see :func:`stacks`) training every member: member m has
+    ``actors[m]``, ``critics[m]``, ``configs[m]`` and its sampler seeded by ``seeds[m]``."""
+    rule = ALGORITHMS[configs[0].name]
+    if not issubclass(rule, StackedRule):
+        raise ValueError(f"algorithm {configs[0].name!r} does not stack")
+    return rule(actors, critics, configs, seeds)

@@ -1,16 +1,19 @@
-"""Pieces every learning rule uses: optimizers, the learning-rate schedule, a guarded step."""
+"""Pieces every learning rule uses (the learning-rate schedule, a guarded gradient step,
+minibatches, the critic's regression) and :class:`JointOptimizer`, the update schedule of
+every stacking rule (:class:`StackedRule`), for one run or a population of runs stacked."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pglab.errors import TrainingError
 from pglab.losses import explained_variance, value_loss
-from pglab.optim import FlatOptimizer
+from pglab.optim import FlatOptimizer, ParameterStack, StackedOptimizer
 from pglab.policies import Actor, Critic, DenseActorCritic, GaussianHead, unique_parameters
 from pglab.returns import gae, masked_mean, masked_var
 from pglab.rollout import Batch
@@ -161,47 +164,87 @@ def policy_std(actor: Actor) -> dict[str, float]:
     return {}
 
 
-class JointOptimizer:
-    r"""Actor and critic trained through one loss by one optimizer (A2C, PPO).
+class StackedRule:
+    r"""The update schedule of every stacking learning rule (REINFORCE, A2C, PPO), for
+    M >= 1 members of one structure: a single run is a population of one, and every
+    member's run is the same experiment whatever M is.
 
-    A subclass gives the loss of one minibatch (:meth:`loss`) and how many passes
-    over how many minibatches an update makes; the update itself is shared:
+    A rule gives the loss of one minibatch (:meth:`loss`, and optionally
+    :meth:`loss_and_gradient`, the same loss with its gradient written out), what a
+    batch becomes before it (:meth:`prepare`) and its hyperparameters; the schedule
+    is here:
 
-    1. advantages :math:`\hat A_t` by GAE(:math:`\gamma, \lambda`) and value targets
-       :math:`\hat R_t = \hat A_t + V(s_t)`, under the policy that collected the batch;
-    2. for ``epochs`` passes, for each of ``minibatches`` random minibatches, one
-       gradient step on the loss, with the global gradient norm clipped;
-    3. with ``target_kl`` set, stop the passes at the first minibatch whose approximate
-       :math:`\mathrm{KL}(\pi_{old} \| \pi_\theta)` (the k3 estimator) exceeds it,
-       before stepping on it.
+    1. each member's batch is prepared on its own (its weights :math:`\Psi_t` or
+       advantages, under the policy that collected it);
+    2. for ``epochs`` passes, each member partitions all :math:`T \times N` samples of
+       its batch into ``minibatches`` random minibatches with its own generator
+       (samples that are not transitions stay in, weighted 0 by the losses), and every
+       member takes one gradient step per minibatch, its global gradient norm clipped;
+    3. with ``target_kl`` set, a member stops its passes at the first minibatch whose
+       approximate :math:`\mathrm{KL}(\pi_{old} \| \pi_\theta)` (the k3 estimator)
+       exceeds it, before stepping on it, and draws no more minibatches; the others go on.
 
-    A shared body is stepped once: the parameters are collected without repeats.
+    The trained parameters (:attr:`JOINT`: actor and critic, else the actor alone) are
+    the rows of one :class:`~pglab.optim.ParameterStack`, stepped by one
+    :class:`~pglab.optim.StackedOptimizer`, each member with its own learning rate and
+    step count. Gradients come either written out for all members at once (batched
+    matrix products, where :meth:`loss_and_gradient` applies) or by autograd on each
+    member's own networks. Every operation reduces per member, so a member's numbers
+    do not depend on the others.
     """
 
     METRICS: tuple[str, ...] = ()
     #: Hyperparameters of :meth:`loss` that may differ between population members.
-    LOSS_HYPERPARAMETERS = ("vf_coef", "entropy_coef")
-    #: Whether the subclass writes out its loss's gradient (:meth:`loss_and_gradient`).
+    LOSS_HYPERPARAMETERS: tuple[str, ...] = ()
+    #: Whether the rule writes out its loss's gradient (:meth:`loss_and_gradient`).
     WRITTEN_GRADIENT = False
+    #: Whether the loss trains the critic with the actor (else the actor alone).
+    JOINT = True
 
-    def __init__(self, actor: Actor, critic: Critic, config: AlgoConfig) -> None:
-        self.actor = actor
-        self.critic = critic
-        self.config = config
-        self.params = unique_parameters(actor, critic)
-        self.optimizer = FlatOptimizer(
-            config.optimizer, self.params, config.lr, config.weight_decay, config.eps
-        )
+    def __init__(
+        self,
+        actors: Sequence[Actor],
+        critics: Sequence[Critic | None],
+        configs: Sequence[AlgoConfig],
+        seeds: Sequence[int],
+    ) -> None:
+        self.actors, self.critics, self.configs = list(actors), list(critics), list(configs)
+        self.actor, self.critic, self.config = self.actors[0], self.critics[0], self.configs[0]
+        trained = [
+            unique_parameters(a, c if self.JOINT else None)
+            for a, c in zip(self.actors, self.critics)
+        ]
+        self.stack = ParameterStack(trained)
+        cfg = self.config
+        self.optimizer = StackedOptimizer(cfg.optimizer, self.stack.flat, cfg.eps, cfg.weight_decay)
+        #: Each member's minibatch sampler, seeded by its run's seed.
+        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
         #: The networks, where the loss's gradient is taken without autograd (else None).
         self.dense: DenseActorCritic | None = None
-        if self.WRITTEN_GRADIENT and config.gradients == "auto":
-            self.dense = DenseActorCritic.build(actor, critic)
-        if self.dense is not None:  # parameters by name, and the names in step order
-            self._named = DenseActorCritic.parameters(actor, critic)
-            names = {id(p): name for name, p in self._named.items()}
-            self._order = [names[id(p)] for p in self.params]
+        if self.WRITTEN_GRADIENT and cfg.gradients == "auto":
+            self.dense = DenseActorCritic.build(self.actor, self.critic)
+        if self.dense is not None:  # parameter names in stack order
+            names = {
+                id(p): n for n, p in DenseActorCritic.parameters(self.actor, self.critic).items()
+            }
+            self.names = [names[id(p)] for p in self.stack.members[0]]
 
-    # What a subclass gives.
+    @classmethod
+    def single(cls, actor: Actor, critic: Critic | None, config: AlgoConfig, seed: int = 0):
+        """The rule for one run (a population of one)."""
+        return cls([actor], [critic], [config], [seed])
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """The first member's trained parameters, in stack order."""
+        return self.stack.members[0]
+
+    @property
+    def gradient_path(self) -> str:
+        """How the loss's gradient is taken: ``written`` out, or by ``autograd``."""
+        return "autograd" if self.dense is None else "written"
+
+    # What a rule gives.
 
     @property
     def epochs(self) -> int:
@@ -213,7 +256,7 @@ class JointOptimizer:
 
     @staticmethod
     def loss(
-        actor: Actor, critic: Critic, mb: dict[str, Tensor], hp: dict[str, Any]
+        actor: Actor, critic: Critic | None, mb: dict[str, Tensor], hp: dict[str, Any]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss of one minibatch and its diagnostics (tensors; ``approx_kl`` among them)."""
         raise NotImplementedError
@@ -226,78 +269,259 @@ class JointOptimizer:
         :attr:`WRITTEN_GRADIENT`)."""
         raise NotImplementedError
 
+    @staticmethod
+    def prepare(batch: Batch, config: AlgoConfig) -> dict[str, Tensor]:
+        """The batch as flat samples ``[T*N, ...]`` with a ``valid`` flag, and what the
+        loss needs (see :func:`valid_samples`)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def hyperparameters(config: AlgoConfig, progress: float) -> dict[str, Any]:
+        """The learning rate ``lr`` and the loss's hyperparameters at ``progress`` in
+        [0, 1] of the budget."""
+        raise NotImplementedError
+
+    def member_metrics(self, member: int, data: dict[str, Tensor]) -> dict[str, float]:
+        """Diagnostics of member ``member``'s prepared batch, after its update."""
+        return {}
+
+    def after_update(
+        self, members: list[int], datas: list[dict[str, Tensor]], progress: Sequence[float]
+    ) -> list[dict[str, float]]:
+        """What a rule does after the schedule (REINFORCE fits its critic); its metrics."""
+        return [{} for _ in members]
+
     # The shared update.
 
-    def prepare(self, batch: Batch, masked: bool = False) -> dict[str, Tensor]:
-        """The batch as flat samples with ``advantages`` and ``returns`` (see :func:`valid_samples`)."""
-        advantages, returns = gae_advantages(batch, self.config.gamma, self.config.lam)
-        return valid_samples(batch, masked, advantages=advantages, returns=returns)
-
-    def hyperparameters(self, progress: float) -> dict[str, Any]:
-        """Learning rate, clip range (linearly annealed where configured) and the loss's
-        coefficients at ``progress`` in [0, 1] of the budget."""
-        cfg = self.config
-        return {
-            "lr": scheduled_lr(cfg.lr, cfg.lr_schedule, progress),
-            "clip_range": scheduled_lr(cfg.clip_range, cfg.clip_schedule, progress),
-            "vf_coef": cfg.vf_coef,
-            "entropy_coef": cfg.entropy_coef,
-            "value_clip": cfg.value_clip,
-            "normalize": cfg.normalize_weights,
-        }
-
     def update(self, batch: Batch, progress: float) -> dict[str, float]:
-        """Epochs x minibatches of steps on :meth:`loss` over ``batch``; ``progress`` in [0, 1]."""
-        cfg = self.config
-        data = self.prepare(batch)
-        hp = self.hyperparameters(progress)
-        self.optimizer.lr = hp["lr"]
-        self.actor.train()
-        totals: dict[str, float] = {}
-        steps, stopped, per_epoch = 0, False, 1
+        """One update of a single run's rule on ``batch``; ``progress`` in [0, 1]."""
+        return self.update_members([0], [batch], [progress])[0]
+
+    def update_members(
+        self, members: Sequence[int], batches: Sequence[Batch], progress: Sequence[float]
+    ) -> list[dict[str, float]]:
+        """One update of ``members`` (indices, in any order) on their ``batches``, each
+        at its ``progress`` in [0, 1] of its budget; returns each member's metrics."""
+        self.stack.check()
+        members = list(members)
+        device = self.stack.flat.device
+        datas = [self.prepare(b, self.configs[m]) for m, b in zip(members, batches)]
+        sizes = [d["valid"].shape[0] for d in datas]
+        # Batches of steps have one size: one stacked tensor per key. Batches of
+        # episodes may differ: each member's samples stay its own.
+        stacked = len(set(sizes)) == 1
+        data = {k: torch.stack([d[k] for d in datas]) for k in datas[0]} if stacked else {}
+        hps = [self.hyperparameters(self.configs[m], p) for m, p in zip(members, progress)]
+        varying = {
+            k: torch.tensor([hp[k] for hp in hps], device=device) for k in self.LOSS_HYPERPARAMETERS
+        }
+        fixed = {k: v for k, v in hps[0].items() if k not in varying and k != "lr"}
+        lrs = [hp["lr"] for hp in hps]
+        going = torch.ones(len(members), dtype=torch.bool, device=device)
+        taken = torch.zeros(len(members), device=device)
+        totals: dict[str, Tensor] = {}
+        per_epoch = [1] * len(members)
+        for actor in self.actors:
+            actor.train()
+        rows = torch.arange(len(members), device=device)[:, None]
         for _ in range(self.epochs):
-            parts = minibatch_indices(len(data["returns"]), self.minibatches)
-            per_epoch = len(parts)
-            for index in parts:
-                mb = {k: v[index] for k, v in data.items()}
-                loss, stats, grad = self.minibatch_loss(mb, hp)
-                if cfg.target_kl > 0 and stats["approx_kl"] > cfg.target_kl:
-                    stopped = True
-                    break
-                name = f"{type(self).__name__} loss"
-                stats["grad_norm"] = gradient_step(
-                    self.optimizer, loss, cfg.max_grad_norm, name, grad
+            # A member that has stopped draws no more (as it would alone).
+            parts = [
+                minibatch_indices(size, self.minibatches, self.generators[m])
+                if on
+                else list(torch.arange(size).chunk(min(self.minibatches, max(size, 1))))
+                for m, size, on in zip(members, sizes, going.tolist())
+            ]
+            per_epoch = [len(p) for p in parts]
+            for k in range(max(per_epoch)):
+                active = torch.tensor([k < n for n in per_epoch], device=device)
+                at = active.nonzero().squeeze(1).tolist()
+                if stacked and self.minibatches <= 1:
+                    mb: dict[str, Tensor] | list[dict[str, Tensor]] = data
+                elif stacked:
+                    idx = torch.stack([p[k] for p in parts]).to(device)
+                    mb = {key: value[rows, idx] for key, value in data.items()}
+                else:
+                    mb = [{key: v[parts[i][k]] for key, v in datas[i].items()} for i in at]
+                hp = {**fixed, **{key: v[active] for key, v in varying.items()}}
+                grads, stats = self.gradients([members[i] for i in at], mb, hp)
+                if len(at) < len(members):  # rows of the members without a minibatch now
+                    grads = grads.new_zeros(len(members), grads.shape[1]).index_copy_(
+                        0, active.nonzero().squeeze(1), grads
+                    )
+                    stats = {
+                        key: value.new_zeros(len(members)).masked_scatter_(active, value)
+                        for key, value in stats.items()
+                    }
+                if self.config.target_kl > 0:
+                    going &= ~active | (stats["approx_kl"] <= self.config.target_kl)
+                stepping = going & active
+                if not stepping.any():
+                    if not going.any():
+                        break
+                    continue
+                stats["grad_norm"] = self._clip(grads, stepping, members)
+                picked = stepping.nonzero().squeeze(1).tolist()
+                self.optimizer.step(
+                    grads if len(picked) == len(members) else grads[stepping],
+                    [members[i] for i in picked],
+                    [lrs[i] for i in picked],
                 )
                 for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + float(value)
-                steps += 1
-            if stopped:
+                    totals[key] = totals.get(key, 0.0) + torch.where(stepping, value, 0.0)
+                taken += stepping.float()
+            if not going.any():
                 break
-        metrics = {key: total / max(steps, 1) for key, total in totals.items()}
-        metrics.update(lr=hp["lr"], clip_range=hp["clip_range"], epochs=steps / per_epoch)
-        return self.finish_metrics(metrics, data)
 
-    def minibatch_loss(
-        self, mb: dict[str, Tensor], hp: dict[str, Any]
-    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
-        """The minibatch's loss and diagnostics, with its gradient (one vector in the
-        optimizer's order) where it is written out, else None for autograd to take."""
-        if self.dense is None:
-            return *self.loss(self.actor, self.critic, mb, hp), None
-        with torch.inference_mode():
-            loss, stats, grads = self.loss_and_gradient(self.dense, self._named, mb, hp)
-        return loss, stats, torch.cat([grads[name].flatten() for name in self._order])
+        extras = self.after_update(members, datas, progress)
+        results = []
+        for i, (m, d, extra) in enumerate(zip(members, datas, extras)):
+            metrics = {key: float(total[i] / taken[i]) for key, total in totals.items()}
+            metrics = metrics if taken[i] > 0 else {}
+            metrics.update(lr=lrs[i], clip_range=hps[i].get("clip_range"))
+            metrics["epochs"] = float(taken[i]) / per_epoch[i]
+            metrics.update(self.member_metrics(m, d), **extra)
+            results.append({key: value for key, value in metrics.items() if key in self.METRICS})
+        return results
 
-    def finish_metrics(
-        self, metrics: dict[str, float], data: dict[str, Tensor]
-    ) -> dict[str, float]:
-        """The update's diagnostics: ``metrics`` plus the advantages' and the critic's,
-        restricted to :attr:`METRICS`."""
-        metrics.update(advantage_metrics(data, self.actor))
-        return {key: value for key, value in metrics.items() if key in self.METRICS}
+    def gradients(
+        self,
+        members: list[int],
+        mb: dict[str, Tensor] | list[dict[str, Tensor]],
+        hp: dict[str, Any],
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Each member's gradient of its loss on its minibatch, as rows ``[K, P]`` of the stack.
 
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict()}
+        ``mb`` holds ``[K, B, ...]`` tensors for the K ``members`` (in that order), or
+        one dict of ``[B_k, ...]`` tensors per member where their sizes differ;
+        ``hp`` the loss's hyperparameters, ``[K]`` tensors where members differ.
+        Returns the gradients and the loss's diagnostics ``[K]``.
+        """
+        if self.dense is not None and isinstance(mb, list):  # one member at a time
+            parts = [
+                self.gradients([m], {k: v[None] for k, v in one.items()}, self._row_hp(hp, i))
+                for i, (m, one) in enumerate(zip(members, mb))
+            ]
+            grads = torch.cat([g for g, _ in parts])
+            return grads, {key: torch.cat([st[key] for _, st in parts]) for key in parts[0][1]}
+        if self.dense is not None:  # the gradient written out, for all members at once
+            params = self._params(members)
+            with torch.inference_mode():
+                _, stats, grads = self.loss_and_gradient(self.dense, params, mb, hp)
+            return torch.cat([grads[n].flatten(1) for n in self.names], dim=1), stats
+        rows, member_stats = [], []
+        for k, m in enumerate(members):  # autograd on each member's own networks
+            own_hp = {key: v[k] if isinstance(v, Tensor) else v for key, v in hp.items()}
+            own_mb = mb[k] if isinstance(mb, list) else {key: value[k] for key, value in mb.items()}
+            loss, stats = self.loss(self.actors[m], self.critics[m], own_mb, own_hp)
+            self._check_finite(loss, m)
+            params = self.stack.members[m]
+            rows.append(self.stack.flatten(torch.autograd.grad(loss, params, allow_unused=True)))
+            member_stats.append(stats)
+        stats = {
+            key: torch.stack([s[key].detach() for s in member_stats]) for key in member_stats[0]
+        }
+        return torch.stack(rows), stats
 
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+    @staticmethod
+    def _row_hp(hp: dict[str, Any], row: int) -> dict[str, Any]:
+        """The hyperparameters of one member (row) as a stack of one."""
+        return {k: v[row : row + 1] if isinstance(v, Tensor) else v for k, v in hp.items()}
+
+    def _check_finite(self, loss: Tensor, member: int) -> None:
+        if not math.isfinite(loss.item()):
+            which = f"member {member}'s " if len(self.stack) > 1 else ""
+            raise TrainingError(
+                f"{which}{type(self).__name__} loss became non-finite ({loss.item()}); "
+                "lower the learning rate or enable gradient clipping"
+            )
+
+    def _params(self, members: list[int]) -> dict[str, Tensor]:
+        """The members' parameters ``{name: [K, *shape]}`` (views of their rows)."""
+        flat = self.stack.flat
+        if members != list(range(len(self.stack))):
+            flat = flat[torch.tensor(members, device=flat.device)]
+        return dict(zip(self.names, self.stack.unflatten(flat)))
+
+    def _clip(self, grads: Tensor, going: Tensor, members: list[int]) -> Tensor:
+        r"""Clip each member's global gradient norm (a row of ``grads``) to
+        ``max_grad_norm`` when > 0, in place: :math:`g \cdot \min(1, c / (\lVert g
+        \rVert_2 + 10^{-6}))`; returns the norms before clipping, ``[K]``. A non-finite
+        gradient of a member still ``going`` raises :class:`TrainingError`."""
+        return clip_rows(grads, self.config.max_grad_norm, going, members, type(self).__name__)
+
+    @torch.no_grad()
+    def score(
+        self, members: Sequence[int], obs: Tensor, actions: Tensor, last_obs: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The members' log-probabilities and values of their collected batches (see
+        :data:`~pglab.rollout.Scorer`) in one call over their stacked parameters, by
+        the written-out networks (the update's own forward pass, so the first pass of
+        an update starts at a ratio of exactly 1). Only where :attr:`dense` is set."""
+        params = self._params(list(members))
+        log_probs, _, values, _ = self.dense.forward(params, obs, actions)
+        return log_probs, values, self.dense.values(params, last_obs)
+
+    def state_dict(self, member: int = 0) -> dict:
+        """Member ``member``'s optimizer state and minibatch sampler."""
+        return {
+            "optimizer": self.optimizer.member_state(member),
+            "sampler": self.generators[member].get_state(),
+        }
+
+    def load_state_dict(self, state: dict, member: int = 0) -> None:
+        self.optimizer.load_member_state(member, state["optimizer"], self.stack.members[member])
+        if "sampler" in state:
+            self.generators[member].set_state(state["sampler"])
+
+
+def clip_rows(
+    grads: Tensor, max_norm: float, going: Tensor, members: Sequence[int], what: str
+) -> Tensor:
+    r"""Clip each row of ``grads`` ``[K, P]`` (a member's global gradient) to norm
+    ``max_norm`` when > 0, in place: :math:`g \cdot \min(1, c / (\lVert g \rVert_2 +
+    10^{-6}))`; returns the norms before clipping, ``[K]``. A non-finite row of a
+    member still ``going`` raises :class:`TrainingError` naming ``what``."""
+    norms = grads.norm(dim=1)
+    bad = going & ~torch.isfinite(norms)
+    if bad.any():
+        which = f"member {members[int(bad.nonzero()[0])]}'s " if len(members) > 1 else ""
+        raise TrainingError(
+            f"{which}gradient of the {what} loss became non-finite; "
+            "lower the learning rate or enable gradient clipping"
+        )
+    if max_norm > 0:
+        grads.mul_((max_norm / (norms + 1e-6)).clamp(max=1.0).unsqueeze(1))
+    return norms
+
+
+class JointOptimizer(StackedRule):
+    r"""Actor and critic trained through one loss (A2C, PPO): each batch's advantages
+    :math:`\hat A_t` by GAE(:math:`\gamma, \lambda`) and value targets
+    :math:`\hat R_t = \hat A_t + V(s_t)`, under the policy that collected it, then the
+    schedule of :class:`StackedRule` on the rule's loss."""
+
+    LOSS_HYPERPARAMETERS = ("vf_coef", "entropy_coef")
+
+    @staticmethod
+    def prepare(batch: Batch, config: AlgoConfig) -> dict[str, Tensor]:
+        """The batch as flat samples, every one with a ``valid`` flag, with
+        ``advantages`` and ``returns`` (see :func:`valid_samples`)."""
+        advantages, returns = gae_advantages(batch, config.gamma, config.lam)
+        return valid_samples(batch, True, advantages=advantages, returns=returns)
+
+    @staticmethod
+    def hyperparameters(config: AlgoConfig, progress: float) -> dict[str, Any]:
+        """Learning rate, clip range (linearly annealed where configured) and the loss's
+        coefficients at ``progress`` in [0, 1] of the budget."""
+        return {
+            "lr": scheduled_lr(config.lr, config.lr_schedule, progress),
+            "clip_range": scheduled_lr(config.clip_range, config.clip_schedule, progress),
+            "vf_coef": config.vf_coef,
+            "entropy_coef": config.entropy_coef,
+            "value_clip": config.value_clip,
+            "normalize": config.normalize_weights,
+        }
+
+    def member_metrics(self, member: int, data: dict[str, Tensor]) -> dict[str, float]:
+        return advantage_metrics(data, self.actors[member])

@@ -6,24 +6,38 @@ One update per batch:
 1. collect a batch (complete episodes for ``r``/``fr``/``dfr``, or T steps of N envs);
 2. compute the weights :math:`\Psi_t` (see :mod:`pglab.returns`), optionally
    standardised over the batch;
-3. take one gradient step on
+3. take gradient steps on
    :math:`L(\theta) = -\frac{1}{|\mathcal V|}\sum \log\pi_\theta(a_t \mid s_t)\,\Psi_t
-   - c_H\, \bar H`;
+   - c_H\, \bar H`: one on the whole batch by default; ``epochs`` passes of
+   ``minibatches`` minibatches make the multi-epoch vanilla policy gradient (the
+   same weights reused for several steps, without PPO's clipping, which is what
+   makes it unstable at larger learning rates);
 4. for the critic weights (``dfrb``, ``td``, ``gae``), regress :math:`V_\phi(s_t)` on
    the targets :math:`\hat R_t = \Psi_t + V_\phi(s_t)` for ``value_epochs`` full-batch
    steps with its own optimizer (optionally re-created every batch, which keeps the
    critic from carrying momentum into a moving target).
+
+Members of a population stack: the policy steps by the schedule of
+:class:`~pglab.algos.base.StackedRule`, the critics by one stacked optimizer of their own.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
-from pglab.algos.base import fit_critic, gradient_step, scheduled_lr
-from pglab.losses import entropy_loss, explained_variance, policy_gradient_loss
-from pglab.optim import FlatOptimizer
+from pglab.algos.base import StackedRule, clip_rows, scheduled_lr, valid_samples
+from pglab.losses import (
+    approx_kl,
+    entropy_loss,
+    explained_variance,
+    policy_gradient_loss,
+    value_loss,
+)
+from pglab.optim import ParameterStack, StackedOptimizer
 from pglab.policies import Actor, Critic
 from pglab.returns import masked_mean, masked_var, policy_gradient_weights, standardize
 from pglab.rollout import Batch
@@ -32,108 +46,147 @@ if TYPE_CHECKING:  # the config layer sits above; only its type is named here
     from pglab.config import AlgoConfig
 
 
-class Reinforce:
+class Reinforce(StackedRule):
     """The REINFORCE family of ``--weights r|fr|dfr|dfrb|td|gae``."""
 
     #: Diagnostics returned by :meth:`update`, in logging order.
     METRICS = (
         "policy_loss",
         "entropy",
+        "approx_kl",
         "grad_norm",
         "lr",
+        "epochs",
         "weights_mean",
         "weights_var",
         "value_loss",
         "explained_variance",
     )
+    LOSS_HYPERPARAMETERS = ("entropy_coef",)
+    JOINT = False  # the critic is fitted apart
 
-    def __init__(self, actor: Actor, critic: Critic | None, config: AlgoConfig) -> None:
-        self.actor = actor
-        self.critic = critic
-        self.config = config
-        self.policy_optimizer = FlatOptimizer(
-            config.optimizer, actor.parameters(), config.lr, config.weight_decay, config.eps
-        )
-        self.value_optimizer = self._make_value_optimizer() if critic is not None else None
+    def __init__(
+        self,
+        actors: Sequence[Actor],
+        critics: Sequence[Critic | None],
+        configs: Sequence[AlgoConfig],
+        seeds: Sequence[int],
+    ) -> None:
+        super().__init__(actors, critics, configs, seeds)
+        self.value_stack: ParameterStack | None = None
+        if self.critic is not None:
+            self.value_stack = ParameterStack([list(c.parameters()) for c in self.critics])
+            self.value_optimizer = self._value_optimizer()
 
-    def _make_value_optimizer(self) -> FlatOptimizer:
-        cfg = self.config
-        return FlatOptimizer(cfg.optimizer, self.critic.parameters(), cfg.value_lr, eps=cfg.eps)
+    def _value_optimizer(self) -> StackedOptimizer:
+        return StackedOptimizer(self.config.optimizer, self.value_stack.flat, self.config.eps)
 
-    def update(self, batch: Batch, progress: float) -> dict[str, float]:
-        """One policy-gradient step (and critic fit) on ``batch``; ``progress`` in [0, 1]."""
-        cfg = self.config
-        valid = batch.valid
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
+    def minibatches(self) -> int:
+        return self.config.minibatches
+
+    @staticmethod
+    def prepare(batch: Batch, config: AlgoConfig) -> dict[str, Tensor]:
+        r"""The batch's weights :math:`\Psi_t` (``psi``), standardised where configured
+        (``weights``, what the loss takes), as flat samples with a ``valid`` flag."""
         # Pong's returns restart after each point: a non-zero reward ends the sum.
         terminated = batch.terminated
-        if cfg.reset_return_at_reward:
+        if config.reset_return_at_reward:
             terminated = terminated | (batch.rewards != 0)
-
-        # Weights Psi_t: data, not a path for the gradient.
         psi = policy_gradient_weights(
-            cfg.weights,
+            config.weights,
             rewards=batch.rewards,
             terminated=terminated,
             truncated=batch.truncated,
-            gamma=cfg.gamma,
-            lam=cfg.lam,
+            gamma=config.gamma,
+            lam=config.lam,
             values=batch.values,
             next_values=batch.next_values,
-            valid=valid,
+            valid=batch.valid,
         )
-        weights = standardize(psi, valid) if cfg.normalize_weights else psi
+        weights = standardize(psi, batch.valid) if config.normalize_weights else psi
+        return valid_samples(batch, True, psi=psi, weights=weights)
 
-        # Policy step on L = -mean(log pi * Psi) - c_H * mean(H).
-        lr = scheduled_lr(cfg.lr, cfg.lr_schedule, progress)
-        self.policy_optimizer.lr = lr
-        self.actor.train()
-        log_probs, entropy = self.actor.log_prob_entropy(
-            batch.obs.flatten(0, 1), batch.actions.flatten(0, 1)
-        )
-        log_probs = log_probs.view_as(batch.rewards)
-        entropy = entropy.view_as(batch.rewards)
-        pg_loss = policy_gradient_loss(log_probs, weights, valid)
-        loss = pg_loss + cfg.entropy_coef * entropy_loss(entropy, valid)
-        grad_norm = gradient_step(self.policy_optimizer, loss, cfg.max_grad_norm, "policy loss")
-        metrics = {
-            "policy_loss": pg_loss.item(),
-            "entropy": masked_mean(entropy.detach(), valid).item(),
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "weights_mean": masked_mean(psi, valid).item(),
-            "weights_var": masked_var(psi, valid).item(),
-        }
-        if self.critic is not None:
-            metrics.update(self._fit_critic(batch, targets=psi + batch.values, progress=progress))
-        return metrics
-
-    def _fit_critic(self, batch: Batch, targets: torch.Tensor, progress: float) -> dict[str, float]:
-        """``value_epochs`` full-batch steps of MSE regression of V(s_t) on the targets."""
-        cfg = self.config
-        if cfg.value_reset_optimizer:
-            self.value_optimizer = self._make_value_optimizer()
-        self.value_optimizer.lr = scheduled_lr(cfg.value_lr, cfg.lr_schedule, progress)
-        mask = batch.valid.flatten()
-        loss = fit_critic(
-            self.critic,
-            self.value_optimizer,
-            batch.obs.flatten(0, 1)[mask],
-            targets.flatten()[mask],
-            epochs=cfg.value_epochs,
-            max_grad_norm=cfg.max_grad_norm,
-        )
+    @staticmethod
+    def hyperparameters(config: AlgoConfig, progress: float) -> dict[str, Any]:
         return {
-            "value_loss": loss,
-            "explained_variance": explained_variance(batch.values, targets, batch.valid).item(),
+            "lr": scheduled_lr(config.lr, config.lr_schedule, progress),
+            "value_lr": scheduled_lr(config.value_lr, config.lr_schedule, progress),
+            "entropy_coef": config.entropy_coef,
         }
 
-    def state_dict(self) -> dict:
-        state = {"policy_optimizer": self.policy_optimizer.state_dict()}
-        if self.value_optimizer is not None:
-            state["value_optimizer"] = self.value_optimizer.state_dict()
+    @staticmethod
+    def loss(
+        actor: Actor, critic: Critic | None, mb: dict[str, Tensor], hp: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:math:`-\\text{mean}(\\log\\pi \\cdot \\Psi) - c_H\\,\\text{mean}(H)` over the valid samples."""
+        valid = mb["valid"]
+        log_probs, entropy = actor.log_prob_entropy(mb["obs"], mb["actions"])
+        pg_loss = policy_gradient_loss(log_probs, mb["weights"], valid)
+        loss = pg_loss + hp["entropy_coef"] * entropy_loss(entropy, valid)
+        _, kl = approx_kl(log_probs.detach() - mb["log_probs"], valid)
+        return loss, {
+            "policy_loss": pg_loss.detach(),
+            "entropy": masked_mean(entropy.detach(), valid),
+            "approx_kl": kl,
+        }
+
+    def member_metrics(self, member: int, data: dict[str, Tensor]) -> dict[str, float]:
+        valid = data["valid"]
+        return {
+            "weights_mean": masked_mean(data["psi"], valid).item(),
+            "weights_var": masked_var(data["psi"], valid).item(),
+        }
+
+    def after_update(
+        self, members: list[int], datas: list[dict[str, Tensor]], progress: Sequence[float]
+    ) -> list[dict[str, float]]:
+        r"""The critics' fit: ``value_epochs`` full-batch steps of the MSE of
+        :math:`V_\phi(s_t)` on :math:`\hat R_t = \Psi_t + V(s_t)` over the valid samples,
+        each member by autograd on its own critic, one stacked optimizer step each."""
+        if self.value_stack is None:
+            return [{} for _ in members]
+        self.value_stack.check()
+        configs = [self.configs[m] for m in members]
+        lrs = [self.hyperparameters(c, p)["value_lr"] for c, p in zip(configs, progress)]
+        resets = [m for m, c in zip(members, configs) if c.value_reset_optimizer]
+        if resets:  # a fresh optimizer for these members: no steps, no moments
+            self.value_optimizer.reset(resets)
+        targets = [d["psi"] + d["values"] for d in datas]
+        everyone = torch.ones(len(members), dtype=torch.bool)
+        losses = [torch.zeros(())] * len(members)
+        for _ in range(self.config.value_epochs):
+            rows = []
+            for k, (m, d) in enumerate(zip(members, datas)):
+                losses[k] = value_loss(self.critics[m](d["obs"]), targets[k], d["valid"])
+                self._check_finite(losses[k], m)
+                params = self.value_stack.members[m]
+                rows.append(self.value_stack.flatten(torch.autograd.grad(losses[k], params)))
+            grads = torch.stack(rows)
+            clip_rows(grads, self.config.max_grad_norm, everyone, members, "value")
+            self.value_optimizer.step(grads, members, lrs)
+        return [
+            {
+                "value_loss": loss.item(),
+                "explained_variance": explained_variance(d["values"], t, d["valid"]).item(),
+            }
+            for loss, d, t in zip(losses, datas, targets)
+        ]
+
+    def state_dict(self, member: int = 0) -> dict:
+        state = super().state_dict(member)
+        if self.value_stack is not None:
+            state["value_optimizer"] = self.value_optimizer.member_state(member)
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        if self.value_optimizer is not None and "value_optimizer" in state:
-            self.value_optimizer.load_state_dict(state["value_optimizer"])
+    def load_state_dict(self, state: dict, member: int = 0) -> None:
+        if "policy_optimizer" in state:  # the layout of older checkpoints
+            state = {**state, "optimizer": state["policy_optimizer"]}
+        super().load_state_dict(state, member)
+        if self.value_stack is not None and "value_optimizer" in state:
+            params = self.value_stack.members[member]
+            self.value_optimizer.load_member_state(member, state["value_optimizer"], params)

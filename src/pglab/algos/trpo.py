@@ -173,8 +173,8 @@ class TRPO:
             **advantage_metrics(data, self.actor),
         }
 
-    def state_dict(self) -> dict:
+    def state_dict(self, member: int = 0) -> dict:
         return {"value_optimizer": self.value_optimizer.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, member: int = 0) -> None:
         self.value_optimizer.load_state_dict(state["value_optimizer"])

@@ -1,0 +1,433 @@
+"""One run's pieces and its folder: :class:`Trainer` builds a run (envs, networks,
+collectors, normaliser, its learning rule unless a population gives one), keeps its
+counters, evaluates, and writes what a run writes::
+
+    runs/<group>/<name>/
+        config.toml       every resolved option
+        metrics.csv       one row per update (and the evaluations)
+        events.out.*      TensorBoard events
+        checkpoints/last.pt   model, optimizers, counters, RNG state
+        summary.json      the outcome
+
+The training loop that drives one or many runs is :class:`pglab.population.Population`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pglab.agent import Agent, build_models, build_normalizer
+from pglab.checkpoint import CHECKPOINT_DIR, LAST, save_checkpoint
+from pglab.config import Config, resolve_device
+from pglab.diagnostics import HealthMonitor
+from pglab.envs import eval_num_envs, make_vec_env, reward_threshold
+from pglab.errors import PglabError
+from pglab.evaluate import EvalResult
+from pglab.logs import MetricsLogger, Progress
+from pglab.rollout import Batch, Collector, EpisodeStats
+
+CONFIG_FILE = "config.toml"
+SUMMARY_FILE = "summary.json"
+_EVAL_SEED_OFFSET = 1_000_000
+_RESUME_SEED_STRIDE = 7919
+
+
+@dataclass
+class Run:
+    """A finished (or interrupted) run: its folder, its agent and its summary."""
+
+    path: Path
+    agent: Agent
+    summary: dict[str, Any]
+
+
+def _auto_num_envs(config: Config) -> int:
+    if config.env.num_envs:
+        return config.env.num_envs
+    if config.algo.batch_mode == "episodes":
+        return min(config.algo.batch_size, 32)
+    return 8
+
+
+def run_label(config: Config) -> str:
+    """``ppo``, ``a2c``, ``trpo``, or ``reinforce-<weights>``."""
+    algo = config.algo
+    return f"reinforce-{algo.weights}" if algo.name == "reinforce" else algo.name
+
+
+def new_run_dir(config: Config) -> Path:
+    group = Path(config.run.out) / config.run.group
+    if config.run.name:
+        path = group / config.run.name
+        if path.exists():
+            raise PglabError(
+                f"run folder {str(path)!r} already exists; choose another --name "
+                f"or continue it with --resume {path}"
+            )
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = f"{run_label(config)}-seed{config.run.seed}-{stamp}"
+        path, n = group / base, 1
+        while path.exists():
+            n += 1
+            path = group / f"{base}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a flag checked between updates."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _own_tensors(module: torch.nn.Module) -> dict[str, Tensor]:
+    """``module``'s state dict with tensors of their own: its parameters are views of
+    a larger vector (an optimizer's, or a population's stack), which ``torch.save``
+    would write whole into every checkpoint."""
+    return {key: value.clone() for key, value in module.state_dict().items()}
+
+
+class Trainer:
+    """One run: builds everything it needs (no files yet), counts, evaluates and
+    records into its run folder. Its learning rule is attached by the loop that
+    trains it (:meth:`attach`): its own, or a population's shared stacked rule."""
+
+    def __init__(self, config: Config, state: dict[str, Any] | None = None) -> None:
+        self.config = config
+        cfg = config
+        torch.set_num_threads(cfg.run.threads)
+        torch.manual_seed(cfg.run.seed)
+        counters = (state or {}).get("counters", {})
+        self.steps = int(counters.get("steps", 0))
+        self.env_steps = self.env_steps_before = int(counters.get("env_steps", 0))
+        self.updates = int(counters.get("updates", 0))
+        self.episodes = int(counters.get("episodes", 0))
+        self.wall_before = float(counters.get("wall_seconds", 0.0))
+        self.solved_at_step = counters.get("solved_at_step")
+        self.last_eval: dict[str, Any] | None = counters.get("last_eval")
+
+        seed_shift = _RESUME_SEED_STRIDE * self.updates
+        env = cfg.env
+        self.envs = make_vec_env(env.id, _auto_num_envs(cfg), env.kwargs, env.preprocess)
+        eval_envs = eval_num_envs(cfg.run.eval_episodes, env.eval_num_envs)
+        self.eval_envs = make_vec_env(env.id, eval_envs, env.kwargs, env.preprocess)
+        obs_space = self.envs.single_observation_space
+        action_space = self.envs.single_action_space
+        self.device = resolve_device(cfg.run.device)
+        self.actor, self.critic = build_models(cfg, obs_space, action_space)
+        self.actor.to(self.device)
+        if self.critic is not None:
+            self.critic.to(self.device)
+        self.normalizer = build_normalizer(cfg, obs_space, self.envs.num_envs)
+        if state is not None:
+            self.actor.load_state_dict(state["actor"])
+            if self.critic is not None:
+                self.critic.load_state_dict(state["critic"])
+            if self.normalizer is not None:
+                self.normalizer.load_state_dict(state["normalizer"])
+            torch.set_rng_state(state["rng"]["torch"])
+        self.collector = Collector(
+            self.envs,
+            self.actor,
+            self.critic,
+            seed=cfg.run.seed + seed_shift,
+            normalizer=self.normalizer,
+        )
+        self.evaluator = Collector(
+            self.eval_envs,
+            self.actor,
+            seed=cfg.run.seed + _EVAL_SEED_OFFSET + seed_shift,
+            normalizer=self.normalizer,
+            update_normalizer=False,
+        )
+        self.agent = Agent(self.actor, obs_space, action_space, cfg, self.normalizer)
+        self.monitor = HealthMonitor(cfg.algo.target_kl, cfg.algo.max_grad_norm)
+        stop = cfg.run.stop_at_return
+        self.stop_at = None if stop == "none" else float(stop)
+        self.target = self.stop_at if self.stop_at is not None else reward_threshold(cfg.env.id)
+        self.recent_returns: collections.deque[float] = collections.deque(maxlen=100)
+        self._saved_rule_state = None if state is None else state["algo"]
+        #: The learning rule (see :meth:`attach`) and this run's member index in it.
+        self.algo: Any = None
+        self.member = 0
+        #: Put before warnings (a population names the member).
+        self.warn_prefix = ""
+
+    def attach(self, rule: Any, member: int = 0) -> None:
+        """Train with ``rule`` (a learning rule of :mod:`pglab.algos`), as its member
+        ``member``; a resumed run's saved state goes into it."""
+        self.algo, self.member = rule, member
+        if self._saved_rule_state is not None:
+            rule.load_state_dict(self._saved_rule_state, member)
+            self._saved_rule_state = None
+
+    # ------------------------------------------------------------------ pieces
+
+    @property
+    def steps_per_env(self) -> int:
+        """Steps each env takes for a batch of ``batch_size`` steps (``batch_mode`` steps)."""
+        return max(1, -(-self.config.algo.batch_size // self.envs.num_envs))
+
+    def collect(self) -> Batch:
+        algo = self.config.algo
+        if algo.batch_mode == "episodes":
+            return self.collector.collect_episodes(algo.batch_size)
+        return self.collector.collect_steps(self.steps_per_env)
+
+    def evaluate(self, played: EpisodeStats | None = None) -> EvalResult:
+        """Evaluate the actor (``run.eval_episodes`` episodes), or take the episodes
+        already ``played`` by :attr:`evaluator` for this evaluation."""
+        run = self.config.run
+        if played is None:
+            played = self.evaluator.run_episodes(run.eval_episodes, run.eval_deterministic)
+        result = EvalResult.from_stats(played)
+        self.last_eval = {
+            "step": self.steps,
+            "mean": result.mean,
+            "std": result.std,
+            "success_rate": result.success_rate,
+        }
+        if self.target is not None and self.solved_at_step is None and result.mean >= self.target:
+            self.solved_at_step = self.steps
+        return result
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.perf_counter() - self._start
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "actor": _own_tensors(self.actor),
+            "critic": _own_tensors(self.critic) if self.critic is not None else {},
+            "algo": self.algo.state_dict(self.member),
+            "normalizer": self.normalizer.state_dict() if self.normalizer is not None else {},
+            "counters": {
+                "steps": self.steps,
+                "env_steps": self.env_steps,
+                "updates": self.updates,
+                "episodes": self.episodes,
+                "wall_seconds": self.wall_seconds(),
+                "solved_at_step": self.solved_at_step,
+                "last_eval": self.last_eval,
+            },
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def save(self, run_dir: Path) -> None:
+        save_checkpoint(run_dir / CHECKPOINT_DIR / LAST, self.state())
+
+    def summary(self, stopped: str) -> dict[str, Any]:
+        cfg = self.config
+        last = self.last_eval or {}
+        return {
+            "env": cfg.env.id,
+            "algo": cfg.algo.name,
+            "weights": cfg.algo.weights,
+            "preset": cfg.run.preset,
+            "seed": cfg.run.seed,
+            "total_steps": self.steps,
+            "budget_steps": cfg.run.total_steps,
+            "env_steps": self.env_steps,
+            "updates": self.updates,
+            "episodes": self.episodes,
+            "wall_seconds": round(self.wall_seconds(), 3),
+            "eval_return_mean": last.get("mean"),
+            "eval_return_std": last.get("std"),
+            "eval_success_rate": last.get("success_rate"),
+            "eval_step": last.get("step"),
+            "solved_at_step": self.solved_at_step,
+            "solved_threshold": self.target,
+            "stopped": stopped,
+            "warnings": sorted(self.monitor.reported),
+            "paths": self.paths(),
+        }
+
+    def paths(self) -> dict[str, str]:
+        """Which implementation runs each part of this run: acting (``numpy`` mirror or
+        ``torch``) and the loss's gradient (``written`` out or ``autograd``)."""
+        paths = {"acting": "numpy" if self.collector.acts_in_numpy else "torch"}
+        gradient = getattr(self.algo, "gradient_path", None)
+        if gradient is not None:
+            paths["gradient"] = gradient
+        return paths
+
+    # ------------------------------------------------------------------ loop
+
+    def finished(self) -> bool:
+        solved = (
+            self.stop_at is not None
+            and self.last_eval is not None
+            and (self.last_eval["mean"] >= self.stop_at)
+        )
+        return self.budget_spent() or solved
+
+    def budget_spent(self) -> bool:
+        """``run.total_steps`` steps or ``run.total_updates`` updates (when set) are done."""
+        run = self.config.run
+        return self.steps >= run.total_steps or 0 < run.total_updates <= self.updates
+
+    def open(self, run_dir: Path, resumed: bool = False, progress: str | None = None) -> None:
+        """Start the clock, the metrics files and the progress display of a run in ``run_dir``."""
+        cfg = self.config.run
+        self.run_dir = run_dir
+        columns = [
+            "step",
+            "env_steps",
+            "updates",
+            "episodes",
+            "wall_seconds",
+            "steps_per_second",
+            "episode_return_mean",
+            "episode_length_mean",
+            "episode_success_rate",
+            *self.algo.METRICS,
+            "eval_return_mean",
+            "eval_return_std",
+            "eval_success_rate",
+        ]
+        self._start = time.perf_counter()
+        self.logger = MetricsLogger(run_dir, columns, self.steps if resumed else None)
+        title = f"{run_label(self.config)} {self.config.env.id}"
+        self.progress = Progress(progress or cfg.progress, cfg.total_steps, title, start=self.steps)
+        self._next_eval = self._next_multiple(cfg.eval_every)
+        self._next_checkpoint = self._next_multiple(cfg.checkpoint_every)
+
+    def record(self, batch: Batch, metrics: dict[str, float], seconds: float) -> None:
+        """Count ``batch``, log a row of ``metrics``, evaluate and checkpoint when due."""
+        self.count(batch)
+        self.log_update(batch, metrics, seconds)
+
+    def count(self, batch: Batch) -> None:
+        """Add ``batch``'s steps, episodes and update to the counters."""
+        self.steps += batch.num_steps
+        self.env_steps = self.env_steps_before + self.collector.env_steps
+        self.updates += 1
+        self.episodes += len(batch.episodes.returns)
+        self.recent_returns.extend(batch.episodes.returns)
+
+    def evaluation_due(self) -> bool:
+        """Whether the update just counted evaluates: every ``run.eval_every`` steps,
+        and always the last update."""
+        every = self.config.run.eval_every
+        return bool(every and self.steps >= self._next_eval) or self.budget_spent()
+
+    def log_update(
+        self,
+        batch: Batch,
+        metrics: dict[str, float],
+        seconds: float,
+        played: EpisodeStats | None = None,
+    ) -> None:
+        """Log the row of the update just counted, evaluating (or taking the episodes
+        already ``played`` for it) and checkpointing when due."""
+        cfg = self.config.run
+        row = self._row(batch, metrics)
+        if self.evaluation_due():
+            row.update(self._eval_row(played))
+            self._next_eval = self._next_multiple(cfg.eval_every)
+        row["steps_per_second"] = batch.num_steps / max(seconds, 1e-9)
+        row["wall_seconds"] = self.wall_seconds()
+        self.logger.log(row)
+        for warning in self.monitor.check(self._health(batch, metrics), self.steps):
+            self.progress.warn(self.warn_prefix + warning)
+        if cfg.checkpoint_every and self.steps >= self._next_checkpoint:
+            self.save(self.run_dir)
+            if cfg.keep_checkpoints:
+                save_checkpoint(
+                    self.run_dir / CHECKPOINT_DIR / f"step-{self.steps}.pt", self.state()
+                )
+            self._next_checkpoint = self._next_multiple(cfg.checkpoint_every)
+        self.progress.update(self.steps, self._progress_info(row))
+
+    def close_logs(self) -> None:
+        """Flush and close the metrics files, the progress display and the envs."""
+        self.progress.update(self.steps, self._progress_info({}), force=True)
+        self.progress.close()
+        self.logger.close()
+        self.envs.close()
+        self.eval_envs.close()
+
+    def close(self, stopped: str) -> Run:
+        """Checkpoint and write ``summary.json``; ``stopped`` is ``budget`` or
+        ``interrupted`` (a budget run that reached ``stop_at_return`` becomes ``solved``)."""
+        if stopped != "interrupted" and self.stop_at is not None:
+            stopped = "solved" if self.last_eval["mean"] >= self.stop_at else "budget"
+        self.save(self.run_dir)
+        summary = self.summary(stopped)
+        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        return Run(self.run_dir, self.agent, summary)
+
+    def _health(self, batch: Batch, metrics: dict[str, float]) -> dict[str, float]:
+        """The update's metrics, plus a check that the batch itself is finite."""
+        finite = bool(torch.isfinite(batch.rewards).all() and torch.isfinite(batch.obs).all())
+        return {**metrics, "batch_values": 0.0 if finite else math.nan}
+
+    def _next_multiple(self, every: int) -> int:
+        return (self.steps // every + 1) * every if every else 0
+
+    def _row(self, batch: Batch, metrics: dict[str, float]) -> dict[str, Any]:
+        episodes = batch.episodes
+        return {
+            "step": self.steps,
+            "env_steps": self.env_steps,
+            "updates": self.updates,
+            "episodes": self.episodes,
+            "episode_return_mean": float(np.mean(episodes.returns)) if episodes.returns else None,
+            "episode_length_mean": float(np.mean(episodes.lengths)) if episodes.lengths else None,
+            "episode_success_rate": float(np.mean(episodes.successes))
+            if episodes.successes
+            else None,
+            **metrics,
+        }
+
+    def _eval_row(self, played: EpisodeStats | None = None) -> dict[str, Any]:
+        result = self.evaluate(played)
+        return {
+            "eval_return_mean": result.mean,
+            "eval_return_std": result.std,
+            "eval_success_rate": result.success_rate,
+        }
+
+    def _progress_info(self, row: dict[str, Any]) -> dict[str, Any]:
+        recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
+        sps = row.get("steps_per_second")
+        eta = None
+        if sps:
+            eta = f"{max(0, self.config.run.total_steps - self.steps) / sps:.0f}s"
+        return {
+            "return": recent,
+            "eval": None if self.last_eval is None else float(self.last_eval["mean"]),
+            "steps/s": None if sps is None else float(sps),
+            "eta": eta,
+        }
