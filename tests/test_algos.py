@@ -195,7 +195,7 @@ def test_ppo_written_gradient_is_autograds(space, options):
     """PPO's written-out loss gradient equals autograd's through :meth:`PPO.loss`, with
     its diagnostics, on a minibatch where many ratios are clipped."""
     from pglab.algos.ppo import PPO
-    from pglab.policies import DenseActorCritic
+    from pglab.dense import DenseActorCritic
 
     torch.manual_seed(0)
     actor, critic = make_actor(4, space, [16, 16]).double(), make_critic(4, [16]).double()

@@ -72,7 +72,7 @@ def test_members_batches_are_scored_by_their_own_networks(tmp_path):
     for m, batch in zip([2, 0], batches):
         collector = population.trainers[m].collector
         obs, actions = batch.obs.flatten(0, 1), batch.actions.flatten(0, 1)
-        last = torch.from_numpy(collector._obs)
+        last = torch.from_numpy(collector.obs)
         log_probs, values, last_value = collector._score(obs, actions, last)
         torch.testing.assert_close(batch.log_probs.flatten(), log_probs)
         torch.testing.assert_close(batch.values.flatten(), values)

@@ -8,9 +8,10 @@ from gymnasium.vector import SyncVectorEnv
 
 import pglab.policies as pglab_policies
 from pglab.envs import make_vec_env
+from pglab.lockstep import collect_steps_together, run_episodes_together
 from pglab.policies import make_actor, make_critic
 from pglab.returns import discounted_reward_to_go, gae
-from pglab.rollout import Collector, collect_steps_together, run_episodes_together
+from pglab.rollout import Collector
 
 
 class Countdown(gym.Env):
@@ -170,12 +171,12 @@ def test_lockstep_needs_numpy_actors_of_one_structure():
     """A torch actor samples from the global torch stream, which lockstep would
     interleave between members; actors of different shapes cannot be stacked."""
     mirrorless = _cartpole_collectors((1, 2), critic=False)
-    mirrorless[0]._fast_actor = None
+    mirrorless[0].mirror = None
     assert not mirrorless[0].acts_in_numpy
     mixed = _cartpole_collectors((1,), (16,), critic=False)
     mixed += _cartpole_collectors((2,), (8,), critic=False)
     other_activation = _cartpole_collectors((1, 2), critic=False)
-    other_activation[1]._fast_actor._layers[1] = ("act", np.sin)
+    other_activation[1].mirror._layers[1] = ("act", np.sin)
     for collectors in (mirrorless, mixed, other_activation):
         with pytest.raises(ValueError, match="numpy actors of one structure"):
             collect_steps_together(collectors, 3)

@@ -12,7 +12,7 @@ One iteration:
 
 1. every member still training collects a batch with its own actor, envs and random
    streams; where the actors act in numpy (:attr:`~pglab.rollout.Collector.acts_in_numpy`)
-   the members step in lockstep (:func:`~pglab.rollout.collect_steps_together`: one
+   the members step in lockstep (:func:`~pglab.lockstep.collect_steps_together`: one
    call acts for all, envs that declare a joint step take it, and a stacking rule
    scores every batch in one call over its stack);
 2. the update: a stacking rule (A2C, PPO: :class:`~pglab.algos.base.JointOptimizer`)
@@ -41,9 +41,10 @@ from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
 from pglab.config import Config
 from pglab.envs import reward_threshold, validate_env_id
 from pglab.errors import ConfigError, Interrupted, PglabError
+from pglab.lockstep import collect_steps_together, run_episodes_together
 from pglab.logs import Progress
 from pglab.member import CONFIG_FILE, Run, StopRequest, Trainer, new_run_dir, run_label
-from pglab.rollout import Batch, EpisodeStats, collect_steps_together, run_episodes_together
+from pglab.rollout import Batch, EpisodeStats
 
 #: Options whose values may differ between the members of one population.
 VARYING = (
@@ -123,7 +124,7 @@ class Population:
     # ------------------------------------------------------------------ collect
 
     def collect(self, members: list[int]) -> list[Batch]:
-        """The members' batches: in lockstep (:func:`~pglab.rollout.collect_steps_together`)
+        """The members' batches: in lockstep (:func:`~pglab.lockstep.collect_steps_together`)
         where their actors act in numpy and a batch is a number of steps, else one
         member after another; either way each batch is the member's own."""
         trainers = [self.trainers[m] for m in members]

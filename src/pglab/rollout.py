@@ -10,8 +10,9 @@ Two ways to fill a batch:
   ``K % N`` envs one more). Fixing the quota in advance keeps short episodes from
   being over-represented, and no partial episode of an older policy enters.
 
-:func:`collect_steps_together` and :func:`run_episodes_together` do the same for several
-collectors in lockstep (a population's members), each drawing what it would draw alone.
+:mod:`pglab.lockstep` does the same for several collectors in lockstep (a population's
+members), each drawing what it would draw alone, through the collector's public steps
+(:meth:`Collector.start_batch`, :meth:`Collector.observe`, :meth:`Collector.finish_batches`).
 
 Gymnasium's NEXT_STEP autoreset: the step after an episode ends is a reset step (its
 action is ignored, its reward is 0). It is recorded with ``valid = False`` and every
@@ -32,7 +33,8 @@ from torch import Tensor
 
 from pglab.envs.normalize import Normalizer
 from pglab.envs.spaces import ActionAdapter, ObsEncoder
-from pglab.policies import Actor, Critic, NumpyActor, NumpyActorGroup, TanhGaussianHead
+from pglab.mirror import NumpyActor
+from pglab.policies import Actor, Critic, TanhGaussianHead
 
 
 @dataclass
@@ -109,7 +111,7 @@ class _Buffers:
 Scorer = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
-class _Quota:
+class Quota:
     """Which episodes of a fixed number count, decided when they start (the first
     ``num_episodes`` started, over all envs), never by when they end, so that long
     episodes are not under-represented. An env whose next episode would not count
@@ -171,7 +173,7 @@ class Collector:
         self.update_normalizer = update_normalizer and normalizer is not None
         self.device = next(actor.parameters()).device
         # Small MLP actors act through a numpy mirror: same distribution, far less overhead.
-        self._fast_actor = NumpyActor.build(actor)
+        self.mirror = NumpyActor.build(actor)
         self._next_seed = seed
         self._obs: np.ndarray | None = None  # the current observations, prepared
         self._prev_done = np.zeros(self.num_envs, dtype=bool)
@@ -181,9 +183,14 @@ class Collector:
         self.env_steps = 0
 
     @property
+    def obs(self) -> np.ndarray | None:
+        """The current observations, prepared (encoded, normalised) ``[N, obs_dim]``."""
+        return self._obs
+
+    @property
     def acts_in_numpy(self) -> bool:
         """Whether the actor acts through its numpy mirror (small MLP actors)."""
-        return self._fast_actor is not None
+        return self.mirror is not None
 
     def reset(self) -> None:
         """Reset all envs (seeded on the first call) and forget episodes in progress."""
@@ -198,8 +205,8 @@ class Collector:
     def _begin(self) -> None:
         """Act with the actor's current weights, without dropout."""
         self.actor.eval()
-        if self._fast_actor is not None:
-            self._fast_actor.sync()
+        if self.mirror is not None:
+            self.mirror.sync()
 
     def _prepare(self, raw: np.ndarray) -> np.ndarray:
         """Encoded (and normalised) observations, float32 ``[N, obs_dim]``."""
@@ -219,17 +226,17 @@ class Collector:
         """One step of every env, stored at row ``t``; returns where a counted episode ended."""
         actions = self._act(deterministic)
         outcome = self.envs.step(self.to_env(actions))
-        return self._observe(t, buffers, actions, outcome, active, stats)
+        return self.observe(t, buffers, actions, outcome, active, stats)
 
     def _act(self, deterministic: bool) -> np.ndarray:
         """The actor's actions for the current observations."""
-        if self._fast_actor is not None:
-            return self._fast_actor.act(self._obs, deterministic)
+        if self.mirror is not None:
+            return self.mirror.act(self._obs, deterministic)
         with torch.inference_mode():
             device_obs = torch.from_numpy(self._obs).to(self.device)
             return self.actor.act(device_obs, deterministic).cpu().numpy()
 
-    def _observe(
+    def observe(
         self,
         t: int,
         buffers: _Buffers | None,
@@ -295,13 +302,13 @@ class Collector:
 
     def collect_steps(self, steps_per_env: int, deterministic: bool = False) -> Batch:
         """Run every env ``steps_per_env`` steps, continuing episodes from the last batch."""
-        buffers, stats = self._start_batch(steps_per_env)
+        buffers, stats = self.start_batch(steps_per_env)
         everyone = np.ones(self.num_envs, dtype=bool)
         for t in range(steps_per_env):
             self._step(t, buffers, deterministic, everyone, stats)
         return self._finish(buffers, steps_per_env, stats)
 
-    def _start_batch(self, steps_per_env: int) -> tuple[_Buffers, EpisodeStats]:
+    def start_batch(self, steps_per_env: int) -> tuple[_Buffers, EpisodeStats]:
         if self._obs is None:
             self.reset()
         self._begin()
@@ -315,9 +322,9 @@ class Collector:
         stats: EpisodeStats,
     ) -> int:
         """Reset, then step until ``num_episodes`` complete episodes are in; returns T
-        (which episodes count: :class:`_Quota`)."""
+        (which episodes count: :class:`Quota`)."""
         self.reset()
-        quota = _Quota(self.num_envs, num_episodes)
+        quota = Quota(self.num_envs, num_episodes)
         t = 0
         while quota.open():
             quota.close(self._step(t, buffers, deterministic, quota.counted, stats))
@@ -338,10 +345,10 @@ class Collector:
         return stats
 
     def _finish(self, buffers: _Buffers, length: int, stats: EpisodeStats) -> Batch:
-        return self._finish_all([self], [buffers], length, [stats])[0]
+        return self.finish_batches([self], [buffers], length, [stats])[0]
 
     @staticmethod
-    def _finish_all(
+    def finish_batches(
         collectors: Sequence[Collector],
         buffers: Sequence[_Buffers],
         length: int,
@@ -420,83 +427,3 @@ class Collector:
             next_values=next_values,
             episodes=stats,
         )
-
-
-def collect_steps_together(
-    collectors: Sequence[Collector], steps_per_env: int, scorer: Scorer | None = None
-) -> list[Batch]:
-    """``[c.collect_steps(steps_per_env) for c in collectors]``, with the collectors
-    stepped in lockstep (a population's members: one env, one network shape each).
-
-    Per-call costs, not arithmetic, bound small actors and envs; in lockstep the
-    actors act in one call (:class:`~pglab.policies.NumpyActorGroup`) and CartPole
-    envs step in one call (:meth:`~pglab.envs.cartpole.CartPoleVectorEnv.step_together`).
-    Each collector keeps its own envs, random streams and episode bookkeeping, so
-    each batch is drawn as its collector would draw it alone. Needs actors that act
-    through numpy mirrors (:attr:`Collector.acts_in_numpy`) of one structure: a torch
-    actor samples from the global torch stream, which lockstep would interleave.
-
-    ``scorer`` takes the members' flat observations ``[M, T*N, ...]``, actions
-    ``[M, T*N, ...]`` and last observations ``[M, N, ...]`` and gives their
-    log-probabilities ``[M, T*N]``, values ``[M, T*N]`` and last values ``[M, N]`` in
-    one call; without it each collector scores its own batch.
-    """
-    actors = _actor_group(collectors)
-    starts = [c._start_batch(steps_per_env) for c in collectors]  # syncs the mirrors
-    actors.stack()
-    everyone = np.ones(collectors[0].num_envs, dtype=bool)
-    for t in range(steps_per_env):
-        actions = actors.act(np.stack([c._obs for c in collectors]))
-        outcomes = _step_envs(collectors, actions)
-        for c, (buffers, stats), a, outcome in zip(collectors, starts, actions, outcomes):
-            c._observe(t, buffers, a, outcome, everyone, stats)
-    buffers, stats = zip(*starts)
-    return Collector._finish_all(collectors, buffers, steps_per_env, stats, scorer)
-
-
-def run_episodes_together(
-    collectors: Sequence[Collector], num_episodes: int, deterministic: bool = True
-) -> list[EpisodeStats]:
-    """``[c.run_episodes(num_episodes, deterministic) for c in collectors]`` in lockstep
-    (see :func:`collect_steps_together`, whose needs it shares). A collector whose
-    episodes are all in stops stepping, so each plays exactly what it would play alone."""
-    actors = _actor_group(collectors)  # before any reset: can they act together?
-    for c in collectors:
-        c.reset()  # syncs the mirrors
-    actors.stack()
-    quotas = [_Quota(c.num_envs, num_episodes) for c in collectors]
-    stats = [EpisodeStats() for _ in collectors]
-    t, playing = 0, list(range(len(collectors)))
-    while still := [i for i, quota in enumerate(quotas) if quota.open()]:
-        if still != playing:  # some have all their episodes: the rest act on
-            playing = still
-            actors = NumpyActorGroup([collectors[i]._fast_actor for i in playing])
-            actors.stack()
-        group = [collectors[i] for i in playing]
-        actions = actors.act(np.stack([c._obs for c in group]), deterministic)
-        for i, c, a, outcome in zip(playing, group, actions, _step_envs(group, actions)):
-            quotas[i].close(c._observe(t, None, a, outcome, quotas[i].counted, stats[i]))
-        t += 1
-    return stats
-
-
-def _actor_group(collectors: Sequence[Collector]) -> NumpyActorGroup:
-    """The collectors' numpy actors as one group (call its ``stack`` once they are synced)."""
-    actors = NumpyActorGroup.build([c._fast_actor for c in collectors])
-    if actors is None:
-        raise ValueError("collecting in lockstep needs numpy actors of one structure")
-    return actors
-
-
-def _step_envs(collectors: Sequence[Collector], actions: list[np.ndarray]) -> list[tuple]:
-    """Each collector's env step on its ``actions``: in one call where the envs are of
-    one class that declares a joint step (a class method ``step_together(envs,
-    actions)`` returning each env's step, as :class:`~pglab.envs.cartpole.CartPoleVectorEnv`
-    does), else one env after another."""
-    env_actions = [c.to_env(a) for c, a in zip(collectors, actions)]
-    envs = [c.envs for c in collectors]
-    kind = type(envs[0])
-    step_together = getattr(kind, "step_together", None)
-    if step_together is not None and all(type(e) is kind for e in envs):
-        return step_together(envs, env_actions)
-    return [e.step(a) for e, a in zip(envs, env_actions)]

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from pglab.dense import DenseActorCritic
 from pglab.errors import TrainingError
 from pglab.losses import explained_variance, value_loss
 from pglab.optim import FlatOptimizer, ParameterStack, StackedOptimizer
-from pglab.policies import Actor, Critic, DenseActorCritic, GaussianHead, unique_parameters
+from pglab.policies import Actor, Critic, GaussianHead, unique_parameters
 from pglab.returns import gae, masked_mean, masked_var
 from pglab.rollout import Batch
 

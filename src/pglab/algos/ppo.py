@@ -35,13 +35,14 @@ import torch
 from torch import Tensor
 
 from pglab.algos.base import JointOptimizer
+from pglab.dense import DenseActorCritic
 from pglab.losses import (
     actor_critic_loss,
     approx_kl,
     clipped_surrogate_loss,
     clipped_value_loss,
 )
-from pglab.policies import Actor, Critic, DenseActorCritic
+from pglab.policies import Actor, Critic
 from pglab.returns import masked_mean, standardize
 
 
@@ -114,7 +115,7 @@ class PPO(JointOptimizer):
         net: DenseActorCritic, params: dict[str, Tensor], mb: dict[str, Tensor], hp: dict[str, Any]
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         r""":meth:`loss`, its diagnostics, and its gradient by parameter name, written out
-        for the networks of :class:`~pglab.policies.DenseActorCritic` (no autograd graph).
+        for the networks of :class:`~pglab.dense.DenseActorCritic` (no autograd graph).
 
         ``params`` and ``mb`` may be stacked ``[M, ...]``, with the hyperparameters
         numbers or ``[M]`` tensors: then M losses, each with its own gradient. With
