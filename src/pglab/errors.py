@@ -2,7 +2,9 @@
 
 Every mistake a user can make (a bad option, an unknown env, a broken checkpoint)
 raises a subclass of :class:`PglabError`. The command line prints its message on one
-line and exits with code 2; the Python API lets it propagate.
+line and exits with code 2; the Python API lets it propagate. A :class:`StorageError`
+(a folder that cannot be written) is a fault of the machine rather than a mistake: one
+line too, exit code 1.
 """
 
 
@@ -24,3 +26,7 @@ class CheckpointError(PglabError):
 
 class TrainingError(PglabError):
     """Training cannot go on (for example the loss became non-finite)."""
+
+
+class StorageError(PglabError):
+    """A file or folder cannot be written (read-only, full disk, a file in the way)."""

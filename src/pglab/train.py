@@ -22,7 +22,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pglab.agent import Agent, build_models, build_normalizer
+from pglab.agent import Agent, build_models, build_normalizer, stored_config
 from pglab.algos import make_algo
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, save_checkpoint
 from pglab.config import Config, resolve_device
@@ -41,6 +41,7 @@ from pglab.envs import eval_num_envs, make_vec_env, reward_threshold, validate_e
 from pglab.errors import PglabError
 from pglab.evaluate import EvalResult
 from pglab.logs import MetricsLogger, Progress
+from pglab.paths import make_dirs, write_text_atomic
 from pglab.rollout import Batch, Collector, EpisodeStats
 
 CONFIG_FILE = "config.toml"
@@ -88,7 +89,7 @@ def _new_run_dir(config: Config) -> Path:
         while path.exists():
             n += 1
             path = group / f"{base}-{n}"
-    path.mkdir(parents=True)
+    make_dirs(path, config.run.out)  # no write outside run.out, nor through a link
     return path
 
 
@@ -393,7 +394,9 @@ class Trainer:
             stopped = "solved" if self.last_eval["mean"] >= self.stop_at else "budget"
         self.save(self.run_dir)
         summary = self.summary(stopped)
-        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(
+            self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n", self.run_dir
+        )
         if stopped == "interrupted":
             raise KeyboardInterrupt(str(self.run_dir))
         return Run(self.run_dir, self.agent, summary)
@@ -453,13 +456,14 @@ def train(config: Config) -> Run:
     return trainer.train(run_dir)
 
 
-def resume(run_dir: str | Path) -> Run:
-    """Continue the run in ``run_dir`` from its last checkpoint, in the same folder."""
+def resume(run_dir: str | Path, allow_import: Iterable[str] = ()) -> Run:
+    """Continue the run in ``run_dir`` from its last checkpoint, in the same folder
+    (``allow_import``: the modules its env id may import, as for :func:`pglab.load`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PglabError(f"--resume expects a run folder; {str(run_dir)!r} is not a folder")
     state = load_checkpoint(run_dir)
-    config = Config.from_dict(state["config"], source=f"{run_dir}/{CHECKPOINT_DIR}/{LAST}")
+    config = stored_config(state, f"{run_dir}/{CHECKPOINT_DIR}/{LAST}", allow_import)
     trainer = Trainer(config, state)
     if trainer.finished():
         raise PglabError(
