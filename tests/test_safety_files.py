@@ -338,7 +338,7 @@ def test_report_skips_a_malformed_run_file_with_a_warning(
     assert "1 runs in 1 configurations" in (group / "report" / "report.md").read_text()
     (group / "good" / name).write_text(text)
     code, _, err = run_cli(["report", group], capsys)
-    assert code == 2 and "no readable finished runs" in err.splitlines()[-1]
+    assert code == 2 and "no finished runs (readable folders" in err.splitlines()[-1]
 
 
 def test_act_names_expected_and_given_shapes(lineworld_run):

@@ -174,7 +174,7 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
     records = load_runs(group_dir)
     if not records:
         raise PglabError(
-            f"no readable finished runs (folders with summary.json) in {str(group_dir)!r}"
+            f"no finished runs (readable folders with summary.json) in {str(group_dir)!r}"
         )
     groups: dict[str, list[RunRecord]] = {}
     swept = [_SWEEP_NAME.fullmatch(r.path.name) for r in records]
