@@ -369,6 +369,20 @@ def test_unwritable_output_is_one_line_naming_it_exit_1(lineworld_run, tmp_path,
     assert code == 1 and str(group / "report") in line
 
 
+def test_a_full_disk_during_training_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from pglab.logs import MetricsLogger
+
+    def full(self, row):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "metrics.csv"))
+
+    monkeypatch.setattr(MetricsLogger, "log", full)
+    code, _, err = run_cli(["train", *TINY_FLAGS, "--out", tmp_path / "runs"], capsys)
+    line = one_error_line(err)
+    assert code == 1 and "metrics.csv" in line and "No space left on device" in line
+
+
 def test_path_helpers_keep_writes_inside_their_root(tmp_path):
     from pglab.errors import ConfigError, PglabError
     from pglab.paths import inside, safe_name, write_text_atomic

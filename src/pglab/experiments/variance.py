@@ -76,7 +76,10 @@ def snapshots(run_dir: Path) -> list[tuple[int, Path]]:
             found.append((int(step), file))
     last = folder / LAST
     if last.is_file():
-        steps = int(load_checkpoint(last)["counters"]["steps"])
+        try:
+            steps = int(load_checkpoint(last)["counters"]["steps"])
+        except (KeyError, TypeError, ValueError):
+            raise PglabError(f"{str(last)!r} holds no step counter; it cannot be studied") from None
         if steps not in {s for s, _ in found}:
             found.append((steps, last))
     if not found:
