@@ -314,6 +314,14 @@ def test_broken_checkpoint_is_one_line_naming_the_file(
     assert code == 2 and words in line and str(file) in line
 
 
+def test_resume_of_a_misfit_checkpoint_is_one_line_naming_it(lineworld_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    file = restored(lineworld_run, run / "checkpoints" / "last.pt", policy={"hidden": [8]})
+    code, _, err = run_cli(["train", "--resume", run], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "the actor weights do not fit" in line and str(file) in line
+
+
 @pytest.mark.parametrize(
     "name, text",
     [

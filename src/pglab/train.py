@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pglab.agent import Agent, build_models, build_normalizer, stored_config
+from pglab.agent import Agent, build_models, build_normalizer
 from pglab.algos import make_algo
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, save_checkpoint
 from pglab.config import Config, resolve_device
@@ -463,7 +463,8 @@ def resume(run_dir: str | Path, allow_import: Iterable[str] = ()) -> Run:
     if not run_dir.is_dir():
         raise PglabError(f"--resume expects a run folder; {str(run_dir)!r} is not a folder")
     state = load_checkpoint(run_dir)
-    config = stored_config(state, f"{run_dir}/{CHECKPOINT_DIR}/{LAST}", allow_import)
+    source = f"{run_dir}/{CHECKPOINT_DIR}/{LAST}"  # checked: config, env import, weights
+    config = Agent.from_checkpoint(state, source, allow_import).config
     trainer = Trainer(config, state)
     if trainer.finished():
         raise PglabError(
