@@ -155,7 +155,8 @@ def test_current_folder_never_stands_in_for_an_installed_package(
     run = tmp_path / "run"
     restored(lineworld_run, run / "checkpoints" / "last.pt", env={"id": "ALE/Pong-v5"})
     marker = tmp_path / "marker"
-    (run / "ale_py.py").write_text(PLANTED.format(marker=str(marker)) + "raise ImportError\n")
+    for name in ("ale_py", "numpy"):  # one pglab imports for the id, one it always imports
+        (run / f"{name}.py").write_text(PLANTED.format(marker=str(marker)) + "raise ImportError\n")
     result = python(["-m", "pglab.cli", "eval", "."], cwd=run)
     assert not marker.exists(), result.stderr
     assert "Traceback" not in result.stderr
