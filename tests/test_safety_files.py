@@ -162,7 +162,9 @@ def test_current_folder_never_stands_in_for_an_installed_package(
     assert "Traceback" not in result.stderr
     from importlib.machinery import PathFinder
 
-    from pglab.envs import import_path
+    import gymnasium as gym
+
+    from pglab.envs import import_path, make_vec_env
 
     monkeypatch.chdir(run)
     monkeypatch.syspath_prepend("")
@@ -170,6 +172,14 @@ def test_current_folder_never_stands_in_for_an_installed_package(
     with import_path():  # what pglab searches while it makes an env
         found = PathFinder.find_spec("ale_py", sys.path)
         assert found is None or found.origin != str(run / "ale_py.py")
+    gym.register("pglab-test/Planted-v0", entry_point="planted_envs:Env")
+    (run / "planted_envs.py").write_text(PLANTED.format(marker=str(marker)))
+    try:  # an entry point of the registry is not looked for here either
+        with pytest.raises(pglab.EnvError, match="needs module 'planted_envs'"):
+            make_vec_env("pglab-test/Planted-v0", 1)
+    finally:
+        gym.registry.pop("pglab-test/Planted-v0")
+    assert not marker.exists()
     with import_path(named=True):  # a module the user named may come from here, last
         assert sys.path[-1] == str(run) and "" not in sys.path
     assert sys.path[0] == ""  # restored

@@ -221,6 +221,11 @@ def make_vec_env(
             envs = _make(env_id, env_class, num_envs, kwargs, wrappers)
     except gym.error.DependencyNotInstalled as error:
         raise EnvError(_missing_extra(env_id, error)) from None
+    except ImportError as error:  # an entry point's module that is not installed
+        raise EnvError(
+            f"env {env_id!r} needs module {error.name or str(error)!r}, which is not installed; "
+            "pglab does not import it from the current folder (import it yourself first)"
+        ) from None
     except (TypeError, ValueError, gym.error.Error) as error:
         raise EnvError(f"env {env_id!r} rejected its options {kwargs}: {error}") from None
     autoreset = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
