@@ -2,7 +2,9 @@
 ``variance`` and ``bench``.
 
 Every user mistake ends with one line on stderr (``pglab: error: ...``) and exit
-code 2; Ctrl-C during training saves a checkpoint and exits with code 130.
+code 2; a folder or file that cannot be written (read-only, full disk) ends with one
+line naming it and exit code 1; Ctrl-C during training saves a checkpoint and exits
+with code 130.
 """
 
 from __future__ import annotations
