@@ -16,7 +16,7 @@ from pglab.errors import ConfigError
         ("weights=xyz", ["algo.weights", "r, fr, dfr, dfrb, td, gae", "xyz"]),
         ("algo.name=nope", ["algo.name", "reinforce", "nope"]),
         ("optimizer=lbfgs", ["algo.optimizer", "adam", "lbfgs"]),
-        ("seed=-1", ["run.seed", ">= 0", "-1"]),
+        ("seed=-1", ["run.seed", "[0, 4294967295]", "-1"]),
         ("seed=1.5", ["run.seed", "integer", "1.5"]),
         ("total_steps=0", ["run.total_steps", ">= 1", "0"]),
         ("hidden=[8, -1]", ["policy.hidden", "positive integers", "-1"]),

@@ -5,8 +5,32 @@
 >>> action = run.agent.act(obs, deterministic=True)
 >>> pglab.evaluate(run.agent, "CartPole-v1", episodes=100).mean
 """
+# ruff: noqa: E402  (the sys.path fix below runs before pglab's other imports)
 
 from __future__ import annotations
+
+import os as _os
+import sys as _sys
+from itertools import pairwise as _pairwise
+
+
+def _run_as_module() -> bool:
+    """Whether this process is ``python -m pglab...`` (``sys.argv[0]`` is ``-m`` while
+    Python imports the package of the module it was asked to run)."""
+    argv = getattr(_sys, "orig_argv", [])
+    if _sys.argv[:1] != ["-m"]:
+        return False
+    names = [b for a, b in _pairwise(argv) if a == "-m"]
+    names += [a[2:] for a in argv if a.startswith("-m") and len(a) > 2]
+    return any(name == "pglab" or name.startswith("pglab.") for name in names)
+
+
+# ``python -m pglab.cli`` puts the current directory first on sys.path, where a file in
+# a shared run folder (numpy.py, ale_py.py) would stand in for an installed package:
+# drop it, as ``python -P`` does. A module the user names (--env package.module:Class)
+# is still looked for there (pglab.envs.import_path).
+if _run_as_module() and _sys.path and _sys.path[0] in ("", _os.getcwd()):
+    del _sys.path[0]
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -89,6 +113,10 @@ def train(
     return train_many(member_configs(built, list(seeds)), jobs)
 
 
-def resume(run_dir: str | Path) -> Run:
-    """Continue an interrupted run from its last checkpoint, in the same folder."""
-    return _resume(run_dir)
+def resume(run_dir: str | Path, *, allow_import: Iterable[str] = ()) -> Run:
+    """Continue an interrupted run from its last checkpoint, in the same folder.
+
+    ``allow_import`` names the modules the run's env id may import (``package.module:Class``
+    ids), as for :func:`load`; without it such an id is refused.
+    """
+    return _resume(run_dir, allow_import)

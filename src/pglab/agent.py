@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +11,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from pglab.checkpoint import load_checkpoint
+from pglab.checkpoint import checkpoint_path, load_checkpoint
 from pglab.config import Config
-from pglab.envs import make_vec_env
+from pglab.envs import check_env_import, make_vec_env
 from pglab.envs.normalize import Normalizer
 from pglab.envs.spaces import ActionAdapter, ObsEncoder
-from pglab.errors import PglabError
+from pglab.errors import CheckpointError, PglabError
 from pglab.policies import (
     Actor,
     Critic,
@@ -24,6 +26,59 @@ from pglab.policies import (
     orthogonal_init,
     shared_critic,
 )
+
+#: The most parameters pglab builds from a config read from a file: a checkpoint cannot
+#: make it allocate more (the weights it holds must fit the networks anyway).
+MAX_STORED_PARAMETERS = 100_000_000
+
+
+def _hidden_parameters(sizes: list[int]) -> int:
+    """Weights and biases between consecutive hidden layers: a lower bound of a body's size."""
+    return sum(a * b + b for a, b in pairwise(sizes))
+
+
+def stored_config(state: dict[str, Any], source: str, allow_import: Iterable[str] = ()) -> Config:
+    """The run config a loaded checkpoint holds, checked before anything is built from it.
+
+    ``source`` names the file in messages. Raises :class:`CheckpointError` when the
+    config is missing or invalid, or its networks would exceed
+    :data:`MAX_STORED_PARAMETERS`; :class:`~pglab.errors.EnvError` when its env id would
+    import a module that is not in ``allow_import`` (see
+    :func:`pglab.envs.check_env_import`).
+    """
+    raw = state.get("config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{source!r} holds no run config; it cannot be loaded")
+    try:
+        config = Config.from_dict(raw, source=source)
+    except PglabError as error:
+        raise CheckpointError(f"{source!r} holds an invalid run config: {error}") from None
+    except (TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{source!r} holds a malformed run config ({error})") from None
+    p = config.policy
+    size = _hidden_parameters(p.hidden) + _hidden_parameters(p.value_hidden)
+    if size > MAX_STORED_PARAMETERS:
+        raise CheckpointError(
+            f"{source!r} describes networks of at least {size:,} parameters "
+            f"(policy.hidden {p.hidden}, policy.value_hidden {p.value_hidden}); pglab builds "
+            f"at most {MAX_STORED_PARAMETERS:,} from a file"
+        )
+    check_env_import(config.env.id, allow_import, source)
+    return config
+
+
+def load_weights(module: Any, tensors: Any, source: str, what: str) -> None:
+    """Load ``tensors`` (the checkpoint's entry ``what``) into ``module``, or raise a
+    :class:`CheckpointError` naming ``source`` when they do not fit it."""
+    try:
+        module.load_state_dict(tensors)
+    except Exception as error:  # missing, unexpected or misshapen tensors, or not a dict
+        first = str(error).strip().splitlines()
+        reason = first[1].strip() if len(first) > 1 else (first[0] if first else "")
+        raise CheckpointError(
+            f"{source!r}: the {what} weights do not fit the networks its config describes"
+            f"{' (' + reason + ')' if reason else ''}"
+        ) from None
 
 
 def _image_shape(config: Config, observation_space: gym.Space) -> tuple[int, ...] | None:
@@ -118,8 +173,14 @@ class Agent:
     def act(self, obs: Any, deterministic: bool = True) -> Any:
         """The action for ``obs`` (the most likely one unless ``deterministic=False``)."""
         array = np.asarray(obs)
-        single_shape = self.observation_space.shape or ()
-        single = array.shape == tuple(single_shape)
+        expected = self.observation_space.shape
+        single_shape = tuple(expected or ())
+        single = array.shape == single_shape
+        if expected is not None and not single and array.shape[1:] != single_shape:
+            raise ValueError(
+                f"Agent.act expects an observation of shape {single_shape} or a batch of "
+                f"shape (N, {', '.join(map(str, single_shape))}); got shape {array.shape}"
+            )
         batch = array[None] if single else array
         self.actor.eval()
         with torch.inference_mode():
@@ -133,20 +194,33 @@ class Agent:
         return actions[0].item() if actions[0].ndim == 0 else actions[0]
 
     @classmethod
-    def from_checkpoint(cls, state: dict[str, Any]) -> Agent:
-        """Rebuild the agent stored in a loaded checkpoint dict."""
-        config = Config.from_dict(state["config"], source="checkpoint")
+    def from_checkpoint(
+        cls, state: dict[str, Any], source: str = "checkpoint", allow_import: Iterable[str] = ()
+    ) -> Agent:
+        """Rebuild the agent stored in a loaded checkpoint dict (read from ``source``).
+
+        An env id that imports a module (``package.module:Class``) is refused unless
+        that module is in ``allow_import``; see :func:`stored_config`.
+        """
+        config = stored_config(state, source, allow_import)
         envs = make_vec_env(config.env.id, 1, config.env.kwargs, config.env.preprocess)
         observation_space, action_space = envs.single_observation_space, envs.single_action_space
         envs.close()
         actor, _ = build_models(config, observation_space, action_space)
-        actor.load_state_dict(state["actor"])
+        load_weights(actor, state.get("actor"), source, "actor")
         normalizer = build_normalizer(config, observation_space, 1)
         if normalizer is not None:
-            normalizer.load_state_dict(state["normalizer"])
+            load_weights(normalizer, state.get("normalizer"), source, "normalizer")
         return cls(actor, observation_space, action_space, config, normalizer)
 
 
-def load(path: str | Path) -> Agent:
-    """The agent saved in a run folder or a checkpoint file."""
-    return Agent.from_checkpoint(load_checkpoint(path))
+def load(path: str | Path, *, allow_import: Iterable[str] = ()) -> Agent:
+    """The agent saved in a run folder or a checkpoint file.
+
+    Loading runs no code from the file: the checkpoint is read with
+    ``torch.load(weights_only=True)``, and an env id of the form
+    ``package.module:Class`` is refused unless its module is named in
+    ``allow_import`` (``pglab.load(path, allow_import=["my_envs"])``).
+    """
+    file = checkpoint_path(path)
+    return Agent.from_checkpoint(load_checkpoint(file), str(file), allow_import)

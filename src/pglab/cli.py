@@ -2,7 +2,9 @@
 ``variance`` and ``bench``.
 
 Every user mistake ends with one line on stderr (``pglab: error: ...``) and exit
-code 2; Ctrl-C during training saves a checkpoint and exits with code 130.
+code 2; a folder or file that cannot be written (read-only, full disk) ends with one
+line naming it and exit code 1; Ctrl-C during training saves a checkpoint and exits
+with code 130.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from pglab.config import Config, build_config, option_fields, parse_override
-from pglab.errors import PglabError
+from pglab.errors import PglabError, StorageError
+from pglab.paths import safe_name
 
 if TYPE_CHECKING:
     from pglab.train import Run
@@ -43,9 +46,26 @@ class _Parser(argparse.ArgumentParser):
         _fail(f"{message} (see '{self.prog} --help')")
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 2) -> NoReturn:
     print(f"pglab: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
+
+
+_ALLOW_IMPORT_HELP = (
+    "import MODULE when the checkpoint's env id names it (package.module:Class); "
+    "pglab imports no module named only in a file (repeatable)"
+)
+
+
+def _allow_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-import",
+        dest="allow_import",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help=_ALLOW_IMPORT_HELP,
+    )
 
 
 def _options_help() -> str:
@@ -122,6 +142,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run in its own folder"
     )
+    _allow_import(train)
 
     sweep = commands.add_parser(
         "sweep",
@@ -170,6 +191,7 @@ def _build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--seed", type=int, default=0, help="env seed of the first episode")
     rec.add_argument("--fps", type=int, default=None, help="default: the env's render_fps")
     rec.add_argument("--stochastic", action="store_true", help="sample actions")
+    _allow_import(rec)
 
     var = commands.add_parser(
         "variance",
@@ -189,6 +211,7 @@ def _build_parser() -> argparse.ArgumentParser:
     var.add_argument("--normalize", action="store_true", help="standardise the weights first")
     var.add_argument("--snapshots", default="all", help="all (default) or last")
     var.add_argument("--out", default=None, help="output folder (default: RUN/variance)")
+    _allow_import(var)
 
     commands.add_parser(
         "bench",
@@ -215,6 +238,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE.png",
         help="pglab/LineWorld-v0 only: draw the episodes' trajectories, success rate in the title",
     )
+    _allow_import(evaluate)
     return parser
 
 
@@ -235,8 +259,12 @@ def _train(args: argparse.Namespace) -> int:
                 + ", ".join(f"--{f.replace('_', '-')}" for f in given or ["set/--config"])
             )
         run_dir = args.resume
-        run = resume(run_dir)
+        run = resume(run_dir, args.allow_import)
     else:
+        if args.allow_import:
+            _fail("--allow-import goes with --resume (a new run imports what --env names)")
+        if args.name is not None:
+            safe_name(args.name, "--name")
         flag_values = {}
         for flag, key in TRAIN_FLAGS.items():
             value = getattr(args, flag)
@@ -310,7 +338,7 @@ def _record(args: argparse.Namespace) -> int:
     from pglab.experiments.record import record
 
     recording = record(
-        load(args.path),
+        load(args.path, allow_import=args.allow_import),
         args.out,
         args.episodes,
         seed=args.seed,
@@ -335,6 +363,7 @@ def _variance(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         which=args.snapshots,
         out=args.out,
+        allow_import=args.allow_import,
     )
     print((out / "variance.md").read_text())
     return 0
@@ -346,7 +375,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         _fail(f"--episodes must be an integer >= 1; got {args.episodes}")
-    agent = load(args.path)
+    agent = load(args.path, allow_import=args.allow_import)
     if args.plot is not None:
         from pglab.experiments.record import plot_lineworld
 
@@ -403,8 +432,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "variance": _variance,
         }
         return commands[args.command](args)
+    except StorageError as error:  # the machine's fault, not a mistake: exit code 1
+        _fail(str(error), 1)
     except PglabError as error:
         _fail(str(error))
+    except OSError as error:  # a file that cannot be written or read (disk full, read-only)
+        where = f" {error.filename!r}" if error.filename else ""
+        _fail(f"cannot access{where}: {error.strerror or error}", 1)
     except KeyboardInterrupt as interrupt:
         where = getattr(interrupt, "run_dirs", None)
         if args.command == "sweep":

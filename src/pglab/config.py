@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import os
 import re
 import sys
 import typing
@@ -32,6 +33,7 @@ from typing import Any
 from pglab.envs.normalize import REWARD_METHODS
 from pglab.errors import ConfigError
 from pglab.nets import ACTIVATIONS
+from pglab.paths import check_text, safe_name
 from pglab.policies import HEADS
 from pglab.returns import CRITIC_WEIGHTS, WEIGHT_KINDS
 
@@ -50,6 +52,10 @@ PROGRESS: tuple[str, ...] = ("auto", "bar", "plain", "off")
 PREPROCESS: tuple[str, ...] = ("none", "pong", "atari")
 BODIES: tuple[str, ...] = ("auto", "mlp", "cnn")
 PRESETS_DIR = Path(__file__).parent / "presets"
+#: Seeds are unsigned 32-bit integers, as NumPy's and Gymnasium's seeding take them.
+MAX_SEED = 2**32 - 1
+#: More torch threads than this only oversubscribes the cores (and far more crashes torch).
+MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
 
 
 # ---------------------------------------------------------------- validation rules
@@ -347,7 +353,7 @@ class RunConfig:
 
     SECTION: typing.ClassVar[str] = "run"
 
-    seed: int = opt(0, "random seed of the run", NON_NEGATIVE)
+    seed: int = opt(0, "random seed of the run", Range(0, MAX_SEED))
     total_steps: int = opt(200_000, "environment steps to train for", Range(1, None))
     total_updates: int = opt(
         0, "also stop after this many updates (batches); 0 = no limit", NON_NEGATIVE
@@ -369,7 +375,7 @@ class RunConfig:
     keep_checkpoints: bool = opt(
         False, "also keep every periodic checkpoint as checkpoints/step-N.pt (policy snapshots)"
     )
-    threads: int = opt(1, "torch CPU threads", Range(1, None))
+    threads: int = opt(1, "torch CPU threads", Range(1, MAX_THREADS))
     device: str = opt(
         "cpu", "where networks and updates run: cpu, cuda or cuda:N (envs stay on the CPU)"
     )
@@ -382,6 +388,13 @@ class RunConfig:
         _validate(self)
 
     def check(self) -> None:
+        if not self.out:
+            raise ConfigError("run.out must be a folder path; got ''")
+        check_text(self.out, "run.out")
+        if self.name:  # empty: named from the algorithm, seed and time
+            safe_name(self.name, "run.name")
+        if self.group:  # empty: named from the env id
+            safe_name(self.group, "run.group")
         if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
             raise ConfigError(f"run.device must be cpu, cuda or cuda:N; got {self.device!r}")
         if self.preset not in ("auto", "none") and preset_path(self.preset) is None:
@@ -451,7 +464,8 @@ class Config:
             stop = "none" if reward_threshold is None else reward_threshold
             run = dataclasses.replace(run, stop_at_return=stop)
         if not run.group:
-            run = dataclasses.replace(run, group=self.env.id.replace("/", "-").replace(":", "-"))
+            group = safe_name(self.env.id.replace("/", "-").replace(":", "-"), "run.group")
+            run = dataclasses.replace(run, group=group)
         return dataclasses.replace(self, algo=self.algo.resolve(), run=run)
 
     def to_toml(self) -> str:
@@ -522,6 +536,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = key.strip(), raw.strip()
     if not sep or not key:
         raise ConfigError(f"--set expects key=value (e.g. --set lr=0.01); got {text!r}")
+    if any(c in text for c in "\n\r"):
+        raise ConfigError(f"--set takes one key=value on one line (no newline); got {text!r}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -536,6 +552,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a folder, not a TOML file") from None
+    except OSError as error:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {error.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
 

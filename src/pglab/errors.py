@@ -2,7 +2,9 @@
 
 Every mistake a user can make (a bad option, an unknown env, a broken checkpoint)
 raises a subclass of :class:`PglabError`. The command line prints its message on one
-line and exits with code 2; the Python API lets it propagate.
+line and exits with code 2; the Python API lets it propagate. A :class:`StorageError`
+(a folder that cannot be written) is a fault of the machine rather than a mistake: one
+line too, exit code 1.
 """
 
 
@@ -33,3 +35,7 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, run_dirs: list[str]) -> None:
         super().__init__(" ".join(run_dirs))
         self.run_dirs = list(run_dirs)
+
+
+class StorageError(PglabError):
+    """A file or folder cannot be written (read-only, full disk, a file in the way)."""

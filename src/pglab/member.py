@@ -37,6 +37,7 @@ from pglab.envs import eval_num_envs, make_vec_env, reward_threshold
 from pglab.errors import PglabError
 from pglab.evaluate import EvalResult
 from pglab.logs import MetricsLogger, Progress
+from pglab.paths import make_dirs, write_text_atomic
 from pglab.rollout import Batch, Collector, EpisodeStats
 
 CONFIG_FILE = "config.toml"
@@ -84,7 +85,7 @@ def new_run_dir(config: Config) -> Path:
         while path.exists():
             n += 1
             path = group / f"{base}-{n}"
-    path.mkdir(parents=True)
+    make_dirs(path, config.run.out)  # no write outside run.out, nor through a link
     return path
 
 
@@ -385,7 +386,9 @@ class Trainer:
             stopped = "solved" if self.last_eval["mean"] >= self.stop_at else "budget"
         self.save(self.run_dir)
         summary = self.summary(stopped)
-        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(
+            self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n", self.run_dir
+        )
         return Run(self.run_dir, self.agent, summary)
 
     def _health(self, batch: Batch, metrics: dict[str, float]) -> dict[str, float]:

@@ -29,13 +29,14 @@ import dataclasses
 import functools
 import multiprocessing
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from pglab.agent import Agent
 from pglab.algos import make_algo, make_stacked, stacks
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
 from pglab.config import Config
@@ -246,13 +247,15 @@ def train(config: Config) -> Run:
     return Population([config]).train()[0]  # built first: a bad option leaves no folder
 
 
-def resume(run_dir: str | Path) -> Run:
-    """Continue the run in ``run_dir`` from its last checkpoint, in the same folder."""
+def resume(run_dir: str | Path, allow_import: Iterable[str] = ()) -> Run:
+    """Continue the run in ``run_dir`` from its last checkpoint, in the same folder
+    (``allow_import``: the modules its env id may import, as for :func:`pglab.load`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PglabError(f"--resume expects a run folder; {str(run_dir)!r} is not a folder")
     state = load_checkpoint(run_dir)
-    config = Config.from_dict(state["config"], source=f"{run_dir}/{CHECKPOINT_DIR}/{LAST}")
+    source = f"{run_dir}/{CHECKPOINT_DIR}/{LAST}"  # checked: config, env import, weights
+    config = Agent.from_checkpoint(state, source, allow_import).config
     population = Population([config], [state])
     trainer = population.trainers[0]
     if trainer.finished():

@@ -8,9 +8,13 @@ for example CartPole) it is used; for CartPole, the leaner step of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -23,7 +27,10 @@ from pglab.errors import EnvError
 __all__ = [
     "ActionAdapter",
     "ObsEncoder",
+    "check_env_import",
     "check_spaces",
+    "env_module",
+    "import_path",
     "make_vec_env",
     "reward_threshold",
     "validate_env_id",
@@ -38,28 +45,93 @@ if LINEWORLD_ID not in gym.registry:
 _EXTRA_NAMESPACES = {"ALE": ("ale_py", "atari")}
 
 
+@contextlib.contextmanager
+def import_path(named: bool = False) -> Iterator[None]:
+    """``sys.path`` for the imports pglab makes while it works with an env.
+
+    The current directory (``''`` or its path, which ``python -m``, ``-c`` and the
+    interactive interpreter put first) is left out, so that a file in the folder pglab
+    runs in (a shared run folder, say) never stands in for an installed package. For a
+    module the user ``named`` (the module of an env id given with ``--env`` or allowed
+    with ``--allow-import``) the current directory is searched too, last.
+    """
+    here = os.getcwd()
+    saved = list(sys.path)
+    sys.path[:] = [p for p in saved if p not in ("", ".", here)] + ([here] if named else [])
+    try:
+        yield
+    finally:
+        added = [p for p in sys.path if p not in saved and p != here]
+        sys.path[:] = saved + added
+
+
 def _load_namespace(env_id: str) -> None:
     namespace = env_id.split("/", 1)[0] if "/" in env_id else None
     if namespace not in _EXTRA_NAMESPACES:
         return
     module, extra = _EXTRA_NAMESPACES[namespace]
     try:
-        gym.register_envs(importlib.import_module(module))
+        with import_path():
+            gym.register_envs(importlib.import_module(module))
     except ImportError:
         raise EnvError(
             f"env {env_id!r} needs the optional extra {extra!r}: pip install 'pglab[{extra}]'"
         ) from None
 
 
-def _entry_class(env_id: str) -> type[gym.Env] | None:
-    """The class named by ``package.module:Class``, or None when ``env_id`` is a registry id."""
+def env_module(env_id: str) -> str | None:
+    """The module that the env id ``package.module:Class`` (or Gymnasium's
+    ``module:EnvId``) imports; None for a registry id, which imports nothing new."""
     if ":" not in env_id:
         return None
     module_name, _, attr = env_id.partition(":")
+    parts = module_name.split(".")
+    if not attr or not all(part.isidentifier() for part in parts):
+        raise EnvError(
+            f"env {env_id!r} must be a Gymnasium id or package.module:Class (a module path "
+            "and a name after the colon)"
+        )
+    return module_name
+
+
+def check_env_import(env_id: str, allowed: Iterable[str], source: str) -> None:
+    """Refuse an env id read from a file (``source``: a checkpoint, a run folder) when
+    making it would import a module the user did not allow.
+
+    ``allowed`` holds module names the user gave (``--allow-import``, or
+    ``allow_import=`` in Python); a package allows its submodules. Registry ids pass.
+    """
+    module = env_module(env_id)
+    if module is None or any(module == m or module.startswith(f"{m}.") for m in allowed):
+        return
+    raise EnvError(
+        f"{source!r} names env {env_id!r}, which would import module {module!r}; pglab imports "
+        f"no module named only in a file: if you trust it, pass --allow-import {module} "
+        f"(in Python: allow_import=[{module!r}])"
+    )
+
+
+def _entry_class(env_id: str) -> type[gym.Env] | None:
+    """The class named by ``package.module:Class``, or None when ``env_id`` is a registry id.
+
+    The module is imported as one the user named (see :func:`import_path`); callers
+    that read the id from a file check it first with :func:`check_env_import`.
+    """
+    module_name = env_module(env_id)
+    if module_name is None:
+        return None
+    attr = env_id.partition(":")[2]
     try:
-        module = importlib.import_module(module_name)
+        with import_path(named=True):
+            module = importlib.import_module(module_name)
     except ImportError as error:
         raise EnvError(f"env {env_id!r}: cannot import module {module_name!r} ({error})") from None
+    except Exception as error:  # the module itself fails: report it, not a traceback
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise EnvError(
+            f"env {env_id!r}: importing module {module_name!r} failed: "
+            f"{type(error).__name__}{': ' + reason if reason else ''}"
+        ) from None
     target = getattr(module, attr, None)
     if isinstance(target, type) and issubclass(target, gym.Env):
         return target
@@ -145,30 +217,15 @@ def make_vec_env(
         wrappers, kwargs = [wrapper], {**needed, **kwargs}
     env_class = _entry_class(env_id)
     try:
-        if env_class is not None:
-
-            def make_one() -> gym.Env:
-                env = env_class(**kwargs)
-                for wrap in wrappers:
-                    env = wrap(env)
-                return env
-
-            envs: VectorEnv = SyncVectorEnv([make_one for _ in range(num_envs)])
-        else:
-            name = env_id.split(":", 1)[1] if ":" in env_id else env_id
-            spec = gym.spec(name)
-            fast = spec.vector_entry_point is not None and not wrappers
-            if spec.vector_entry_point == cartpole.GYMNASIUM_ENTRY_POINT:
-                spec = dataclasses.replace(spec, vector_entry_point=cartpole.ENTRY_POINT)
-            envs = gym.make_vec(
-                spec,
-                num_envs=num_envs,
-                vectorization_mode="vector_entry_point" if fast else "sync",
-                wrappers=wrappers or None,
-                **kwargs,
-            )
+        with import_path():
+            envs = _make(env_id, env_class, num_envs, kwargs, wrappers)
     except gym.error.DependencyNotInstalled as error:
         raise EnvError(_missing_extra(env_id, error)) from None
+    except ImportError as error:  # an entry point's module that is not installed
+        raise EnvError(
+            f"env {env_id!r} needs module {error.name or str(error)!r}, which is not installed; "
+            "pglab does not import it from the current folder (import it yourself first)"
+        ) from None
     except (TypeError, ValueError, gym.error.Error) as error:
         raise EnvError(f"env {env_id!r} rejected its options {kwargs}: {error}") from None
     autoreset = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
@@ -181,3 +238,34 @@ def make_vec_env(
         envs.close()
         raise
     return envs
+
+
+def _make(
+    env_id: str,
+    env_class: type[gym.Env] | None,
+    num_envs: int,
+    kwargs: dict[str, Any],
+    wrappers: list,
+) -> VectorEnv:
+    """The vector env itself: the class's copies, or Gymnasium's make_vec for a registry id."""
+    if env_class is not None:
+
+        def make_one() -> gym.Env:
+            env = env_class(**kwargs)
+            for wrap in wrappers:
+                env = wrap(env)
+            return env
+
+        return SyncVectorEnv([make_one for _ in range(num_envs)])
+    name = env_id.split(":", 1)[1] if ":" in env_id else env_id
+    spec = gym.spec(name)
+    fast = spec.vector_entry_point is not None and not wrappers
+    if spec.vector_entry_point == cartpole.GYMNASIUM_ENTRY_POINT:
+        spec = dataclasses.replace(spec, vector_entry_point=cartpole.ENTRY_POINT)
+    return gym.make_vec(
+        spec,
+        num_envs=num_envs,
+        vectorization_mode="vector_entry_point" if fast else "sync",
+        wrappers=wrappers or None,
+        **kwargs,
+    )

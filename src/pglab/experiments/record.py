@@ -11,7 +11,6 @@ appears only once it is complete.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import gymnasium as gym
 import numpy as np
 
 from pglab.agent import Agent
-from pglab.envs import _entry_class, validate_env_id
+from pglab.envs import _entry_class, import_path, validate_env_id
 from pglab.errors import ConfigError, EnvError, PglabError
+from pglab.paths import write_atomic
 
 FORMATS = (".gif", ".mp4")
 
@@ -49,7 +49,8 @@ def render_env(agent: Agent) -> gym.Env:
         wrappers, kwargs = [wrapper], {**needed, **kwargs}
     env_class = _entry_class(env_cfg.id)
     try:
-        env = env_class(**kwargs) if env_class is not None else gym.make(env_cfg.id, **kwargs)
+        with import_path():
+            env = env_class(**kwargs) if env_class is not None else gym.make(env_cfg.id, **kwargs)
     except TypeError as error:
         raise EnvError(f"{env_cfg.id} cannot render RGB frames: {error}") from None
     for wrap in wrappers:
@@ -68,50 +69,47 @@ def record(
     max_frames: int = 20_000,
 ) -> Recording:
     """Play ``episodes`` episodes (env seeds ``seed``, ``seed + 1``, ...) and write them
-    to ``out`` (.gif or .mp4), at most ``max_frames`` frames."""
+    to ``out`` (.gif or .mp4), at most ``max_frames`` frames. The file is written whole
+    or not at all, replacing (never following) a link at ``out``."""
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise ConfigError(f"--out must end in {' or '.join(FORMATS)}; got {str(out)!r}")
     if episodes < 1:
         raise ConfigError(f"--episodes must be an integer >= 1; got {episodes}")
+    if fps is not None and not 1 <= fps <= 1000:
+        raise ConfigError(f"--fps must be an integer in [1, 1000]; got {fps}")
     writer = _mp4_writer() if out.suffix.lower() == ".mp4" else None
     env = render_env(agent)
     frames: list[np.ndarray] = []
     returns = []
-    try:
-        env.reset(seed=seed)
+    with import_path():  # rendering may import (pygame, say): never from the current folder
         try:
-            env.render()
-        except gym.error.DependencyNotInstalled as error:
-            raise EnvError(f"{agent.config.env.id} cannot render: {error}") from None
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episode)
-            frames.append(env.render())
-            total, done = 0.0, False
-            while not done and len(frames) < max_frames:
-                obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic))
+            env.reset(seed=seed)
+            try:
+                env.render()
+            except gym.error.DependencyNotInstalled as error:
+                raise EnvError(f"{agent.config.env.id} cannot render: {error}") from None
+            for episode in range(episodes):
+                obs, _ = env.reset(seed=seed + episode)
                 frames.append(env.render())
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
-        rate = fps or int(env.metadata.get("render_fps") or 30)
-    finally:
-        env.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(suffix=out.suffix, dir=out.parent, prefix=".recording-")
-    os.close(handle)
-    try:
+                total, done = 0.0, False
+                while not done and len(frames) < max_frames:
+                    obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic))
+                    frames.append(env.render())
+                    total += float(reward)
+                    done = terminated or truncated
+                returns.append(total)
+            rate = fps or int(env.metadata.get("render_fps") or 30)
+        finally:
+            env.close()
+
+    def write(temp: Path) -> None:
         if writer is None:
-            _write_gif(Path(partial), frames, rate)
+            _write_gif(temp, frames, rate)
         else:
-            writer(partial, np.stack(frames), fps=rate)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(partial, 0o666 & ~umask)
-        os.replace(partial, out)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+            writer(str(temp), np.stack(frames), fps=rate)
+
+    write_atomic(out, write, out.parent)
     return Recording(out, len(frames), returns)
 
 
@@ -184,7 +182,6 @@ def plot_lineworld(
     ax.set_title(f"{agent.config.env.id}: {episodes} episodes, success rate {rate:.0%}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    write_atomic(out, lambda temp: fig.savefig(temp, format=out.suffix[1:].lower()), out.parent)
     plt.close(fig)
     return rate

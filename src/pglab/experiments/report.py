@@ -22,6 +22,7 @@ each configuration's mean curve with its bootstrap 95% band. Everything goes to
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from pglab.errors import PglabError
+from pglab.paths import make_dirs, write_atomic, write_text_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,21 +61,49 @@ class RunRecord:
 
 
 def load_runs(group_dir: Path) -> list[RunRecord]:
-    """Every run folder under ``group_dir`` with a ``summary.json``."""
+    """Every run folder under ``group_dir`` with a ``summary.json``.
+
+    A run whose ``summary.json``, ``config.toml`` or ``metrics.csv`` is missing or
+    malformed is left out, with a warning line on stderr naming the file.
+    """
     records = []
     for summary_file in sorted(group_dir.glob("*/summary.json")):
-        folder = summary_file.parent
-        config = tomllib.loads((folder / "config.toml").read_text())
+        try:
+            records.append(_load_run(summary_file))
+        except _Unreadable as skipped:
+            print(f"pglab: warning: skipping run {skipped}", file=sys.stderr)
+    return records
+
+
+class _Unreadable(Exception):
+    """A run file that cannot be read; ``str()`` names it and says why."""
+
+
+def _load_run(summary_file: Path) -> RunRecord:
+    folder = summary_file.parent
+    current = summary_file
+    try:
+        summary = json.loads(summary_file.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+        current = folder / "config.toml"
+        config = tomllib.loads(current.read_text())
         options = {f"{s}.{k}": v for s, values in config.items() for k, v in values.items()}
+        current = folder / "metrics.csv"
         steps, returns = [], []
-        with open(folder / "metrics.csv", newline="") as handle:
+        with open(current, newline="") as handle:
             for row in csv.DictReader(handle):
                 if row.get("episode_return_mean"):
                     steps.append(int(row["step"]))
                     returns.append(float(row["episode_return_mean"]))
-        summary = json.loads(summary_file.read_text())
-        records.append(RunRecord(folder, options, summary, np.array(steps), np.array(returns)))
-    return records
+    except OSError as error:
+        raise _Unreadable(f"{str(current)!r}: {error.strerror or error}") from None
+    except (ValueError, TypeError, AttributeError, KeyError, csv.Error) as error:
+        # bad JSON, TOML, numbers or columns (TOMLDecodeError and UnicodeDecodeError
+        # are ValueErrors)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise _Unreadable(f"{str(current)!r}: not readable ({reason})") from None
+    return RunRecord(folder, options, summary, np.array(steps), np.array(returns))
 
 
 def iqm(values: Sequence[float]) -> float:
@@ -143,7 +173,9 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
         raise PglabError(f"pglab report expects a run group folder; {str(group_dir)!r} is not one")
     records = load_runs(group_dir)
     if not records:
-        raise PglabError(f"no finished runs (folders with summary.json) in {str(group_dir)!r}")
+        raise PglabError(
+            f"no finished runs (readable folders with summary.json) in {str(group_dir)!r}"
+        )
     groups: dict[str, list[RunRecord]] = {}
     swept = [_SWEEP_NAME.fullmatch(r.path.name) for r in records]
     if by:
@@ -179,12 +211,15 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
         )
         curves[label] = on_grid
 
-    out = group_dir / REPORT_DIR
-    out.mkdir(exist_ok=True)
-    (out / "report.md").write_text(_markdown(group_dir, rows, grouping, len(records)))
-    _write_csv(out / "report.csv", rows)
-    _plot(out / "learning_curves.png", grid, curves, group_dir.name)
-    return out
+    out = make_dirs(group_dir / REPORT_DIR, group_dir)
+    write_text_atomic(out / "report.md", _markdown(group_dir, rows, grouping, len(records)), out)
+    write_text_atomic(out / "report.csv", _csv(rows), out)
+
+    def plot(temp: Path) -> None:
+        _plot(temp, grid, curves, group_dir.name)
+
+    write_atomic(out / "learning_curves.png", plot, out)
+    return group_dir / REPORT_DIR
 
 
 def _cell(stats: dict[str, float] | None) -> list[str]:
@@ -226,21 +261,22 @@ def _markdown(group_dir: Path, rows: list[dict], grouping: str, runs: int) -> st
     return "\n".join(lines)
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
+def _csv(rows: list[dict]) -> str:
     fields = ["configuration", "runs"] + [
         f"{figure}_{stat}"
         for figure in ("final", "auc", "success")
         for stat in ("mean", "std", "iqm", "ci_low", "ci_high")
     ]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fields)
-        writer.writeheader()
-        for row in rows:
-            flat = {"configuration": row["configuration"], "runs": row["runs"]}
-            for figure in ("final", "auc", "success"):
-                for stat, value in (row[figure] or {}).items():
-                    flat[f"{figure}_{stat}"] = round(value, 4)
-            writer.writerow(flat)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fields)
+    writer.writeheader()
+    for row in rows:
+        flat = {"configuration": row["configuration"], "runs": row["runs"]}
+        for figure in ("final", "auc", "success"):
+            for stat, value in (row[figure] or {}).items():
+                flat[f"{figure}_{stat}"] = round(value, 4)
+        writer.writerow(flat)
+    return table.getvalue()
 
 
 def _plot(path: Path, grid: np.ndarray, curves: dict[str, np.ndarray], title: str) -> None:
@@ -265,7 +301,8 @@ def _plot(path: Path, grid: np.ndarray, curves: dict[str, np.ndarray], title: st
     ax.set_ylabel("training episode return")
     ax.set_title(f"{title}: mean over seeds, 95% bootstrap band")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best", ncol=1 if len(curves) <= 12 else 2)
+    if ax.get_legend_handles_labels()[0]:  # runs too short for a curve draw none
+        ax.legend(fontsize=7, loc="best", ncol=1 if len(curves) <= 12 else 2)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)

@@ -27,18 +27,20 @@ kinds are compared on the same scale as the gradient they define.
 from __future__ import annotations
 
 import csv
+import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pglab.agent import build_models, build_normalizer
+from pglab.agent import build_models, build_normalizer, load_weights, stored_config
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
-from pglab.config import Config
 from pglab.envs import make_vec_env
 from pglab.errors import ConfigError, PglabError
 from pglab.losses import policy_gradient_loss
+from pglab.paths import make_dirs, write_atomic, write_text_atomic
 from pglab.returns import (
     CRITIC_WEIGHTS,
     WEIGHT_KINDS,
@@ -74,7 +76,10 @@ def snapshots(run_dir: Path) -> list[tuple[int, Path]]:
             found.append((int(step), file))
     last = folder / LAST
     if last.is_file():
-        steps = int(load_checkpoint(last)["counters"]["steps"])
+        try:
+            steps = int(load_checkpoint(last)["counters"]["steps"])
+        except (KeyError, TypeError, ValueError):
+            raise PglabError(f"{str(last)!r} holds no step counter; it cannot be studied") from None
         if steps not in {s for s, _ in found}:
             found.append((steps, last))
     if not found:
@@ -92,17 +97,20 @@ def estimate(
     lam: float,
     normalize: bool = False,
     seed: int = 0,
+    source: str = "checkpoint",
+    allow_import: Iterable[str] = (),
 ) -> dict[str, tuple[float, float, float, float]]:
-    """``kind -> (trace, along_mean, mean_norm, weight_var)`` at the checkpoint ``state``."""
-    config = Config.from_dict(state["config"], source="checkpoint")
+    """``kind -> (trace, along_mean, mean_norm, weight_var)`` at the checkpoint ``state``
+    (read from ``source``; ``allow_import`` as for :func:`pglab.load`)."""
+    config = stored_config(state, source, allow_import)
     envs = make_vec_env(config.env.id, episodes, config.env.kwargs, config.env.preprocess)
     actor, critic = build_models(config, envs.single_observation_space, envs.single_action_space)
-    actor.load_state_dict(state["actor"])
+    load_weights(actor, state.get("actor"), source, "actor")
     if critic is not None and state.get("critic"):
-        critic.load_state_dict(state["critic"])
+        load_weights(critic, state["critic"], source, "critic")
     normalizer = build_normalizer(config, envs.single_observation_space, episodes)
     if normalizer is not None:
-        normalizer.load_state_dict(state["normalizer"])
+        load_weights(normalizer, state.get("normalizer"), source, "normalizer")
     torch.manual_seed(seed)
     collector = Collector(
         envs, actor, critic, seed=seed, normalizer=normalizer, update_normalizer=False
@@ -159,9 +167,13 @@ def study(
     normalize: bool = False,
     which: str = "all",
     out: str | Path | None = None,
+    allow_import: Iterable[str] = (),
 ) -> Path:
     """Estimate the variances at the run's snapshots; writes ``variance.md``,
-    ``variance.csv`` and ``variance.png`` to ``out`` (default ``RUN/variance/``)."""
+    ``variance.csv`` and ``variance.png`` to ``out`` (default ``RUN/variance/``).
+
+    ``allow_import`` names the modules the run's env id may import (see
+    :func:`pglab.load`). Nothing is written outside ``out`` or through a link."""
     run_dir = Path(run_dir)
     if batches < 2:
         raise ConfigError(f"--batches must be an integer >= 2; got {batches}")
@@ -173,7 +185,7 @@ def study(
     if which == "last":
         found = found[-1:]
     first = load_checkpoint(found[0][1])
-    config = Config.from_dict(first["config"], source="checkpoint")
+    config = stored_config(first, str(found[0][1]), allow_import)
     has_critic = bool(first.get("critic"))
     wanted = kinds or [k for k in WEIGHT_KINDS if has_critic or k not in CRITIC_WEIGHTS]
     unknown = [k for k in wanted if k not in WEIGHT_KINDS]
@@ -198,18 +210,22 @@ def study(
             gamma=gamma,
             lam=lam,
             normalize=normalize,
+            source=str(file),
+            allow_import=allow_import,
         )
         for kind, (trace, along, norm, weight_var) in figures.items():
             rows.append(Estimate(file.name, step, kind, trace, along, norm, weight_var))
+    root = Path(out) if out is not None else run_dir
     out = Path(out) if out is not None else run_dir / VARIANCE_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    _write(out, rows, run_dir, batches, episodes, gamma, lam, normalize)
-    _plot(out / "variance.png", rows, wanted)
+    make_dirs(out, root)
+    _write(out, root, rows, run_dir, batches, episodes, gamma, lam, normalize)
+    write_atomic(out / "variance.png", lambda temp: _plot(temp, rows, wanted), root)
     return out
 
 
 def _write(
     out: Path,
+    root: Path,
     rows: list[Estimate],
     run_dir: Path,
     batches: int,
@@ -218,23 +234,23 @@ def _write(
     lam: float,
     normalize: bool,
 ) -> None:
-    with open(out / "variance.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(
+        [
+            "snapshot",
+            "step",
+            "weights",
+            "trace_cov",
+            "var_along_mean",
+            "mean_norm",
+            "weight_var",
+        ]
+    )
+    for r in rows:
         writer.writerow(
-            [
-                "snapshot",
-                "step",
-                "weights",
-                "trace_cov",
-                "var_along_mean",
-                "mean_norm",
-                "weight_var",
-            ]
+            [r.snapshot, r.step, r.kind, r.trace, r.along_mean, r.mean_norm, r.weight_var]
         )
-        for r in rows:
-            writer.writerow(
-                [r.snapshot, r.step, r.kind, r.trace, r.along_mean, r.mean_norm, r.weight_var]
-            )
     lines = [
         f"# Gradient variance: {run_dir.name}",
         "",
@@ -250,7 +266,8 @@ def _write(
             f"{r.mean_norm:.4g} | {r.weight_var:.4g} |"
         )
     lines += ["", "![variance](variance.png)", ""]
-    (out / "variance.md").write_text("\n".join(lines))
+    write_text_atomic(out / "variance.csv", table.getvalue(), root)
+    write_text_atomic(out / "variance.md", "\n".join(lines), root)
 
 
 def _plot(path: Path, rows: list[Estimate], kinds: list[str]) -> None:
@@ -274,5 +291,5 @@ def _plot(path: Path, rows: list[Estimate], kinds: list[str]) -> None:
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
