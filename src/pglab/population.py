@@ -55,6 +55,7 @@ from pglab.errors import ConfigError, TrainingError
 from pglab.logs import Progress
 from pglab.optim import StackedOptimizer
 from pglab.rollout import Batch, EpisodeStats, collect_steps_together, run_episodes_together
+from pglab.safety import hold_lock
 from pglab.train import CONFIG_FILE, Run, Trainer, _new_run_dir, _StopRequest, run_label
 
 #: Options whose values may differ between the members of one population.
@@ -347,8 +348,13 @@ class Population:
         One progress display for the whole population (``progress``, by default the
         members' ``run.progress``); health warnings name their member's folder.
         """
+        with contextlib.ExitStack() as self._locks:  # one writer per run folder
+            return self._train(progress)
+
+    def _train(self, progress: str | None) -> list[Run]:
         for trainer in self.trainers:
             run_dir = _new_run_dir(trainer.config)
+            self._locks.enter_context(hold_lock(run_dir, "run folder"))
             (run_dir / CONFIG_FILE).write_text(trainer.config.to_toml())
             trainer.open(run_dir, progress="off")
             trainer.warn_prefix = f"{run_dir.name}: "

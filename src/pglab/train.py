@@ -42,6 +42,7 @@ from pglab.errors import PglabError
 from pglab.evaluate import EvalResult
 from pglab.logs import MetricsLogger, Progress
 from pglab.rollout import Batch, Collector, EpisodeStats
+from pglab.safety import hold_lock
 
 CONFIG_FILE = "config.toml"
 SUMMARY_FILE = "summary.json"
@@ -449,8 +450,9 @@ def train(config: Config) -> Run:
     config = config.resolve(reward_threshold(config.env.id))
     trainer = Trainer(config)  # envs and models first: a bad option leaves no folder
     run_dir = _new_run_dir(config)
-    (run_dir / CONFIG_FILE).write_text(config.to_toml())
-    return trainer.train(run_dir)
+    with hold_lock(run_dir, "run folder"):  # one writer per run folder
+        (run_dir / CONFIG_FILE).write_text(config.to_toml())
+        return trainer.train(run_dir)
 
 
 def resume(run_dir: str | Path) -> Run:
@@ -458,6 +460,11 @@ def resume(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PglabError(f"--resume expects a run folder; {str(run_dir)!r} is not a folder")
+    with hold_lock(run_dir, "run folder"):  # one writer per run folder
+        return _resume_locked(run_dir)
+
+
+def _resume_locked(run_dir: Path) -> Run:
     state = load_checkpoint(run_dir)
     config = Config.from_dict(state["config"], source=f"{run_dir}/{CHECKPOINT_DIR}/{LAST}")
     trainer = Trainer(config, state)
