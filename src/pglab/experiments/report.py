@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pglab.errors import PglabError
+from pglab.train import CONFIG_FILE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,7 +64,13 @@ def load_runs(group_dir: Path) -> list[RunRecord]:
     records = []
     for summary_file in sorted(group_dir.glob("*/summary.json")):
         folder = summary_file.parent
-        config = tomllib.loads((folder / "config.toml").read_text())
+        config, edited = trained_config(folder)
+        if edited:
+            print(
+                f"pglab: warning: {folder / CONFIG_FILE} was edited after the run trained; "
+                "the report uses the options the run trained with (its checkpoint's)",
+                file=sys.stderr,
+            )
         options = {f"{s}.{k}": v for s, values in config.items() for k, v in values.items()}
         steps, returns = [], []
         with open(folder / "metrics.csv", newline="") as handle:
@@ -74,6 +81,29 @@ def load_runs(group_dir: Path) -> list[RunRecord]:
         summary = json.loads(summary_file.read_text())
         records.append(RunRecord(folder, options, summary, np.array(steps), np.array(returns)))
     return records
+
+
+def trained_config(run_dir: str | Path) -> tuple[dict[str, Any], bool]:
+    """The options the run in ``run_dir`` trained with, as a nested dict, and whether
+    its ``config.toml`` says otherwise (was edited since).
+
+    The checkpoint's config is the one training used (``--resume`` reads it, never
+    ``config.toml``); without a checkpoint, ``config.toml`` is all there is.
+    """
+    from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
+
+    run_dir = Path(run_dir)
+    written = run_dir / CONFIG_FILE
+    text = tomllib.loads(written.read_text()) if written.is_file() else None
+    if not (run_dir / CHECKPOINT_DIR / LAST).is_file():
+        if text is None:
+            raise PglabError(f"{str(run_dir)!r} has neither {CONFIG_FILE} nor a checkpoint")
+        return text, False
+    import tomli_w
+
+    saved = load_checkpoint(run_dir)["config"]
+    # Both through TOML, so that only a change of value counts (not of layout or types).
+    return saved, text is not None and tomllib.loads(tomli_w.dumps(saved)) != text
 
 
 def iqm(values: Sequence[float]) -> float:
