@@ -305,15 +305,18 @@ def _check_distinct(sweep: Sweep) -> None:
     named: dict[str, str] = {}
     for run in sweep.runs:
         flat = sweep.config(run).to_dict()
-        for key in ("seed", "name"):
-            flat["run"].pop(key)
+        flat["run"].pop("name")
         experiment = json.dumps(flat, sort_keys=True, default=str)
-        label = run.name.rpartition("seed=")[0].rstrip(",") or "the only configuration"
-        if seen.setdefault(experiment, label) != label:
-            raise ConfigError(
-                f"sweep spec: configurations {seen[experiment]!r} and {label!r} are the same "
-                "experiment (every option equal); remove one"
+        if experiment in seen:
+            first, label = (
+                name.rpartition("seed=")[0].rstrip(",") for name in (seen[experiment], run.name)
             )
+            raise ConfigError(
+                f"sweep spec: configurations {first or 'the only one'!r} and "
+                f"{label or 'the only one'!r} are the same experiment (every option equal); "
+                "remove one"
+            )
+        seen[experiment] = run.name
         if named.setdefault(run.name, experiment) != experiment:
             raise ConfigError(
                 f"sweep spec: two different configurations would share the run folder "
