@@ -16,7 +16,8 @@ the table gives the mean, the standard deviation, the interquartile mean (IQM, t
 mean of the middle half of the sorted values; Agarwal et al. 2021) and a 95%
 percentile-bootstrap confidence interval of the mean. ``learning_curves.png`` draws
 each configuration's mean curve with its bootstrap 95% band. Everything goes to
-``runs/<group>/report/``.
+``runs/<group>/report/``. A run's options are those it trained with (its checkpoint's,
+as ``--resume`` uses them): a ``config.toml`` edited since gets a warning and is not used.
 """
 
 from __future__ import annotations

@@ -30,11 +30,29 @@ A spec is a TOML file::
 
 Every configuration (a grid point, crossed with each variant and each random draw)
 runs once per seed. A run's folder is named after the options the spec varies and its
-seed (``lr=0.01,hidden=8,seed=2``; a named variant shows as ``variant=mc``). Running
-a sweep again skips the runs whose folder holds a finished ``summary.json``, so an
-interrupted sweep (Ctrl-C, or kill -9) completes only what is missing; half-written folders are cleared and run again. A run
-that fails leaves ``error.txt`` in its folder and does not stop the others; the exit
-code says whether every run succeeded.
+seed (``lr=0.01,hidden=8,seed=2``; a named variant shows as ``variant=mc``); in values,
+``%``, ``/``, ``\\``, ``,``, ``=``, ``:``, control characters and a leading ``.`` are
+percent-encoded (``env=pglab%2FLineWorld-v0``), so that each value gives one folder of its
+own. Running a sweep again skips the runs whose folder holds a finished ``summary.json``, so
+an interrupted sweep (Ctrl-C, or kill -9) completes only what is missing; half-written
+folders are cleared and run again. A run that fails leaves ``error.txt`` in its folder and
+does not stop the others; the exit code says whether every run succeeded.
+
+Refused, with one line, before anything is written: a ``group`` that is not one folder
+name (empty, ``.``, ``..``, a ``/`` or ``\\``, control characters, over 100 characters);
+the options the sweep sets itself (``run.seed``: use ``seeds``/``base_seed``;
+``run.name``, ``run.out``, ``run.group``) anywhere in the spec; one option under two
+names (``lr`` and ``algo.lr``), or given in more than one of ``[set]``, ``[grid]`` and
+``[random]``, or changed by a variant while the grid or the draws vary it; repeated
+seeds; two configurations that are the same experiment (every option equal), or
+different ones that would share a folder name; a section, bound or path of the wrong type.
+
+One sweep of a group runs at a time (a lock on ``<group>/.lock``; a second one stops with
+the holder's process id, exit code 2). A sweep removes only unfinished run folders that
+sweeps of its group created (listed in ``<group>/.sweep-started.json``); any other folder
+in a run's place stops the sweep, untouched. Which runs train together as a population
+depends on the spec alone, so a run's numbers do not depend on ``--workers``; the local
+workers die with the sweep's process, even when it is killed with kill -9.
 
 Backends: ``local`` runs a process pool sized to the cores (one torch thread each;
 runs that differ only in seed or in per-member hyperparameters train as one
@@ -63,7 +81,7 @@ import numpy as np
 
 from pglab.config import SECTIONS, Config, build_config, qualify
 from pglab.errors import ConfigError, PglabError
-from pglab.safety import atomic_write, die_with_parent, hold_lock
+from pglab.safety import atomic_write, check_folder_name, die_with_parent, hold_lock
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -149,7 +167,7 @@ def load_spec(path: str | Path) -> Sweep:
             f"sweep spec {str(path)!r}: unknown key {unknown[0]!r}; "
             f"allowed: {', '.join(sorted(_SPEC_KEYS))}"
         )
-    group = folder_name(spec.get("group", path.stem), "group")
+    group = check_folder_name(spec.get("group", path.stem), "sweep spec: group")
     out_value = spec.get("out", "runs")
     if not isinstance(out_value, str) or not out_value or not out_value.isprintable():
         raise ConfigError(f"sweep spec: out must be a folder path (a string); got {out_value!r}")
@@ -202,26 +220,6 @@ _OWNED = {
     "run.out": "the spec's out",
     "run.group": "the spec's group",
 }
-_NAME_LENGTH = 100
-
-
-def folder_name(value: Any, what: str) -> str:
-    """``value`` if it can name one folder inside another: a non-empty string of at most
-    100 printable characters, without ``/`` or ``\\``, and not ``.`` or ``..``; else
-    :class:`ConfigError` naming ``what``."""
-    if (
-        not isinstance(value, str)
-        or not value
-        or len(value) > _NAME_LENGTH
-        or not value.isprintable()
-        or set(value) & {"/", "\\"}
-        or set(value) == {"."}
-    ):
-        raise ConfigError(
-            f"sweep spec: {what} must name one folder: 1 to {_NAME_LENGTH} printable "
-            f"characters, no '/' or '\\', not '.' or '..'; got {value!r}"
-        )
-    return value
 
 
 def inside(root: Path, name: str) -> Path:
