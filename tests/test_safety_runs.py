@@ -202,23 +202,23 @@ def test_a_second_sweep_of_a_group_is_refused_and_writes_nothing(tmp_path, capsy
 def test_killing_a_sweep_kills_its_workers(tmp_path):
     spec = tmp_path / "s.toml"
     out = tmp_path / "runs"
-    spec.write_text(  # two runs that do not form a population: one per worker
-        f'group = "g"\nout = "{out}"\nseeds = 2\n[set]\nenv = "CartPole-v1"\n'
+    spec.write_text(
+        f'group = "g"\nout = "{out}"\n[set]\nenv = "CartPole-v1"\n'
         'algo = "reinforce"\nweights = "fr"\nbatch_size = 2\ntotal_steps = 100000000\n'
     )
     sweep = subprocess.Popen(
-        [sys.executable, "-m", "pglab.cli", "sweep", str(spec), "--workers", "2"],
+        [sys.executable, "-m", "pglab.cli", "sweep", str(spec), "--workers", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     workers: set[int] = set()
     try:
         deadline = time.monotonic() + 60
-        while len(list(out.glob("g/*/metrics.csv"))) < 2:  # until both workers train
+        while not list(out.glob("g/*/metrics.csv")):  # until the worker trains
             assert time.monotonic() < deadline and sweep.poll() is None
             time.sleep(0.1)
         workers = descendants(sweep.pid)
-        assert len(list(out.glob("g/*/metrics.csv"))) == 2 and workers
+        assert workers
         sweep.kill()
         sweep.wait()
         deadline = time.monotonic() + 5
