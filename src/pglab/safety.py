@@ -133,11 +133,13 @@ def hold_lock(folder: str | Path, what: str) -> Iterator[Path]:
     descriptor = os.open(path, flags, 0o644)
     try:
         if not _try_lock(descriptor):
-            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+            os.lseek(descriptor, 0, os.SEEK_SET)
+            holder = os.read(descriptor, 32).decode(errors="replace").strip()
             who = f"process {holder}" if holder.isdigit() else "another process"
             raise FolderInUseError(f"{what} {str(folder)!r} is in use by {who}")
         os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
         yield path
     finally:
         os.close(descriptor)  # releases the lock
