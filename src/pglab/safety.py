@@ -133,16 +133,28 @@ def hold_lock(folder: str | Path, what: str) -> Iterator[Path]:
     descriptor = os.open(path, flags, 0o644)
     try:
         if not _try_lock(descriptor):
-            os.lseek(descriptor, 0, os.SEEK_SET)
-            holder = os.read(descriptor, 32).decode(errors="replace").strip()
-            who = f"process {holder}" if holder.isdigit() else "another process"
+            holder = _holder(descriptor)
+            who = f"process {holder}" if holder else "another process"
             raise FolderInUseError(f"{what} {str(folder)!r} is in use by {who}")
-        os.ftruncate(descriptor, 0)
+        record = f"{os.getpid()}\n".encode()
         os.lseek(descriptor, 0, os.SEEK_SET)
-        os.write(descriptor, f"{os.getpid()}\n".encode())
+        os.write(descriptor, record)
+        os.ftruncate(descriptor, len(record))
         yield path
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def _holder(descriptor: int) -> str:
+    """The PID in a lock file, waiting briefly for a holder that has just taken the lock
+    to write it; empty when none shows."""
+    for _ in range(20):
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        text = os.read(descriptor, 32).decode(errors="replace")
+        if text.endswith("\n") and text.strip().isdigit():
+            return text.strip()
+        time.sleep(0.01)
+    return ""
 
 
 def _try_lock(descriptor: int) -> bool:
