@@ -73,7 +73,7 @@ def hold_flock(folder: Path) -> subprocess.Popen:
         import fcntl, os, sys, time
         fd = os.open({str(folder / ".lock")!r}, os.O_RDWR | os.O_CREAT)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0); os.write(fd, str(os.getpid()).encode())
+        os.ftruncate(fd, 0); os.write(fd, f"{{os.getpid()}}\\n".encode())
         print("held", flush=True)
         time.sleep(60)
         """

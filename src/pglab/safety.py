@@ -151,7 +151,7 @@ def _holder(descriptor: int) -> str:
     for _ in range(20):
         os.lseek(descriptor, 0, os.SEEK_SET)
         text = os.read(descriptor, 32).decode(errors="replace")
-        if text.endswith("\n") and text.strip().isdigit():
+        if text.strip().isdigit():
             return text.strip()
         time.sleep(0.01)
     return ""
