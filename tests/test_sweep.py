@@ -155,7 +155,7 @@ def test_ppo_runs_of_a_sweep_train_as_populations(tmp_path):
     sweep = load_spec(tmp_path / "spec.toml")
     from pglab.experiments.sweep import _tasks
 
-    assert [len(task) for task in _tasks(sweep, sweep.runs, workers=1)] == [4]
+    assert [len(task) for task in _tasks(sweep, sweep.runs)] == [4]
     assert run_sweep(tmp_path / "spec.toml", workers=1, echo=lambda _: None)
     assert len(summaries(tmp_path / "runs" / "grid")) == 4
 

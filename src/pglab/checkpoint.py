@@ -9,9 +9,7 @@ leaves either the old checkpoint or the new one, never half of one.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 
 from pglab.errors import CheckpointError
+from pglab.safety import atomic_write, remove_stale_temps
 
 FORMAT = "pglab-checkpoint"
 VERSION = 1
@@ -27,20 +26,20 @@ LAST = "last.pt"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Atomically write ``state`` (plus the format marker) to ``path``."""
+    """Atomically write ``state`` (plus the format marker) to ``path``.
+
+    In a run's ``checkpoints/`` folder, the temporary files of writes that were killed
+    before their rename (``.last.pt.*``) are removed first (see
+    :func:`~pglab.safety.remove_stale_temps`; the run folder's lock makes this process
+    its only writer).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.parent.name == CHECKPOINT_DIR:
+        remove_stale_temps(path.parent, "*.pt")
     payload = {"format": FORMAT, "version": VERSION, **state}
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as stream:
+        torch.save(payload, stream)
     return path
 
 

@@ -10,6 +10,7 @@ with code 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -259,6 +260,7 @@ def _train(args: argparse.Namespace) -> int:
                 + ", ".join(f"--{f.replace('_', '-')}" for f in given or ["set/--config"])
             )
         run_dir = args.resume
+        _warn_if_config_edited(run_dir)
         run = resume(run_dir, args.allow_import)
     else:
         if args.allow_import:
@@ -278,6 +280,21 @@ def _train(args: argparse.Namespace) -> int:
         run = train(config)
     _print_run(run)
     return 0
+
+
+def _warn_if_config_edited(run_dir: str) -> None:
+    """One warning line when the run's ``config.toml`` no longer matches the options it
+    trained with: ``--resume`` continues with the checkpoint's options and ignores it."""
+    from pglab.experiments.report import trained_config
+
+    with contextlib.suppress(PglabError, OSError, ValueError):
+        if trained_config(run_dir)[1]:
+            print(
+                f"pglab: warning: {run_dir}/config.toml was edited after the run started; "
+                "--resume ignores it and continues with the options the run trained with "
+                "(its checkpoint's)",
+                file=sys.stderr,
+            )
 
 
 def _print_run(run: Run) -> None:

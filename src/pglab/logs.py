@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pglab.safety import atomic_write, remove_stale_temps
+
 METRICS_FILE = "metrics.csv"
 
 
@@ -25,7 +27,8 @@ class MetricsLogger:
 
     On resume the CSV keeps only rows up to the checkpoint's step (rows written
     after the last checkpoint by a killed process are dropped, as they will be
-    produced again) and TensorBoard purges events past that step.
+    produced again) and TensorBoard purges events past that step. The CSV is never
+    rewritten in place: the kept rows replace it atomically.
     """
 
     def __init__(self, run_dir: Path, columns: list[str], resume_step: int | None = None) -> None:
@@ -43,10 +46,18 @@ class MetricsLogger:
         self._tb = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step)
 
     def _truncate_after(self, step: int) -> None:
+        """Keep the rows up to ``step``: the kept rows go to a new file that replaces
+        the old one whole (:func:`~pglab.safety.atomic_write`), so a kill at any moment
+        leaves every row of the old file or the kept ones, never fewer."""
+        remove_stale_temps(self.path.parent, METRICS_FILE)
         with open(self.path, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        kept = [row for row in rows if row.get("step") and int(row["step"]) <= step]
-        with open(self.path, "w", newline="") as handle:
+        kept = [  # a row cut short by a kill has missing fields (None): dropped
+            row
+            for row in rows
+            if None not in row.values() and row.get("step") and int(row["step"]) <= step
+        ]
+        with atomic_write(self.path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(kept)

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import functools
 import multiprocessing
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ from pglab.lockstep import collect_steps_together, run_episodes_together
 from pglab.logs import Progress
 from pglab.member import CONFIG_FILE, Run, StopRequest, Trainer, new_run_dir, run_label
 from pglab.rollout import Batch, EpisodeStats
+from pglab.safety import die_with_parent, hold_lock
 
 #: Options whose values may differ between the members of one population.
 VARYING = (
@@ -180,13 +182,24 @@ class Population:
         member's folder. A stop request (Ctrl-C, SIGTERM) ends the current iteration,
         checkpoints every member and raises :class:`~pglab.errors.Interrupted`.
         """
+        with contextlib.ExitStack() as locks:  # one writer per run folder
+            return self._train(progress, run_dirs, locks)
+
+    def _train(
+        self,
+        progress: str | None,
+        run_dirs: Sequence[Path] | None,
+        locks: contextlib.ExitStack,
+    ) -> list[Run]:
         alone = len(self.trainers) == 1
         for m, trainer in enumerate(self.trainers):
             if run_dirs is None:
                 run_dir = new_run_dir(trainer.config)
+                locks.enter_context(hold_lock(run_dir, "run folder"))
                 (run_dir / CONFIG_FILE).write_text(trainer.config.to_toml())
             else:
                 run_dir = Path(run_dirs[m])
+                locks.enter_context(hold_lock(run_dir, "run folder"))
             trainer.open(run_dir, run_dirs is not None, progress if alone else "off")
             if not alone:
                 trainer.warn_prefix = f"{run_dir.name}: "
@@ -348,7 +361,8 @@ def _train_in_processes(configs: list[Config], jobs: int) -> list[Run]:
 
     shares = [configs[i::jobs] for i in range(min(jobs, len(configs)))]
     context = multiprocessing.get_context("spawn")  # fork can deadlock once torch has run
-    with StopRequest() as stop, context.Pool(len(shares) - 1) as pool:
+    workers = context.Pool(len(shares) - 1, die_with_parent, (os.getpid(),))
+    with StopRequest() as stop, workers as pool:
         others = pool.map_async(_worker, shares[1:])
         results = [_worker(shares[0]), *others.get()]
     interrupted = [path for result in results for path, _, flag in result if flag]

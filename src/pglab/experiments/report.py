@@ -16,7 +16,8 @@ the table gives the mean, the standard deviation, the interquartile mean (IQM, t
 mean of the middle half of the sorted values; Agarwal et al. 2021) and a 95%
 percentile-bootstrap confidence interval of the mean. ``learning_curves.png`` draws
 each configuration's mean curve with its bootstrap 95% band. Everything goes to
-``runs/<group>/report/``.
+``runs/<group>/report/``. A run's options are those it trained with (its checkpoint's,
+as ``--resume`` uses them): a ``config.toml`` edited since gets a warning and is not used.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from pglab.errors import PglabError
+from pglab.member import CONFIG_FILE
 from pglab.paths import make_dirs, write_atomic, write_text_atomic
 
 if sys.version_info >= (3, 11):
@@ -86,8 +88,14 @@ def _load_run(summary_file: Path) -> RunRecord:
         summary = json.loads(summary_file.read_text())
         if not isinstance(summary, dict):
             raise ValueError("not a JSON object")
-        current = folder / "config.toml"
-        config = tomllib.loads(current.read_text())
+        current = folder / CONFIG_FILE
+        config, edited = trained_config(folder)
+        if edited:
+            print(
+                f"pglab: warning: {current} was edited after the run trained; "
+                "the report uses the options the run trained with (its checkpoint's)",
+                file=sys.stderr,
+            )
         options = {f"{s}.{k}": v for s, values in config.items() for k, v in values.items()}
         current = folder / "metrics.csv"
         steps, returns = [], []
@@ -98,12 +106,35 @@ def _load_run(summary_file: Path) -> RunRecord:
                     returns.append(float(row["episode_return_mean"]))
     except OSError as error:
         raise _Unreadable(f"{str(current)!r}: {error.strerror or error}") from None
-    except (ValueError, TypeError, AttributeError, KeyError, csv.Error) as error:
+    except (ValueError, TypeError, AttributeError, KeyError, csv.Error, PglabError) as error:
         # bad JSON, TOML, numbers or columns (TOMLDecodeError and UnicodeDecodeError
         # are ValueErrors)
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise _Unreadable(f"{str(current)!r}: not readable ({reason})") from None
     return RunRecord(folder, options, summary, np.array(steps), np.array(returns))
+
+
+def trained_config(run_dir: str | Path) -> tuple[dict[str, Any], bool]:
+    """The options the run in ``run_dir`` trained with, as a nested dict, and whether
+    its ``config.toml`` says otherwise (was edited since).
+
+    The checkpoint's config is the one training used (``--resume`` reads it, never
+    ``config.toml``); without a checkpoint, ``config.toml`` is all there is.
+    """
+    from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
+
+    run_dir = Path(run_dir)
+    written = run_dir / CONFIG_FILE
+    text = tomllib.loads(written.read_text()) if written.is_file() else None
+    if not (run_dir / CHECKPOINT_DIR / LAST).is_file():
+        if text is None:
+            raise PglabError(f"{str(run_dir)!r} has neither {CONFIG_FILE} nor a checkpoint")
+        return text, False
+    import tomli_w
+
+    saved = load_checkpoint(run_dir)["config"]
+    # Both through TOML, so that only a change of value counts (not of layout or types).
+    return saved, text is not None and tomllib.loads(tomli_w.dumps(saved)) != text
 
 
 def iqm(values: Sequence[float]) -> float:

@@ -30,11 +30,29 @@ A spec is a TOML file::
 
 Every configuration (a grid point, crossed with each variant and each random draw)
 runs once per seed. A run's folder is named after the options the spec varies and its
-seed (``lr=0.01,hidden=8,seed=2``; a named variant shows as ``variant=mc``). Running
-a sweep again skips the runs whose folder holds a finished ``summary.json``, so an
-interrupted sweep (Ctrl-C, or kill -9) completes only what is missing; half-written folders are cleared and run again. A run
-that fails leaves ``error.txt`` in its folder and does not stop the others; the exit
-code says whether every run succeeded.
+seed (``lr=0.01,hidden=8,seed=2``; a named variant shows as ``variant=mc``); in values,
+``%``, ``/``, ``\\``, ``,``, ``=``, ``:``, control characters and a leading ``.`` are
+percent-encoded (``env=pglab%2FLineWorld-v0``), so that each value gives one folder of its
+own. Running a sweep again skips the runs whose folder holds a finished ``summary.json``, so
+an interrupted sweep (Ctrl-C, or kill -9) completes only what is missing; half-written
+folders are cleared and run again. A run that fails leaves ``error.txt`` in its folder and
+does not stop the others; the exit code says whether every run succeeded.
+
+Refused, with one line, before anything is written: a ``group`` that is not one folder
+name (empty, ``.``, ``..``, a ``/`` or ``\\``, control characters, over 100 characters);
+the options the sweep sets itself (``run.seed``: use ``seeds``/``base_seed``;
+``run.name``, ``run.out``, ``run.group``) anywhere in the spec; one option under two
+names (``lr`` and ``algo.lr``), or given in more than one of ``[set]``, ``[grid]`` and
+``[random]``, or changed by a variant while the grid or the draws vary it; repeated
+seeds; two configurations that are the same experiment (every option equal), or
+different ones that would share a folder name; a section, bound or path of the wrong type.
+
+One sweep of a group runs at a time (a lock on ``<group>/.lock``; a second one stops with
+the holder's process id, exit code 2). A sweep removes only unfinished run folders that
+sweeps of its group created (listed in ``<group>/.sweep-started.json``); any other folder
+in a run's place stops the sweep, untouched. Which runs train together as a population
+depends on the spec alone, so a run's numbers do not depend on ``--workers``; the local
+workers die with the sweep's process, even when it is killed with kill -9.
 
 Backends: ``local`` runs a process pool sized to the cores (one torch thread each;
 runs that differ only in seed or in per-member hyperparameters train as one
@@ -61,8 +79,9 @@ from typing import Any
 
 import numpy as np
 
-from pglab.config import Config, build_config, qualify
+from pglab.config import SECTIONS, Config, build_config, qualify
 from pglab.errors import ConfigError, PglabError
+from pglab.safety import atomic_write, check_folder_name, die_with_parent, hold_lock
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,6 +90,9 @@ else:  # pragma: no cover
 
 SUMMARY = "summary.json"
 ERROR = "error.txt"
+#: In the group folder: the run folders that sweeps of the group created, the only ones
+#: a sweep ever removes (to run an unfinished run again).
+STARTED = ".sweep-started.json"
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
 _SPEC_KEYS = {
     "group",
@@ -145,24 +167,35 @@ def load_spec(path: str | Path) -> Sweep:
             f"sweep spec {str(path)!r}: unknown key {unknown[0]!r}; "
             f"allowed: {', '.join(sorted(_SPEC_KEYS))}"
         )
-    group = spec.get("group") or path.stem
-    if not isinstance(group, str) or "/" in group:
-        raise ConfigError(f"sweep spec: group must be a folder name; got {group!r}")
-    out = Path(spec.get("out", "runs")).resolve()  # workers may start elsewhere (Ray)
+    group = check_folder_name(spec.get("group", path.stem), "sweep spec: group")
+    out_value = spec.get("out", "runs")
+    if not isinstance(out_value, str) or not out_value or not out_value.isprintable():
+        raise ConfigError(f"sweep spec: out must be a folder path (a string); got {out_value!r}")
+    out = Path(out_value).resolve()  # workers may start elsewhere (Ray)
     config_file = spec.get("config")
     if config_file is not None:
+        if not isinstance(config_file, str) or not config_file:
+            raise ConfigError(
+                f"sweep spec: config must be the path of a TOML file; got {config_file!r}"
+            )
         config_file = (path.parent / config_file).resolve()
     seeds = _seeds(spec.get("seeds", 1), spec.get("base_seed", 0))
-    fixed = {_key(k): v for k, v in spec.get("set", {}).items()}
-    grid = {_key(k): _values(k, v) for k, v in spec.get("grid", {}).items()}
-    random = dict(spec.get("random", {}))
+    sample_seed = spec.get("sample_seed", 0)
+    if not _is_int(sample_seed):
+        raise ConfigError(f"sweep spec: sample_seed must be an integer; got {sample_seed!r}")
+    fixed, _ = _options(spec.get("set", {}), "set")
+    grid, written = _options(spec.get("grid", {}), "grid")
+    grid = {k: _values(written[k], v) for k, v in grid.items()}
+    random = _table(spec.get("random", {}), "random")
     samples = random.pop("samples", 1 if random else 0)
-    draws = _draws(
-        {_key(k): _distribution(k, v) for k, v in random.items()},
-        samples,
-        spec.get("sample_seed", 0),
-    )
+    distributions, written = _options(random, "random", distributions=True)
+    distributions = {k: _distribution(written[k], v) for k, v in distributions.items()}
+    draws = _draws(distributions, samples, sample_seed)
     variants = _variants(spec.get("variants", []))
+    _check_overlaps(
+        {"set": fixed, "grid": grid, "random": distributions},
+        [options for _, options in variants],
+    )
     varied = [*grid, *(draws[0] if draws else {})]
     runs = []
     for point in itertools.product(*grid.values()):
@@ -175,10 +208,124 @@ def load_spec(path: str | Path) -> Sweep:
             for seed in seeds:
                 name = f"{label},seed={seed}" if label else f"seed={seed}"
                 runs.append(SweepRun(name, options, seed))
-    sweep = Sweep(out / group, config_file, runs)
-    for run in runs:
-        sweep.config(run)  # a bad option fails now, before any run starts
+    sweep = Sweep(inside(out, group), config_file, runs)
+    _check_distinct(sweep)  # also builds every run's config: a bad option fails now
     return sweep
+
+
+#: Options that the sweep sets itself, with what sets them in a spec.
+_OWNED = {
+    "run.seed": "the spec's seeds and base_seed",
+    "run.name": "the sweep (each run's folder is named after its options and seed)",
+    "run.out": "the spec's out",
+    "run.group": "the spec's group",
+}
+
+
+def inside(root: Path, name: str) -> Path:
+    """``root / name``, checked to be a folder directly inside ``root`` (``name`` one
+    plain component): nothing a sweep builds from a name can land elsewhere."""
+    path = root / name
+    if path.parent != root or name in ("", ".", "..") or Path(name).name != name:
+        raise ConfigError(f"sweep spec: {name!r} does not name a folder inside {str(root)!r}")
+    return path
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"sweep spec: {where} must be a table of options; got {value!r}")
+    return dict(value)
+
+
+def _options(
+    table: Any, where: str, distributions: bool = False
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The table's options by their full names (``lr`` -> ``algo.lr``; a TOML dotted key
+    ``algo.lr = ...`` reads as a section table), and the name each was written with.
+    Two names of one option, and the options the sweep sets itself, are refused."""
+    given: dict[str, str] = {}
+    options: dict[str, Any] = {}
+    for key, value in _table(table, where).items():
+        nested = key in SECTIONS and isinstance(value, dict)
+        if nested and distributions:  # `algo.lr = { uniform = [...] }` vs `lr = {...}`
+            nested = not set(value) & set(DISTRIBUTIONS)
+        pairs = [(f"{key}.{k}", v) for k, v in value.items()] if nested else [(key, value)]
+        for written, inner in pairs:
+            option = _key(written)
+            if option in _OWNED:
+                raise ConfigError(
+                    f"sweep spec: {where}.{written} sets {option}, which a sweep sets from "
+                    f"{_OWNED[option]}"
+                )
+            if option in given:
+                raise ConfigError(
+                    f"sweep spec: {where} names {option} twice, as {given[option]!r} and "
+                    f"{written!r}; keep one"
+                )
+            given[option] = written
+            options[option] = inner
+    return options, given
+
+
+def _check_overlaps(sections: dict[str, dict[str, Any]], variants: list[dict[str, Any]]) -> None:
+    """An option is given by at most one of set, grid and random, and a variant never
+    changes an option that the grid or the random draws vary (their values would be
+    lost)."""
+    names = list(sections)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            both = sorted(set(sections[first]) & set(sections[second]))
+            if both:
+                raise ConfigError(
+                    f"sweep spec: {both[0]} is given in both [{first}] and [{second}]; "
+                    "give it in one"
+                )
+    for options in variants:
+        for section in ("grid", "random"):
+            both = sorted(set(options) & set(sections[section]))
+            if both:
+                raise ConfigError(
+                    f"sweep spec: a variant sets {both[0]}, which [{section}] varies; "
+                    "give it in one"
+                )
+
+
+def _check_distinct(sweep: Sweep) -> None:
+    """Every configuration is a different experiment with its own folder name: two
+    grid or variant points that resolve to the same options (every option but the
+    seed equal), or two different ones that would share a folder name, are refused.
+    Builds every run's config, so a bad option fails here."""
+    seen: dict[str, str] = {}
+    named: dict[str, str] = {}
+    for run in sweep.runs:
+        flat = sweep.config(run).to_dict()
+        flat["run"].pop("name")
+        experiment = json.dumps(flat, sort_keys=True, default=str)
+        if experiment in seen:
+            first, label = (
+                name.rpartition("seed=")[0].rstrip(",") for name in (seen[experiment], run.name)
+            )
+            raise ConfigError(
+                f"sweep spec: configurations {first or 'the only one'!r} and "
+                f"{label or 'the only one'!r} are the same experiment (every option equal); "
+                "remove one"
+            )
+        seen[experiment] = run.name
+        if named.setdefault(run.name, experiment) != experiment:
+            raise ConfigError(
+                f"sweep spec: two different configurations would share the run folder "
+                f"{run.name!r}; name the variants, or use values that differ in their "
+                "first 4 significant digits"
+            )
+        if len(run.name.encode()) > 255:
+            raise ConfigError(
+                f"sweep spec: run folder name {run.name[:60]!r}... is longer than 255 bytes; "
+                "name the variants to shorten it"
+            )
 
 
 def _key(key: str) -> str:
@@ -186,11 +333,17 @@ def _key(key: str) -> str:
 
 
 def _seeds(seeds: Any, base: Any) -> list[int]:
-    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
-        if not isinstance(base, int) or base < 0:
+    if _is_int(seeds) and seeds >= 1:
+        if not _is_int(base) or base < 0:
             raise ConfigError(f"sweep spec: base_seed must be an integer >= 0; got {base!r}")
         return [base + i for i in range(seeds)]
-    if isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds):
+    if isinstance(seeds, list) and seeds and all(_is_int(s) and s >= 0 for s in seeds):
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ConfigError(
+                f"sweep spec: seeds must be different from each other; {repeated[0]} is "
+                f"given more than once in {seeds!r}"
+            )
         return list(seeds)
     raise ConfigError(
         f"sweep spec: seeds must be a count >= 1 or a list of seeds >= 0; got {seeds!r}"
@@ -207,12 +360,12 @@ def _variants(variants: Any) -> list[tuple[str, dict]]:
         )
     labelled = []
     for variant in variants:
-        options = {_key(k): v for k, v in variant.items() if k != "name"}
+        options, _ = _options({k: v for k, v in variant.items() if k != "name"}, "variants")
         name = variant.get("name")
         if name is None:
             label = _label(options)
         elif isinstance(name, str) and name and not set(name) & set(",=/"):
-            label = f"variant={name}"
+            label = f"variant={_escape(name)}"
         else:
             raise ConfigError(
                 f"sweep spec: a variant's name must be a word without ',', '=' or '/'; got {name!r}"
@@ -230,6 +383,10 @@ def _values(key: str, values: Any) -> list[Any]:
     return values
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _distribution(key: str, value: Any) -> tuple[str, list]:
     if not (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
         raise ConfigError(
@@ -237,12 +394,25 @@ def _distribution(key: str, value: Any) -> tuple[str, list]:
             f"got {value!r}"
         )
     kind, args = next(iter(value.items()))
-    if kind != "choice" and not (isinstance(args, list) and len(args) == 2 and args[0] <= args[1]):
-        raise ConfigError(f"sweep spec: random.{key}.{kind} needs [low, high]; got {args!r}")
+    if kind == "choice":
+        if not (isinstance(args, list) and args):
+            raise ConfigError(
+                f"sweep spec: random.{key}.choice needs a non-empty list; got {args!r}"
+            )
+        return kind, args
+    kinds = "integers" if kind == "int_uniform" else "numbers"
+    if not (
+        isinstance(args, list)
+        and len(args) == 2
+        and all(_is_int(a) if kind == "int_uniform" else _number(a) for a in args)
+        and args[0] <= args[1]
+    ):
+        raise ConfigError(
+            f"sweep spec: random.{key}.{kind} needs [low, high], two {kinds} with "
+            f"low <= high; got {args!r}"
+        )
     if kind == "log_uniform" and args[0] <= 0:
         raise ConfigError(f"sweep spec: random.{key}.log_uniform needs low > 0; got {args!r}")
-    if kind == "choice" and not (isinstance(args, list) and args):
-        raise ConfigError(f"sweep spec: random.{key}.choice needs a non-empty list; got {args!r}")
     return kind, args
 
 
@@ -284,7 +454,20 @@ def _format(value: Any) -> str:
         return "x".join(_format(v) for v in value) or "none"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return _escape(str(value))
+
+
+#: Characters written as ``%XX`` in run folder names: separators of folders and of the
+#: name's own ``key=value,`` parts, the escape itself, and control characters.
+_ESCAPED = set("%/\\,=:") | {chr(c) for c in range(32)} | {chr(127)}
+
+
+def _escape(text: str) -> str:
+    """``text`` as part of one folder name: ``%``, ``/``, ``\\``, ``,``, ``=``, ``:`` and
+    control characters percent-encoded (``pglab/LineWorld-v0`` -> ``pglab%2FLineWorld-v0``),
+    so that different values give different names and every name is one folder."""
+    escaped = "".join(f"%{ord(c):02X}" if c in _ESCAPED else c for c in text)
+    return "%2E" + escaped[1:] if escaped.startswith(".") else escaped
 
 
 # ---------------------------------------------------------------------- running
@@ -299,9 +482,14 @@ class Outcome:
     error: str = ""
 
 
-def _tasks(sweep: Sweep, runs: Sequence[SweepRun], workers: int) -> list[list[SweepRun]]:
-    """Runs grouped into tasks: runs that can train as one population share a task
-    (split so that every worker gets work), others are tasks of their own."""
+def _tasks(sweep: Sweep, runs: Sequence[SweepRun]) -> list[list[SweepRun]]:
+    """Runs grouped into tasks: runs that can train as one population share a task,
+    others are tasks of their own.
+
+    Which runs share a population depends on the spec alone (groups of at most
+    :data:`_MAX_MEMBERS`, split evenly, in the spec's order), never on the number of
+    workers: a run's numbers do not depend on ``--workers``.
+    """
     from pglab.population import VARYING, supports_population
 
     configs = {run.name: sweep.config(run) for run in runs}
@@ -325,7 +513,8 @@ def _tasks(sweep: Sweep, runs: Sequence[SweepRun], workers: int) -> list[list[Sw
         groups.setdefault(shape, []).append(run)
     tasks = []
     for members in groups.values():
-        size = max(1, min(_MAX_MEMBERS, math.ceil(len(members) / workers)))
+        parts = math.ceil(len(members) / _MAX_MEMBERS)
+        size = math.ceil(len(members) / parts)
         tasks += [members[i : i + size] for i in range(0, len(members), size)]
     # Largest budgets first, so that the last tasks to start are short ones and no
     # worker is left alone with a long run at the end (the order of the spec otherwise).
@@ -373,13 +562,49 @@ def run_task(sweep: Sweep, runs: list[SweepRun]) -> list[Outcome]:
 def _record_failure(sweep: Sweep, run: SweepRun) -> Outcome:
     error = traceback.format_exc()
     folder = sweep.group_dir / run.name
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(exist_ok=True)
     (folder / ERROR).write_text(error)
     return Outcome(run.name, "failed", error.strip().splitlines()[-1])
 
 
+def _started(sweep: Sweep) -> set[str]:
+    """The names of the run folders that this sweep group's sweeps have created (see
+    :data:`STARTED`)."""
+    try:
+        names = json.loads((sweep.group_dir / STARTED).read_text())
+    except (OSError, ValueError):
+        return set()
+    return {name for name in names if isinstance(name, str)} if isinstance(names, list) else set()
+
+
+def _record_started(sweep: Sweep, names: set[str]) -> None:
+    with atomic_write(sweep.group_dir / STARTED) as handle:
+        json.dump(sorted(names), handle, indent=0)
+
+
 def _clear(sweep: Sweep, run: SweepRun) -> None:
-    shutil.rmtree(sweep.group_dir / run.name, ignore_errors=True)
+    """Remove the unfinished folder of ``run``, only if a sweep of this group created it:
+    a real folder (not a link) directly in the group folder, named in :data:`STARTED`."""
+    folder = inside(sweep.group_dir, run.name)
+    if run.name not in _started(sweep) or folder.is_symlink() or not folder.is_dir():
+        return
+    shutil.rmtree(folder)
+
+
+def _check_clearable(sweep: Sweep, pending: Sequence[SweepRun]) -> None:
+    """Refuse (before anything is touched) to run into a folder that exists but that no
+    sweep of this group created: it is someone else's, and is neither reused nor removed."""
+    started = _started(sweep)
+    for run in pending:
+        folder = sweep.group_dir / run.name
+        if (folder.exists() or folder.is_symlink()) and (
+            run.name not in started or folder.is_symlink()
+        ):
+            raise PglabError(
+                f"{str(folder)!r} exists but was not created by a sweep of this group and "
+                "is not a finished run; move it away (pglab does not remove it), then run "
+                "the sweep again"
+            )
 
 
 def _local(
@@ -389,7 +614,9 @@ def _local(
 
     outcomes: list[Outcome] = []
     context = multiprocessing.get_context("spawn")  # fork can deadlock once torch has run
-    pool = ProcessPoolExecutor(workers, mp_context=context)
+    pool = ProcessPoolExecutor(  # workers die with this process, even on kill -9
+        workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+    )
     try:
         futures = [pool.submit(run_task, sweep, task) for task in tasks]
         for future in futures:
@@ -466,7 +693,24 @@ def run_sweep(
         todo = sum(s != "done" for s in status.values())
         echo(f"{len(sweep.runs)} runs, {todo} to run")
         return True
+    sweep.group_dir.mkdir(parents=True, exist_ok=True)
+    with hold_lock(sweep.group_dir, "sweep folder"):  # one sweep of a group at a time
+        return _run_locked(sweep, spec, backend, workers, address, echo)
+
+
+def _run_locked(
+    sweep: Sweep,
+    spec: str | Path,
+    backend: str,
+    workers: int | None,
+    address: str | None,
+    echo: Callable[[str], None],
+) -> bool:
+    """:func:`run_sweep` once it holds the group folder's lock."""
+    status = {run.name: sweep.status(run) for run in sweep.runs}
     pending = [run for run in sweep.runs if status[run.name] != "done"]
+    _check_clearable(sweep, pending)
+    _record_started(sweep, _started(sweep) | {run.name for run in pending})
     for run in pending:
         _clear(sweep, run)
     workers = workers or os.cpu_count() or 1
@@ -475,13 +719,12 @@ def run_sweep(
         f"sweep {sweep.group_dir}: {len(sweep.runs)} runs, {skipped} already done, "
         f"{len(pending)} to run ({backend})"
     )
-    sweep.group_dir.mkdir(parents=True, exist_ok=True)
 
     def report(outcome: Outcome) -> None:
         if outcome.state == "failed":
             echo(f"failed: {outcome.name}: {outcome.error}")
 
-    tasks = _tasks(sweep, pending, workers)
+    tasks = _tasks(sweep, pending)
     if backend == "ray":
         outcomes = _ray(sweep, tasks, address, report)
     else:
