@@ -136,7 +136,15 @@ class Agent:
     def from_checkpoint(cls, state: dict[str, Any]) -> Agent:
         """Rebuild the agent stored in a loaded checkpoint dict."""
         config = Config.from_dict(state["config"], source="checkpoint")
-        envs = make_vec_env(config.env.id, 1, config.env.kwargs, config.env.preprocess)
+        env = config.env
+        envs = make_vec_env(
+            env.id,
+            1,
+            env.kwargs,
+            env.preprocess,
+            max_episode_steps=env.max_episode_steps,
+            check=env.check,
+        )
         observation_space, action_space = envs.single_observation_space, envs.single_action_space
         envs.close()
         actor, _ = build_models(config, observation_space, action_space)

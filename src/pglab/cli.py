@@ -2,7 +2,8 @@
 ``variance`` and ``bench``.
 
 Every user mistake ends with one line on stderr (``pglab: error: ...``) and exit
-code 2; Ctrl-C during training saves a checkpoint and exits with code 130.
+code 2; a fault met while running (an env that breaks, :class:`~pglab.errors.EnvFaultError`)
+ends with one such line and exit code 1; Ctrl-C during training saves a checkpoint and exits with code 130.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ class _Parser(argparse.ArgumentParser):
         _fail(f"{message} (see '{self.prog} --help')")
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 2) -> NoReturn:
     print(f"pglab: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
 
 
 def _options_help() -> str:
@@ -404,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         return commands[args.command](args)
     except PglabError as error:
-        _fail(str(error))
+        _fail(str(error), error.exit_code)
     except KeyboardInterrupt as interrupt:
         where = str(interrupt)
         if args.command == "sweep":

@@ -16,7 +16,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
-from pglab.envs import cartpole
+from pglab.envs import cartpole, guard
 from pglab.envs.spaces import ActionAdapter, ObsEncoder, check_spaces
 from pglab.errors import EnvError
 
@@ -127,6 +127,9 @@ def make_vec_env(
     num_envs: int,
     env_kwargs: dict[str, Any] | None = None,
     preprocess: str = "none",
+    *,
+    max_episode_steps: int | str = "auto",
+    check: bool = True,
 ) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` as one vector env (NEXT_STEP autoreset).
 
@@ -134,6 +137,11 @@ def make_vec_env(
     vector env. ``preprocess`` (``pong`` or ``atari``, see :mod:`pglab.envs.atari`)
     wraps each copy. Seeding happens at ``reset(seed=...)``. Raises
     :class:`EnvError` for unknown ids, bad keyword arguments and unsupported spaces.
+
+    ``max_episode_steps`` and ``check`` are ``env.max_episode_steps`` and ``env.check``:
+    the episode-length cap and Gymnasium's env checker for a user's own env. Every env
+    but pglab's own vector env is guarded: a broken ``reset`` or ``step`` raises
+    :class:`~pglab.errors.EnvFaultError` (see :mod:`pglab.envs.guard`).
     """
     validate_env_id(env_id)
     kwargs = dict(env_kwargs or {})
@@ -144,20 +152,31 @@ def make_vec_env(
         wrapper, needed = PREPROCESSORS[preprocess]
         wrappers, kwargs = [wrapper], {**needed, **kwargs}
     env_class = _entry_class(env_id)
+    spec = None if env_class is not None else gym.spec(env_id.split(":", 1)[-1])
+    cap = guard.episode_cap(env_id, spec, kwargs, max_episode_steps)
+    copies = iter(range(num_envs))
     try:
+        if check and guard.is_user_env(env_id):
+            one = (lambda: env_class(**kwargs)) if env_class else (lambda: gym.make(spec, **kwargs))
+            guard.check_user_env(env_id, kwargs, one)
         if env_class is not None:
 
             def make_one() -> gym.Env:
-                env = env_class(**kwargs)
+                env: gym.Env = guard.CheckedEnv(env_class(**kwargs), next(copies))
+                if cap is not None:
+                    env = gym.wrappers.TimeLimit(env, cap)
                 for wrap in wrappers:
                     env = wrap(env)
                 return env
 
             envs: VectorEnv = SyncVectorEnv([make_one for _ in range(num_envs)])
+            fast = False
         else:
-            name = env_id.split(":", 1)[1] if ":" in env_id else env_id
-            spec = gym.spec(name)
+            if cap is not None:
+                spec = dataclasses.replace(spec, max_episode_steps=cap)
             fast = spec.vector_entry_point is not None and not wrappers
+            if not fast:
+                wrappers = [lambda env: guard.CheckedEnv(env, next(copies)), *wrappers]
             if spec.vector_entry_point == cartpole.GYMNASIUM_ENTRY_POINT:
                 spec = dataclasses.replace(spec, vector_entry_point=cartpole.ENTRY_POINT)
             envs = gym.make_vec(
@@ -180,4 +199,8 @@ def make_vec_env(
     except EnvError:
         envs.close()
         raise
-    return envs
+    if cap is not None and max_episode_steps == "auto":
+        guard.warn_default_cap(env_id)
+    if isinstance(envs, cartpole.CartPoleVectorEnv):  # pglab's own: known to be well formed
+        return envs
+    return guard.GuardedVectorEnv(envs, env_id, copies_checked=not fast)

@@ -95,7 +95,15 @@ def estimate(
 ) -> dict[str, tuple[float, float, float, float]]:
     """``kind -> (trace, along_mean, mean_norm, weight_var)`` at the checkpoint ``state``."""
     config = Config.from_dict(state["config"], source="checkpoint")
-    envs = make_vec_env(config.env.id, episodes, config.env.kwargs, config.env.preprocess)
+    env = config.env
+    envs = make_vec_env(
+        env.id,
+        episodes,
+        env.kwargs,
+        env.preprocess,
+        max_episode_steps=env.max_episode_steps,
+        check=env.check,
+    )
     actor, critic = build_models(config, envs.single_observation_space, envs.single_action_space)
     actor.load_state_dict(state["actor"])
     if critic is not None and state.get("critic"):
