@@ -43,7 +43,8 @@ class NeverEnds(gym.Env):
 class FaultyEnv(gym.Env):
     """Well behaved until the ``at``-th step of an episode (``at=0``: its reset), where
     it gives the ``fault``: a bad value from :data:`FAULTS`, ``raise``, ``shape`` (an
-    observation of 3 numbers for a space of 2), ``dtype`` (an observation of strings).
+    observation of 3 numbers for a space of 2), ``dtype`` (an observation of strings),
+    ``large`` (large values that are still sane: no fault).
     Only episodes from the ``from_episode``-th on (counting from 0) are faulty.
     Episodes end (terminate) after 10 steps. Healthy for Gymnasium's env checker, which
     steps each episode once or twice."""
@@ -62,6 +63,8 @@ class FaultyEnv(gym.Env):
             return np.zeros(3, dtype=np.float32), reward
         if self.fault == "dtype":
             return np.array(["0.1", "0.2"]), reward
+        if self.fault == "large":  # large but finite and below 1e20: not a fault
+            return np.full(2, 1e19, dtype=np.float32), 1e19
         quantity, value = FAULTS[self.fault]
         if quantity == "reward":
             return obs, value

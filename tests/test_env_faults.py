@@ -149,6 +149,14 @@ def test_a_bad_observation_or_reward_names_env_call_step_quantity_and_value(faul
     assert message in error.value.details
 
 
+def test_large_but_sane_values_pass_the_guard():
+    envs = make_vec_env(FAULTY, 4, {"fault": "large", "at": 3})
+    envs.reset(seed=0)
+    for _ in range(3):
+        obs, reward, *_ = envs.step(np.zeros(4, int))
+    assert (obs == np.float32(1e19)).all() and (reward == 1e19).all()
+
+
 def test_a_bad_observation_at_reset_names_the_reset():
     envs = make_vec_env(FAULTY, 2, {"fault": "obs-nan", "at": 0}, check=False)
     with pytest.raises(EnvFaultError, match=r"reset\(\) at env step 0, copy 0: observation is nan"):
