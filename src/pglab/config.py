@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pglab.envs.guard import DEFAULT_EPISODE_CAP
+from pglab.envs.guard import DEFAULT_EPISODE_CAP, parse_max_episode_steps
 from pglab.envs.normalize import REWARD_METHODS
 from pglab.errors import ConfigError
 from pglab.nets import ACTIVATIONS
@@ -164,7 +164,7 @@ def _validate(section: Any) -> None:
         if f.name == "stop_at_return":  # a number, or "auto" / "none"
             value = _stop_at_return(value, key)
         elif f.name == "max_episode_steps":  # an integer, or "auto"
-            value = _max_episode_steps(value, key)
+            value = parse_max_episode_steps(value, key)
         else:
             value = _coerce(value, typ, key)
         rule = f.metadata.get("rule")
@@ -188,19 +188,6 @@ def _stop_at_return(value: Any, key: str) -> float | str:
         return float(value)
     raise ConfigError(
         f"{key} must be a number, 'auto' (the env's threshold) or 'none'; got {value!r}"
-    )
-
-
-def _max_episode_steps(value: Any, key: str) -> int | str:
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise ConfigError(
-        f"{key} must be an integer >= 1 or 'auto' (the env's own time limit, else "
-        f"{DEFAULT_EPISODE_CAP} steps); got {value!r}"
     )
 
 

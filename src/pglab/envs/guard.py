@@ -51,6 +51,7 @@ __all__ = [
     "check_user_env",
     "episode_cap",
     "is_user_env",
+    "parse_max_episode_steps",
     "warn_default_cap",
 ]
 
@@ -72,6 +73,21 @@ _checked: set[str] = set()
 # ---------------------------------------------------------------- the episode cap
 
 
+def parse_max_episode_steps(value: Any, key: str = "env.max_episode_steps") -> int | str:
+    """``value`` as ``env.max_episode_steps``: an integer >= 1, or ``auto``; anything
+    else is a :class:`~pglab.errors.ConfigError` naming ``key``."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ConfigError(
+        f"{key} must be an integer >= 1 or 'auto' (the env's own time limit, else "
+        f"{DEFAULT_EPISODE_CAP} steps); got {value!r}"
+    )
+
+
 def episode_cap(
     env_id: str, spec: EnvSpec | None, kwargs: dict[str, Any], max_episode_steps: int | str
 ) -> int | None:
@@ -84,6 +100,7 @@ def episode_cap(
     ``module:Class`` id).
     """
     given = kwargs.get("max_episode_steps")
+    max_episode_steps = parse_max_episode_steps(max_episode_steps)
     if max_episode_steps != "auto":
         if given is not None and given != max_episode_steps:
             raise ConfigError(
