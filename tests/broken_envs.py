@@ -106,6 +106,20 @@ class OldApiEnv(gym.Env):
         return np.zeros(2, dtype=np.float32), 1.0, False, {}
 
 
+class OldResetEnv(OldApiEnv):
+    """Written for gym < 0.26: ``reset`` returns the observation alone."""
+
+    def reset(self, *, seed=None, options=None):
+        return super().reset(seed=seed)[0]
+
+
+class NoneFlagEnv(OldApiEnv):
+    """``step`` returns ``terminated=None``."""
+
+    def step(self, action):
+        return np.zeros(2, dtype=np.float32), 1.0, None, False, {}
+
+
 class UnseededEnv(gym.Env):
     """Runs fine, but ignores the seed: Gymnasium's env checker rejects it."""
 

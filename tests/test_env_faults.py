@@ -243,6 +243,25 @@ def test_an_env_on_the_old_four_tuple_api_is_told_what_to_return():
         make_vec_env("broken_envs:OldApiEnv", 2)  # the checker finds it before any run
 
 
+@pytest.mark.parametrize(
+    ("env_class", "expected"),
+    [
+        (
+            "OldResetEnv",
+            "reset() at env step 0, copy 0: reset() returned array([0., 0.], dtype=float32) "
+            "(ndarray), not (obs, info); the env uses the pre-Gymnasium-0.26 API and must "
+            "return (obs, info)",
+        ),
+        ("NoneFlagEnv", "step() at env step 1, copy 0: terminated is None; it must be a bool"),
+    ],
+)
+def test_other_malformed_results_are_named(env_class, expected):
+    envs = make_vec_env(f"broken_envs:{env_class}", 1, check=False)
+    with pytest.raises(EnvFaultError) as error:
+        _step_until_error(envs)
+    assert str(error.value) == f"env 'broken_envs:{env_class}': {expected}"
+
+
 def test_a_healthy_env_runs_through_the_guard_unchanged():
     envs = make_vec_env(FAULTY, 3, {"fault": "obs-nan", "at": 99})
     envs.reset(seed=1)
