@@ -13,7 +13,7 @@ import torch
 
 from pglab.checkpoint import checkpoint_path, load_checkpoint
 from pglab.config import Config
-from pglab.envs import check_env_import, make_vec_env
+from pglab.envs import check_env_import, make_configured_env
 from pglab.envs.normalize import Normalizer
 from pglab.envs.spaces import ActionAdapter, ObsEncoder
 from pglab.errors import CheckpointError, PglabError
@@ -203,7 +203,7 @@ class Agent:
         that module is in ``allow_import``; see :func:`stored_config`.
         """
         config = stored_config(state, source, allow_import)
-        envs = make_vec_env(config.env.id, 1, config.env.kwargs, config.env.preprocess)
+        envs = make_configured_env(config.env, 1)
         observation_space, action_space = envs.single_observation_space, envs.single_action_space
         envs.close()
         actor, _ = build_models(config, observation_space, action_space)

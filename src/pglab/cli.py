@@ -2,9 +2,9 @@
 ``variance`` and ``bench``.
 
 Every user mistake ends with one line on stderr (``pglab: error: ...``) and exit
-code 2; a folder or file that cannot be written (read-only, full disk) ends with one
-line naming it and exit code 1; Ctrl-C during training saves a checkpoint and exits
-with code 130.
+code 2; a fault met while running (a folder or file that cannot be written, an env
+that breaks) ends with one line naming it and exit code 1; Ctrl-C during training saves a
+checkpoint and exits with code 130.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from pglab.config import Config, build_config, option_fields, parse_override
-from pglab.errors import PglabError, StorageError
+from pglab.errors import PglabError
 from pglab.paths import safe_name
 
 if TYPE_CHECKING:
@@ -260,8 +260,7 @@ def _train(args: argparse.Namespace) -> int:
                 + ", ".join(f"--{f.replace('_', '-')}" for f in given or ["set/--config"])
             )
         run_dir = args.resume
-        _warn_if_config_edited(run_dir)
-        run = resume(run_dir, args.allow_import)
+        run = resume(run_dir, args.allow_import, lambda: _warn_if_config_edited(run_dir))
     else:
         if args.allow_import:
             _fail("--allow-import goes with --resume (a new run imports what --env names)")
@@ -449,10 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "variance": _variance,
         }
         return commands[args.command](args)
-    except StorageError as error:  # the machine's fault, not a mistake: exit code 1
-        _fail(str(error), 1)
     except PglabError as error:
-        _fail(str(error))
+        _fail(str(error), error.exit_code)
     except OSError as error:  # a file that cannot be written or read (disk full, read-only)
         where = f" {error.filename!r}" if error.filename else ""
         _fail(f"cannot access{where}: {error.strerror or error}", 1)

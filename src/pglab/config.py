@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pglab.envs.guard import DEFAULT_EPISODE_CAP, parse_max_episode_steps
 from pglab.envs.normalize import REWARD_METHODS
 from pglab.errors import ConfigError
 from pglab.nets import ACTIVATIONS
@@ -168,6 +169,8 @@ def _validate(section: Any) -> None:
         value = getattr(section, f.name)
         if f.name == "stop_at_return":  # a number, or "auto" / "none"
             value = _stop_at_return(value, key)
+        elif f.name == "max_episode_steps":  # an integer, or "auto"
+            value = parse_max_episode_steps(value, key)
         else:
             value = _coerce(value, typ, key)
         rule = f.metadata.get("rule")
@@ -177,7 +180,7 @@ def _validate(section: Any) -> None:
             raise ConfigError(f"{key} must be {rule.describe()}; got {value!r}")
         object.__setattr__(section, f.name, value)
     checker: Callable[[], None] | None = getattr(section, "check", None)
-    if checker is not None:
+    if callable(checker):  # (env.check is an option, not a method)
         checker()
 
 
@@ -226,6 +229,12 @@ class EnvConfig:
     )
     clip_obs: float = opt(10.0, "clip normalised observations to +-this; 0 = no clip", NON_NEGATIVE)
     clip_reward: float = opt(10.0, "clip scaled rewards to +-this; 0 = no clip", NON_NEGATIVE)
+    max_episode_steps: int | str = opt(
+        "auto",
+        "cut (truncate) episodes after this many steps; auto = the env's own time limit, "
+        f"else {DEFAULT_EPISODE_CAP} with a warning",
+    )
+    check: bool = opt(True, "run Gymnasium's env checker once on a package.module:Class (user) env")
 
     def __post_init__(self) -> None:
         _validate(self)

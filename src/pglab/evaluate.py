@@ -49,11 +49,17 @@ def evaluate(
     episodes run in ``num_envs`` parallel copies (default: one per episode, up to 32), env i seeded
     with ``seed + i``; the most likely action is taken unless ``deterministic=False``.
     """
-    env_id = env or agent.config.env.id
-    own = env_id == agent.config.env.id
-    kwargs = agent.config.env.kwargs if own else {}
-    preprocess = agent.config.env.preprocess
-    envs = make_vec_env(env_id, eval_num_envs(episodes, num_envs), kwargs, preprocess)
+    config = agent.config.env
+    env_id = env or config.id
+    own = env_id == config.id
+    envs = make_vec_env(
+        env_id,
+        eval_num_envs(episodes, num_envs),
+        config.kwargs if own else {},
+        config.preprocess,
+        max_episode_steps=config.max_episode_steps if own else "auto",
+        check=config.check,
+    )
     try:
         collector = Collector(
             envs, agent.actor, seed=seed, normalizer=agent.normalizer, update_normalizer=False

@@ -33,7 +33,7 @@ from pglab.agent import Agent, build_models, build_normalizer
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, save_checkpoint
 from pglab.config import Config, resolve_device
 from pglab.diagnostics import HealthMonitor
-from pglab.envs import eval_num_envs, make_vec_env, reward_threshold
+from pglab.envs import eval_num_envs, make_configured_env, reward_threshold
 from pglab.errors import PglabError
 from pglab.evaluate import EvalResult
 from pglab.logs import MetricsLogger, Progress
@@ -42,6 +42,8 @@ from pglab.rollout import Batch, Collector, EpisodeStats
 
 CONFIG_FILE = "config.toml"
 SUMMARY_FILE = "summary.json"
+#: Written when an environment broke the run: the one-line error, then the details.
+ERROR_FILE = "error.txt"
 _EVAL_SEED_OFFSET = 1_000_000
 _RESUME_SEED_STRIDE = 7919
 
@@ -140,9 +142,9 @@ class Trainer:
 
         seed_shift = _RESUME_SEED_STRIDE * self.updates
         env = cfg.env
-        self.envs = make_vec_env(env.id, _auto_num_envs(cfg), env.kwargs, env.preprocess)
+        self.envs = make_configured_env(env, _auto_num_envs(cfg))
         eval_envs = eval_num_envs(cfg.run.eval_episodes, env.eval_num_envs)
-        self.eval_envs = make_vec_env(env.id, eval_envs, env.kwargs, env.preprocess)
+        self.eval_envs = make_configured_env(env, eval_envs)
         obs_space = self.envs.single_observation_space
         action_space = self.envs.single_action_space
         self.device = resolve_device(cfg.run.device)

@@ -30,7 +30,7 @@ import functools
 import multiprocessing
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,11 @@ from pglab.algos import make_algo, make_stacked, stacks
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
 from pglab.config import Config
 from pglab.envs import reward_threshold, validate_env_id
-from pglab.errors import ConfigError, Interrupted, PglabError
+from pglab.errors import ConfigError, EnvFaultError, Interrupted, PglabError
 from pglab.lockstep import collect_steps_together, run_episodes_together
 from pglab.logs import Progress
-from pglab.member import CONFIG_FILE, Run, StopRequest, Trainer, new_run_dir, run_label
+from pglab.member import CONFIG_FILE, ERROR_FILE, Run, StopRequest, Trainer, new_run_dir, run_label
+from pglab.paths import write_text_atomic
 from pglab.rollout import Batch, EpisodeStats
 from pglab.safety import die_with_parent, hold_lock
 
@@ -223,6 +224,12 @@ class Population:
                     if stop.requested:
                         stopped = "interrupted"
                         break
+        except EnvFaultError as fault:  # the last good checkpoint stays; the story is kept
+            for trainer in self.trainers:
+                if not trainer.finished():
+                    text = f"{fault}\n\n{fault.details}".rstrip() + "\n"
+                    write_text_atomic(trainer.run_dir / ERROR_FILE, text, trainer.run_dir)
+            raise
         finally:
             if display is not None:
                 display.update(sum(t.steps for t in self.trainers), self._info(), force=True)
@@ -260,9 +267,14 @@ def train(config: Config) -> Run:
     return Population([config]).train()[0]  # built first: a bad option leaves no folder
 
 
-def resume(run_dir: str | Path, allow_import: Iterable[str] = ()) -> Run:
+def resume(
+    run_dir: str | Path,
+    allow_import: Iterable[str] = (),
+    on_start: Callable[[], None] | None = None,
+) -> Run:
     """Continue the run in ``run_dir`` from its last checkpoint, in the same folder
-    (``allow_import``: the modules its env id may import, as for :func:`pglab.load`)."""
+    (``allow_import``: the modules its env id may import, as for :func:`pglab.load`;
+    ``on_start`` is called once the checkpoint has passed its checks, before training)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PglabError(f"--resume expects a run folder; {str(run_dir)!r} is not a folder")
@@ -276,6 +288,8 @@ def resume(run_dir: str | Path, allow_import: Iterable[str] = ()) -> Run:
             f"run {str(run_dir)!r} already finished at step {trainer.steps:,} "
             f"(budget {config.run.total_steps:,}); nothing to resume"
         )
+    if on_start is not None:
+        on_start()
     return population.train(run_dirs=[run_dir])[0]
 
 

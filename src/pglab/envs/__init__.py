@@ -20,7 +20,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
-from pglab.envs import cartpole
+from pglab.envs import cartpole, guard
 from pglab.envs.spaces import ActionAdapter, ObsEncoder, check_spaces
 from pglab.errors import EnvError
 
@@ -199,6 +199,9 @@ def make_vec_env(
     num_envs: int,
     env_kwargs: dict[str, Any] | None = None,
     preprocess: str = "none",
+    *,
+    max_episode_steps: int | str = "auto",
+    check: bool = True,
 ) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` as one vector env (NEXT_STEP autoreset).
 
@@ -206,6 +209,11 @@ def make_vec_env(
     vector env. ``preprocess`` (``pong`` or ``atari``, see :mod:`pglab.envs.atari`)
     wraps each copy. Seeding happens at ``reset(seed=...)``. Raises
     :class:`EnvError` for unknown ids, bad keyword arguments and unsupported spaces.
+
+    ``max_episode_steps`` and ``check`` are ``env.max_episode_steps`` and ``env.check``:
+    the episode-length cap and Gymnasium's env checker for a user's own env. Every env
+    but pglab's own vector env is guarded: a broken ``reset`` or ``step`` raises
+    :class:`~pglab.errors.EnvFaultError` (see :mod:`pglab.envs.guard`).
     """
     validate_env_id(env_id)
     kwargs = dict(env_kwargs or {})
@@ -216,9 +224,13 @@ def make_vec_env(
         wrapper, needed = PREPROCESSORS[preprocess]
         wrappers, kwargs = [wrapper], {**needed, **kwargs}
     env_class = _entry_class(env_id)
+    spec = None if env_class is not None else gym.spec(env_id.split(":", 1)[-1])
+    cap = guard.episode_cap(env_id, spec, kwargs, max_episode_steps)
     try:
         with import_path():
-            envs = _make(env_id, env_class, num_envs, kwargs, wrappers)
+            if check and guard.is_user_env(env_id):
+                guard.check_user_env(env_id, kwargs, lambda: _one(env_class, spec, kwargs))
+            envs, fast = _make(env_class, spec, num_envs, kwargs, wrappers, cap)
     except gym.error.DependencyNotInstalled as error:
         raise EnvError(_missing_extra(env_id, error)) from None
     except ImportError as error:  # an entry point's module that is not installed
@@ -237,35 +249,66 @@ def make_vec_env(
     except EnvError:
         envs.close()
         raise
-    return envs
+    if cap is not None and max_episode_steps == "auto":
+        guard.warn_default_cap(env_id)
+    if isinstance(envs, cartpole.CartPoleVectorEnv):  # pglab's own: known to be well formed
+        return envs
+    return guard.GuardedVectorEnv(envs, env_id, copies_checked=not fast)
+
+
+def make_configured_env(env: Any, num_envs: int) -> VectorEnv:
+    """:func:`make_vec_env` with the options of an env config (``pglab.config.EnvConfig``:
+    its id, kwargs, preprocessing, episode cap and env check)."""
+    return make_vec_env(
+        env.id,
+        num_envs,
+        env.kwargs,
+        env.preprocess,
+        max_episode_steps=env.max_episode_steps,
+        check=env.check,
+    )
+
+
+def _one(env_class: type[gym.Env] | None, spec: Any, kwargs: dict[str, Any]) -> gym.Env:
+    """One plain copy of the env (for Gymnasium's env checker)."""
+    return env_class(**kwargs) if env_class is not None else gym.make(spec, **kwargs)
 
 
 def _make(
-    env_id: str,
     env_class: type[gym.Env] | None,
+    spec: Any,
     num_envs: int,
     kwargs: dict[str, Any],
     wrappers: list,
-) -> VectorEnv:
-    """The vector env itself: the class's copies, or Gymnasium's make_vec for a registry id."""
+    cap: int | None,
+) -> tuple[VectorEnv, bool]:
+    """The vector env itself (the class's copies, or Gymnasium's make_vec for a registry
+    id), every copy guarded and capped at ``cap`` steps; and whether it is a vector
+    entry point (whose copies the guard cannot wrap one by one)."""
+    copies = iter(range(num_envs))
     if env_class is not None:
 
         def make_one() -> gym.Env:
-            env = env_class(**kwargs)
+            env: gym.Env = guard.CheckedEnv(env_class(**kwargs), next(copies))
+            if cap is not None:
+                env = gym.wrappers.TimeLimit(env, cap)
             for wrap in wrappers:
                 env = wrap(env)
             return env
 
-        return SyncVectorEnv([make_one for _ in range(num_envs)])
-    name = env_id.split(":", 1)[1] if ":" in env_id else env_id
-    spec = gym.spec(name)
+        return SyncVectorEnv([make_one for _ in range(num_envs)]), False
+    if cap is not None:
+        spec = dataclasses.replace(spec, max_episode_steps=cap)
     fast = spec.vector_entry_point is not None and not wrappers
+    if not fast:
+        wrappers = [lambda env: guard.CheckedEnv(env, next(copies)), *wrappers]
     if spec.vector_entry_point == cartpole.GYMNASIUM_ENTRY_POINT:
         spec = dataclasses.replace(spec, vector_entry_point=cartpole.ENTRY_POINT)
-    return gym.make_vec(
+    envs = gym.make_vec(
         spec,
         num_envs=num_envs,
         vectorization_mode="vector_entry_point" if fast else "sync",
         wrappers=wrappers or None,
         **kwargs,
     )
+    return envs, fast

@@ -37,7 +37,7 @@ import torch
 
 from pglab.agent import build_models, build_normalizer, load_weights, stored_config
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
-from pglab.envs import make_vec_env
+from pglab.envs import make_configured_env
 from pglab.errors import ConfigError, PglabError
 from pglab.losses import policy_gradient_loss
 from pglab.paths import make_dirs, write_atomic, write_text_atomic
@@ -103,7 +103,7 @@ def estimate(
     """``kind -> (trace, along_mean, mean_norm, weight_var)`` at the checkpoint ``state``
     (read from ``source``; ``allow_import`` as for :func:`pglab.load`)."""
     config = stored_config(state, source, allow_import)
-    envs = make_vec_env(config.env.id, episodes, config.env.kwargs, config.env.preprocess)
+    envs = make_configured_env(config.env, episodes)
     actor, critic = build_models(config, envs.single_observation_space, envs.single_action_space)
     load_weights(actor, state.get("actor"), source, "actor")
     if critic is not None and state.get("critic"):
