@@ -1,9 +1,12 @@
-"""Environments that break in the ways real ones do, made by ``faulty_envs:Class`` ids.
+"""Small environments for tests: one whose returns are known by hand, one that never
+ends, and ones that break in the ways real ones do; made by ``faulty_envs:Class`` ids.
 
 ``tests/`` is on ``sys.path`` under pytest; a subprocess gets it through PYTHONPATH.
 """
 
 from __future__ import annotations
+
+import math
 
 import gymnasium as gym
 import numpy as np
@@ -24,11 +27,17 @@ FAULTS = {
 }
 
 
-class NeverEnds(gym.Env):
-    """Observation = steps since reset; reward 1; no episode ever ends on its own."""
+class Countdown(gym.Env):
+    """Observation = steps taken so far; reward = 1 each step.
 
-    observation_space = gym.spaces.Box(0.0, np.inf, (1,), dtype=np.float32)
-    action_space = gym.spaces.Discrete(2)
+    Ends after ``length`` steps, by termination or (``truncate=True``) truncation.
+    """
+
+    def __init__(self, length: int = 3, truncate: bool = False):
+        self.length, self.truncate = length, truncate
+        self.observation_space = gym.spaces.Box(0.0, np.inf, (1,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.t = 0
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -37,7 +46,16 @@ class NeverEnds(gym.Env):
 
     def step(self, action):
         self.t += 1
-        return np.array([float(self.t)], dtype=np.float32), 1.0, False, False, {}
+        end = self.t >= self.length
+        obs = np.array([float(self.t)], dtype=np.float32)
+        return obs, 1.0, end and not self.truncate, end and self.truncate, {}
+
+
+class NeverEnds(Countdown):
+    """Observation = steps since reset; reward 1; no episode ever ends on its own."""
+
+    def __init__(self) -> None:
+        super().__init__(length=math.inf)
 
 
 class FaultyEnv(gym.Env):

@@ -44,24 +44,28 @@ def _step_until_error(envs, steps=20):
 # ---------------------------------------------------------------- episodes that never end
 
 
-def test_reinforce_episode_batches_on_an_env_without_end_finish_at_the_default_cap(
-    tmp_path, capsys
-):
-    run = pglab.train(
+def _train_never_ending(tmp_path, name, **options):
+    """REINFORCE with episode batches on one copy of an env whose episodes never end."""
+    return pglab.train(
         "faulty_envs:NeverEnds",
         "reinforce",
         weights="fr",
-        total_steps=10,
         num_envs=1,
-        batch_size=1,
         eval_episodes=1,
         eval_every=0,
         checkpoint_every=0,
         progress="off",
         preset="none",
         policy={"hidden": [4]},
-        run={"out": str(tmp_path), "name": "never"},
+        run={"out": str(tmp_path), "name": name},
+        **options,
     )
+
+
+def test_reinforce_episode_batches_on_an_env_without_end_finish_at_the_default_cap(
+    tmp_path, capsys
+):
+    run = _train_never_ending(tmp_path, "never", total_steps=10, batch_size=1)
     assert run.summary["episodes"] == 1
     assert run.summary["total_steps"] == DEFAULT_EPISODE_CAP
     assert run.summary["eval_return_mean"] == DEFAULT_EPISODE_CAP  # evaluation is capped too
@@ -175,22 +179,33 @@ def test_a_bad_observation_at_an_autoreset_says_so():
     )
 
 
-def test_a_faulty_env_stops_training_with_the_env_fault_not_a_loss_error(tmp_path):
+@pytest.mark.parametrize(
+    ("fault", "begins"),
+    [("reward-nan", "reward is nan"), ("raise", "step() raised RuntimeError")],
+)
+def test_a_faulty_env_stops_training_and_leaves_its_story_in_the_run_folder(
+    tmp_path, fault, begins
+):
+    """The env fault, not a loss error, names env, call and step; the run folder keeps
+    its config and an ``error.txt`` with the line and the details."""
     with pytest.raises(EnvFaultError) as error:
         pglab.train(
             FAULTY,
             "ppo",
-            kwargs={"fault": "reward-nan", "at": 3},
+            kwargs={"fault": fault, "at": 3},
             total_steps=64,
             num_envs=2,
             batch_size=64,
             progress="off",
             preset="none",
-            out=str(tmp_path),
+            run={"out": str(tmp_path), "name": "broken"},
         )
-    assert str(error.value).startswith(
-        f"env '{FAULTY}': step() at env step 3, copy 0: reward is nan"
-    )
+    prefix = f"env '{FAULTY}': step() at env step 3, copy 0: "
+    assert str(error.value).startswith(prefix + begins)
+    (run_dir,) = tmp_path.glob("*/broken")
+    story = (run_dir / "error.txt").read_text()
+    assert story.startswith(str(error.value)) and error.value.details.strip() in story
+    assert (run_dir / "config.toml").is_file()
 
 
 # ---------------------------------------------------------------- broken calls
@@ -210,23 +225,20 @@ def test_an_env_that_raises_names_the_call_and_keeps_the_traceback():
     assert str(copy) == str(error.value) and copy.details == error.value.details
 
 
-def test_an_observation_of_the_wrong_shape_is_named():
-    envs = make_vec_env(FAULTY, 2, {"fault": "shape", "at": 3})
+@pytest.mark.parametrize(
+    ("fault", "what"),
+    [
+        ("shape", "has shape (3,); the observation space {space} has shape (2,)"),
+        ("dtype", "has dtype <U3; the observation space {space} holds numbers"),
+    ],
+)
+def test_an_observation_of_the_wrong_shape_or_dtype_is_named(fault, what):
+    envs = make_vec_env(FAULTY, 2, {"fault": fault, "at": 3})
     with pytest.raises(EnvFaultError) as error:
         _step_until_error(envs)
+    space = "Box(-10.0, 10.0, (2,), float32)"
     assert str(error.value) == (
-        f"env '{FAULTY}': step() at env step 3, copy 0: observation has shape (3,); "
-        "the observation space Box(-10.0, 10.0, (2,), float32) has shape (2,)"
-    )
-
-
-def test_an_observation_of_the_wrong_dtype_is_named():
-    envs = make_vec_env(FAULTY, 2, {"fault": "dtype", "at": 3})
-    with pytest.raises(EnvFaultError) as error:
-        _step_until_error(envs)
-    assert str(error.value) == (
-        f"env '{FAULTY}': step() at env step 3, copy 0: observation has dtype <U3; "
-        "the observation space Box(-10.0, 10.0, (2,), float32) holds numbers"
+        f"env '{FAULTY}': step() at env step 3, copy 0: observation " + what.format(space=space)
     )
 
 
@@ -359,44 +371,8 @@ def test_cli_a_failed_env_check_is_one_line_and_exit_code_2_and_leaves_no_run(tm
 def test_a_runs_own_cap_and_check_reach_its_envs(tmp_path):
     """``env.max_episode_steps`` and ``env.check`` set for a run are the ones its
     training and evaluation envs are made with."""
-    run = pglab.train(
-        "faulty_envs:NeverEnds",
-        "reinforce",
-        weights="fr",
-        total_steps=120,
-        num_envs=1,
-        batch_size=2,
-        eval_episodes=1,
-        eval_every=0,
-        checkpoint_every=0,
-        progress="off",
-        preset="none",
-        policy={"hidden": [4]},
-        max_episode_steps=30,
-        check=False,
-        run={"out": str(tmp_path), "name": "capped"},
+    run = _train_never_ending(
+        tmp_path, "capped", total_steps=120, batch_size=2, max_episode_steps=30, check=False
     )
     assert run.summary["episodes"] == 4 and run.summary["total_steps"] == 120
     assert run.summary["eval_return_mean"] == 30
-
-
-def test_a_faulty_env_leaves_its_story_in_the_run_folder(tmp_path):
-    """The error names env, call and step; ``error.txt`` keeps it with the details,
-    and the run folder keeps its config."""
-    with pytest.raises(EnvFaultError) as error:
-        pglab.train(
-            FAULTY,
-            "ppo",
-            kwargs={"fault": "raise", "at": 3},
-            total_steps=64,
-            num_envs=2,
-            batch_size=64,
-            progress="off",
-            preset="none",
-            run={"out": str(tmp_path), "name": "broken"},
-        )
-    (run_dir,) = tmp_path.glob("*/broken")
-    story = (run_dir / "error.txt").read_text()
-    assert story.startswith(str(error.value))
-    assert "Traceback" in story and error.value.details.strip() in story
-    assert (run_dir / "config.toml").is_file()

@@ -7,35 +7,12 @@ import torch
 from gymnasium.vector import SyncVectorEnv
 
 import pglab.policies as pglab_policies
+from faulty_envs import Countdown
 from pglab.envs import make_vec_env
 from pglab.lockstep import collect_steps_together, run_episodes_together
 from pglab.policies import make_actor, make_critic
 from pglab.returns import discounted_reward_to_go, gae
 from pglab.rollout import Collector
-
-
-class Countdown(gym.Env):
-    """Observation = steps taken so far; reward = 1 each step.
-
-    Ends after ``length`` steps, by termination or (``truncate=True``) truncation.
-    """
-
-    def __init__(self, length: int = 3, truncate: bool = False):
-        self.length, self.truncate = length, truncate
-        self.observation_space = gym.spaces.Box(0, 100, (1,), dtype=np.float32)
-        self.action_space = gym.spaces.Discrete(2)
-        self.t = 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.array([0.0], dtype=np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        end = self.t >= self.length
-        obs = np.array([float(self.t)], dtype=np.float32)
-        return obs, 1.0, end and not self.truncate, end and self.truncate, {}
 
 
 class ObsCritic(torch.nn.Module):

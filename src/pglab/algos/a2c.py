@@ -42,6 +42,14 @@ class A2C(JointOptimizer):
         "weights_var",
     )
 
+    @property
+    def epochs(self) -> int:
+        return 1  # one gradient step per batch
+
+    @property
+    def minibatches(self) -> int:
+        return 1
+
     @staticmethod
     def loss(
         actor: Actor, critic: Critic, mb: dict[str, Tensor], hp: dict[str, Any]

@@ -229,6 +229,7 @@ class StackedRule:
                 id(p): n for n, p in DenseActorCritic.parameters(self.actor, self.critic).items()
             }
             self.names = [names[id(p)] for p in self.stack.members[0]]
+        self.setup()
 
     @classmethod
     def single(cls, actor: Actor, critic: Critic | None, config: AlgoConfig, seed: int = 0):
@@ -249,11 +250,16 @@ class StackedRule:
 
     @property
     def epochs(self) -> int:
-        return 1
+        """Passes over each batch (``algo.epochs``)."""
+        return self.config.epochs
 
     @property
     def minibatches(self) -> int:
-        return 1
+        """Minibatches per pass (``algo.minibatches``)."""
+        return self.config.minibatches
+
+    def setup(self) -> None:
+        """What a rule builds beside the stack (REINFORCE: its critics' own)."""
 
     @staticmethod
     def loss(

@@ -68,14 +68,6 @@ class PPO(JointOptimizer):
     LOSS_HYPERPARAMETERS = ("clip_range", "vf_coef", "entropy_coef")
     WRITTEN_GRADIENT = True
 
-    @property
-    def epochs(self) -> int:
-        return self.config.epochs
-
-    @property
-    def minibatches(self) -> int:
-        return self.config.minibatches
-
     @staticmethod
     def loss(
         actor: Actor, critic: Critic, mb: dict[str, Tensor], hp: dict[str, Any]

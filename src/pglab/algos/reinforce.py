@@ -65,29 +65,13 @@ class Reinforce(StackedRule):
     LOSS_HYPERPARAMETERS = ("entropy_coef",)
     JOINT = False  # the critic is fitted apart
 
-    def __init__(
-        self,
-        actors: Sequence[Actor],
-        critics: Sequence[Critic | None],
-        configs: Sequence[AlgoConfig],
-        seeds: Sequence[int],
-    ) -> None:
-        super().__init__(actors, critics, configs, seeds)
+    def setup(self) -> None:
         self.value_stack: ParameterStack | None = None
         if self.critic is not None:
             self.value_stack = ParameterStack([list(c.parameters()) for c in self.critics])
-            self.value_optimizer = self._value_optimizer()
-
-    def _value_optimizer(self) -> StackedOptimizer:
-        return StackedOptimizer(self.config.optimizer, self.value_stack.flat, self.config.eps)
-
-    @property
-    def epochs(self) -> int:
-        return self.config.epochs
-
-    @property
-    def minibatches(self) -> int:
-        return self.config.minibatches
+            self.value_optimizer = StackedOptimizer(
+                self.config.optimizer, self.value_stack.flat, self.config.eps
+            )
 
     @staticmethod
     def prepare(batch: Batch, config: AlgoConfig) -> dict[str, Tensor]:
