@@ -194,6 +194,11 @@ HEAD_VJPS: dict[type, Callable] = {
 DenseBackward = Callable[[Tensor, Tensor | None, Tensor], dict[str, Tensor]]
 
 
+def _stack_of_one(obs: Tensor) -> bool:
+    """Whether ``obs`` ``[M, B, obs_dim]`` belongs to a stack of one network."""
+    return obs.dim() == 3 and obs.shape[0] == 1
+
+
 class DenseActorCritic:
     r"""An actor and a critic whose forward and backward passes are written out, so a
     loss's gradient needs no autograd graph: separate plain MLP bodies (see
@@ -246,6 +251,8 @@ class DenseActorCritic:
 
     def values(self, params: dict[str, Tensor], obs: Tensor) -> Tensor:
         """The critic's values at ``obs`` (``[B]``, or ``[M, B]`` with stacked parameters)."""
+        if _stack_of_one(obs):
+            return self.values({k: p[0] for k, p in params.items()}, obs[0]).unsqueeze(0)
         critic = [(params[w], params[b]) for w, b in self._critic_names]
         return dense_forward(obs, critic, self.critic_activation)[-1].squeeze(-1)
 
@@ -254,7 +261,24 @@ class DenseActorCritic:
     ) -> tuple[Tensor, Tensor, Tensor, DenseBackward]:
         """Log-probabilities of ``actions``, entropies and values at ``obs`` (``[B]``, or
         ``[M, B]`` with stacked parameters), and the backward pass from a loss's
-        gradients with respect to those three to its gradient by parameter name."""
+        gradients with respect to those three to its gradient by parameter name.
+
+        A stack of one network runs as plain matrix products, which are faster than
+        batched ones and give the same numbers as a row of any stack (pinned by
+        ``tests/test_one_experiment.py``).
+        """
+        if _stack_of_one(obs):
+            one = {k: p[0] for k, p in params.items()}
+            log_probs, entropy, values, backward_one = self.forward(one, obs[0], actions[0])
+
+            def backward_stack(
+                g_log_probs: Tensor, g_entropy: Tensor | None, g_values: Tensor
+            ) -> dict[str, Tensor]:
+                g_ent = None if g_entropy is None else g_entropy[0]
+                grads = backward_one(g_log_probs[0], g_ent, g_values[0])
+                return {k: g.unsqueeze(0) for k, g in grads.items()}
+
+            return log_probs[None], entropy[None], values[None], backward_stack
         actor = [(params[w], params[b]) for w, b in self._actor_names]
         critic = [(params[w], params[b]) for w, b in self._critic_names]
         h_actor = dense_forward(obs, actor, self.actor_activation)

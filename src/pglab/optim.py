@@ -148,18 +148,24 @@ class StackedOptimizer:
         self.steps = torch.zeros(flat.shape[0], device=flat.device)
         self.state = {key: torch.zeros_like(flat) for key in MOMENTS[name]}
         self._fused = name == "adam" and _fused_adam(flat)
+        self._everyone = list(range(flat.shape[0]))
+        # Each member's row of every tensor the fused kernel takes (views, made once).
+        self._rows = [list(t.unbind(0)) for t in (flat, *self.state.values(), self.steps)]
 
     @torch.no_grad()
     def step(self, grads: Tensor, members: Sequence[int], lrs: Sequence[float]) -> None:
         """Step the rows ``members`` with ``grads`` (``[K, P]``, rows in that order),
         each with its learning rate in ``lrs``."""
         members = list(members)
-        index = torch.tensor(members, device=self.flat.device)
-        self.steps[index] += 1
+        every = members == self._everyone
+        index = None if every else torch.tensor(members, device=self.flat.device)
+        if every:
+            self.steps += 1
+        else:
+            self.steps[index] += 1
         if self._fused:
             self._fused_step(grads, members, [float(lr) for lr in lrs])
             return
-        every = members == list(range(len(self.steps)))
         rows: slice | Tensor = slice(None) if every else index
         theta = self.flat[rows]
         g = grads + self.weight_decay * theta if self.weight_decay else grads
@@ -174,16 +180,17 @@ class StackedOptimizer:
     def _fused_step(self, grads: Tensor, members: list[int], lrs: list[float]) -> None:
         """Adam by torch's fused kernel: one call per distinct learning rate, one pass
         per row (each row is processed from its start, as a stack of one would)."""
+        params, exp_avgs, exp_avg_sqs, steps = self._rows
+        rows = grads.unbind(0)
         for lr in dict.fromkeys(lrs):
             picked = [k for k, value in enumerate(lrs) if value == lr]
-            rows = [members[k] for k in picked]
             torch._fused_adam_(
-                [self.flat[m] for m in rows],
-                [grads[k] for k in picked],
-                [self.state["exp_avg"][m] for m in rows],
-                [self.state["exp_avg_sq"][m] for m in rows],
+                [params[members[k]] for k in picked],
+                [rows[k] for k in picked],
+                [exp_avgs[members[k]] for k in picked],
+                [exp_avg_sqs[members[k]] for k in picked],
                 [],
-                [self.steps[m] for m in rows],
+                [steps[members[k]] for k in picked],
                 lr=lr,
                 beta1=BETAS[0],
                 beta2=BETAS[1],

@@ -300,13 +300,16 @@ class Collector:
         dtype = np.float32 if np.issubdtype(space.dtype, np.floating) else np.int64
         return _Buffers(capacity, self.num_envs, self.encode.dim, shape, dtype)
 
-    def collect_steps(self, steps_per_env: int, deterministic: bool = False) -> Batch:
-        """Run every env ``steps_per_env`` steps, continuing episodes from the last batch."""
+    def collect_steps(
+        self, steps_per_env: int, deterministic: bool = False, scorer: Scorer | None = None
+    ) -> Batch:
+        """Run every env ``steps_per_env`` steps, continuing episodes from the last batch
+        (``scorer``: as for :meth:`finish_batches`)."""
         buffers, stats = self.start_batch(steps_per_env)
         everyone = np.ones(self.num_envs, dtype=bool)
         for t in range(steps_per_env):
             self._step(t, buffers, deterministic, everyone, stats)
-        return self._finish(buffers, steps_per_env, stats)
+        return self.finish_batches([self], [buffers], steps_per_env, [stats], scorer)[0]
 
     def start_batch(self, steps_per_env: int) -> tuple[_Buffers, EpisodeStats]:
         if self._obs is None:

@@ -229,6 +229,7 @@ class StackedRule:
                 id(p): n for n, p in DenseActorCritic.parameters(self.actor, self.critic).items()
             }
             self.names = [names[id(p)] for p in self.stack.members[0]]
+        self._all_params: dict[str, Tensor] | None = None
         self.setup()
 
     @classmethod
@@ -319,14 +320,20 @@ class StackedRule:
         stacked = len(set(sizes)) == 1
         data = {k: torch.stack([d[k] for d in datas]) for k in datas[0]} if stacked else {}
         hps = [self.hyperparameters(self.configs[m], p) for m, p in zip(members, progress)]
+        # A hyperparameter the members share stays a number (as for a run alone, which
+        # lets the loss skip terms whose coefficient is 0); one they differ in is a [K] tensor.
         varying = {
-            k: torch.tensor([hp[k] for hp in hps], device=device) for k in self.LOSS_HYPERPARAMETERS
+            k: torch.tensor([hp[k] for hp in hps], device=device)
+            for k in self.LOSS_HYPERPARAMETERS
+            if len({hp[k] for hp in hps}) > 1
         }
         fixed = {k: v for k, v in hps[0].items() if k not in varying and k != "lr"}
         lrs = [hp["lr"] for hp in hps]
-        going = torch.ones(len(members), dtype=torch.bool, device=device)
-        taken = torch.zeros(len(members), device=device)
-        totals: dict[str, Tensor] = {}
+        everyone = list(range(len(members)))
+        going = [True] * len(members)  # members that have not stopped at target_kl
+        taken = [0] * len(members)  # the steps each member took
+        names: list[str] = []
+        totals: Tensor | None = None  # the steps' diagnostics summed, [statistics, members]
         per_epoch = [1] * len(members)
         for actor in self.actors:
             actor.train()
@@ -337,12 +344,11 @@ class StackedRule:
                 minibatch_indices(size, self.minibatches, self.generators[m])
                 if on
                 else list(torch.arange(size).chunk(min(self.minibatches, max(size, 1))))
-                for m, size, on in zip(members, sizes, going.tolist())
+                for m, size, on in zip(members, sizes, going)
             ]
             per_epoch = [len(p) for p in parts]
             for k in range(max(per_epoch)):
-                active = torch.tensor([k < n for n in per_epoch], device=device)
-                at = active.nonzero().squeeze(1).tolist()
+                at = [i for i in everyone if k < per_epoch[i]]  # members with a minibatch now
                 if stacked and self.minibatches <= 1:
                     mb: dict[str, Tensor] | list[dict[str, Tensor]] = data
                 elif stacked:
@@ -350,41 +356,56 @@ class StackedRule:
                     mb = {key: value[rows, idx] for key, value in data.items()}
                 else:
                     mb = [{key: v[parts[i][k]] for key, v in datas[i].items()} for i in at]
-                hp = {**fixed, **{key: v[active] for key, v in varying.items()}}
+                hp = {**fixed, **varying}
+                if at != everyone:
+                    hp.update({key: v[at] for key, v in varying.items()})
                 grads, stats = self.gradients([members[i] for i in at], mb, hp)
-                if len(at) < len(members):  # rows of the members without a minibatch now
+                if at != everyone:  # rows of the members without a minibatch now
+                    where = torch.tensor(at, device=device)
                     grads = grads.new_zeros(len(members), grads.shape[1]).index_copy_(
-                        0, active.nonzero().squeeze(1), grads
+                        0, where, grads
                     )
                     stats = {
-                        key: value.new_zeros(len(members)).masked_scatter_(active, value)
+                        key: value.new_zeros(len(members)).index_copy_(0, where, value)
                         for key, value in stats.items()
                     }
                 if self.config.target_kl > 0:
-                    going &= ~active | (stats["approx_kl"] <= self.config.target_kl)
-                stepping = going & active
-                if not stepping.any():
-                    if not going.any():
+                    kl = stats["approx_kl"].tolist()
+                    going = [
+                        on and (i not in at or kl[i] <= self.config.target_kl)
+                        for i, on in enumerate(going)
+                    ]
+                stepping = [i for i in at if going[i]]
+                if not stepping:
+                    if not any(going):
                         break
                     continue
-                stats["grad_norm"] = self._clip(grads, stepping, members)
-                picked = stepping.nonzero().squeeze(1).tolist()
+                mask = None
+                if stepping != everyone:
+                    mask = torch.tensor([i in stepping for i in everyone], device=device)
+                stats["grad_norm"] = self._clip(grads, mask, members)
                 self.optimizer.step(
-                    grads if len(picked) == len(members) else grads[stepping],
-                    [members[i] for i in picked],
-                    [lrs[i] for i in picked],
+                    grads if mask is None else grads[mask],
+                    [members[i] for i in stepping],
+                    [lrs[i] for i in stepping],
                 )
-                for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + torch.where(stepping, value, 0.0)
-                taken += stepping.float()
-            if not going.any():
+                names = list(stats)
+                block = torch.stack([stats[key] for key in names])
+                if mask is not None:
+                    block = torch.where(mask, block, 0.0)
+                totals = block if totals is None else totals + block
+                for i in stepping:
+                    taken[i] += 1
+            if not any(going):
                 break
 
         extras = self.after_update(members, datas, progress)
         results = []
+        means = None if totals is None else (totals / torch.tensor(taken).clamp(min=1)).tolist()
         for i, (m, d, extra) in enumerate(zip(members, datas, extras)):
-            metrics = {key: float(total[i] / taken[i]) for key, total in totals.items()}
-            metrics = metrics if taken[i] > 0 else {}
+            metrics = {}
+            if taken[i] > 0:
+                metrics = {key: row[i] for key, row in zip(names, means)}
             metrics.update(lr=lrs[i], clip_range=hps[i].get("clip_range"))
             metrics["epochs"] = float(taken[i]) / per_epoch[i]
             metrics.update(self.member_metrics(m, d), **extra)
@@ -444,17 +465,18 @@ class StackedRule:
             )
 
     def _params(self, members: list[int]) -> dict[str, Tensor]:
-        """The members' parameters ``{name: [K, *shape]}`` (views of their rows)."""
+        """The members' parameters ``{name: [K, *shape]}`` (views of their rows; of all
+        rows, made once)."""
         flat = self.stack.flat
-        if members != list(range(len(self.stack))):
-            flat = flat[torch.tensor(members, device=flat.device)]
+        if members == list(range(len(self.stack))):
+            if self._all_params is None:
+                self._all_params = dict(zip(self.names, self.stack.unflatten(flat)))
+            return self._all_params
+        flat = flat[torch.tensor(members, device=flat.device)]
         return dict(zip(self.names, self.stack.unflatten(flat)))
 
-    def _clip(self, grads: Tensor, going: Tensor, members: list[int]) -> Tensor:
-        r"""Clip each member's global gradient norm (a row of ``grads``) to
-        ``max_grad_norm`` when > 0, in place: :math:`g \cdot \min(1, c / (\lVert g
-        \rVert_2 + 10^{-6}))`; returns the norms before clipping, ``[K]``. A non-finite
-        gradient of a member still ``going`` raises :class:`TrainingError`."""
+    def _clip(self, grads: Tensor, going: Tensor | None, members: list[int]) -> Tensor:
+        """:func:`clip_rows` at ``max_grad_norm``, for the rows ``going`` (all: None)."""
         return clip_rows(grads, self.config.max_grad_norm, going, members, type(self).__name__)
 
     @torch.no_grad()
@@ -483,22 +505,27 @@ class StackedRule:
 
 
 def clip_rows(
-    grads: Tensor, max_norm: float, going: Tensor, members: Sequence[int], what: str
+    grads: Tensor, max_norm: float, going: Tensor | None, members: Sequence[int], what: str
 ) -> Tensor:
     r"""Clip each row of ``grads`` ``[K, P]`` (a member's global gradient) to norm
     ``max_norm`` when > 0, in place: :math:`g \cdot \min(1, c / (\lVert g \rVert_2 +
     10^{-6}))`; returns the norms before clipping, ``[K]``. A non-finite row of a
-    member still ``going`` raises :class:`TrainingError` naming ``what``."""
+    member still ``going`` (a ``[K]`` mask; None: every row) raises
+    :class:`TrainingError` naming ``what``."""
     norms = grads.norm(dim=1)
-    bad = going & ~torch.isfinite(norms)
-    if bad.any():
-        which = f"member {members[int(bad.nonzero()[0])]}'s " if len(members) > 1 else ""
-        raise TrainingError(
-            f"{which}gradient of the {what} loss became non-finite; "
-            "lower the learning rate or enable gradient clipping"
-        )
-    if max_norm > 0:
-        grads.mul_((max_norm / (norms + 1e-6)).clamp(max=1.0).unsqueeze(1))
+    values = norms.tolist()
+    for i, norm in enumerate(values):
+        if not math.isfinite(norm):
+            if going is not None and not going[i]:
+                continue
+            which = f"member {members[i]}'s " if len(members) > 1 else ""
+            raise TrainingError(
+                f"{which}gradient of the {what} loss became non-finite; "
+                "lower the learning rate or enable gradient clipping"
+            )
+        scale = max_norm / (norm + 1e-6) if max_norm > 0 else 1.0
+        if scale < 1.0:  # each row on its own, as a run alone (the same numbers)
+            grads[i].mul_(scale)
     return norms
 
 

@@ -144,8 +144,9 @@ class PPO(JointOptimizer):
         log_ratio = log_probs - mb["log_probs"]
         ratio = log_ratio.exp()
         adv = mb["advantages"]
-        if hp["normalize"] and adv.shape[-1] > 1:
-            adv = standardize(adv, valid, dim=-1)
+        if hp["normalize"] and adv.shape[-1] > 1:  # standardised over the valid samples
+            centred = adv - (adv * w).sum(-1, keepdim=True)
+            adv = centred / ((centred * centred * w).sum(-1, keepdim=True).sqrt() + 1e-8)
         unclipped = ratio * adv
         clipped = ratio.clamp(1.0 - clip, 1.0 + clip) * adv
         g_log_probs = torch.where(unclipped <= clipped, unclipped, 0.0) * -w

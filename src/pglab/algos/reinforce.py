@@ -141,7 +141,6 @@ class Reinforce(StackedRule):
         if resets:  # a fresh optimizer for these members: no steps, no moments
             self.value_optimizer.reset(resets)
         targets = [d["psi"] + d["values"] for d in datas]
-        everyone = torch.ones(len(members), dtype=torch.bool)
         losses = [torch.zeros(())] * len(members)
         for _ in range(self.config.value_epochs):
             rows = []
@@ -151,7 +150,7 @@ class Reinforce(StackedRule):
                 params = self.value_stack.members[m]
                 rows.append(self.value_stack.flatten(torch.autograd.grad(losses[k], params)))
             grads = torch.stack(rows)
-            clip_rows(grads, self.config.max_grad_norm, everyone, members, "value")
+            clip_rows(grads, self.config.max_grad_norm, None, members, "value")
             self.value_optimizer.step(grads, members, lrs)
         return [
             {
