@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,6 +258,25 @@ def test_interrupted_run_resumes_into_the_same_folder(how, tmp_path):
     assert steps[-1] >= stopped_at + 3000
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped"] == "budget" and summary["total_steps"] >= stopped_at + 3000
+
+
+def test_an_interrupted_population_names_every_run_to_resume(tmp_path):
+    """Ctrl-C during ``--seeds`` checkpoints every member and prints one ``--resume``
+    command per run folder, each a folder that ``--resume`` takes."""
+    process = _spawn([*LONG, "--steps", "400000", "--seeds", "0-1"], tmp_path)
+    group = tmp_path / "o" / "CartPole-v1"
+    for seed in (0, 1):
+        _wait_for(group / f"r-seed{seed}" / "checkpoints" / "last.pt")
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    (line,) = [line for line in err.splitlines() if "--resume" in line]
+    named = re.findall(r"pglab train --resume (\S+)", line.replace(";", " "))
+    assert sorted(Path(p).name for p in named) == ["r-seed0", "r-seed1"]
+    for path in named:
+        run = tmp_path / path
+        assert (run / "checkpoints" / "last.pt").is_file()
+        assert json.loads((run / "summary.json").read_text())["stopped"] == "interrupted"
 
 
 def test_resume_refuses_a_finished_run_and_new_options(tmp_path, capsys):

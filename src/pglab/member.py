@@ -326,11 +326,6 @@ class Trainer:
         self._next_eval = self._next_multiple(cfg.eval_every)
         self._next_checkpoint = self._next_multiple(cfg.checkpoint_every)
 
-    def record(self, batch: Batch, metrics: dict[str, float], seconds: float) -> None:
-        """Count ``batch``, log a row of ``metrics``, evaluate and checkpoint when due."""
-        self.count(batch)
-        self.log_update(batch, metrics, seconds)
-
     def count(self, batch: Batch) -> None:
         """Add ``batch``'s steps, episodes and update to the counters."""
         self.steps += batch.num_steps

@@ -163,19 +163,38 @@ class StackedOptimizer:
             self.steps += 1
         else:
             self.steps[index] += 1
+        lrs = [float(lr) for lr in lrs]
         if self._fused:
-            self._fused_step(grads, members, [float(lr) for lr in lrs])
+            self._fused_step(grads, members, lrs)
             return
-        rows: slice | Tensor = slice(None) if every else index
-        theta = self.flat[rows]
+        for lr in dict.fromkeys(lrs):  # one learning rate at a time: the same formula
+            picked = [k for k, value in enumerate(lrs) if value == lr]
+            if every and len(picked) == len(members):  # every row, in order: in place
+                self._step_rows(grads, slice(None), lr)
+                continue
+            rows = torch.tensor([members[k] for k in picked], device=self.flat.device)
+            theta = self.flat[rows]
+            moments = {key: value[rows] for key, value in self.state.items()}
+            self._step_rows(grads[picked], rows, lr, theta, moments)
+            self.flat[rows] = theta
+            for key, value in moments.items():
+                self.state[key][rows] = value
+
+    def _step_rows(
+        self,
+        grads: Tensor,
+        rows: slice | Tensor,
+        lr: float,
+        theta: Tensor | None = None,
+        moments: dict[str, Tensor] | None = None,
+    ) -> None:
+        """The rule on ``rows`` (their parameters ``theta`` and ``moments``, the stack's
+        own when None), in place."""
+        theta = self.flat if theta is None else theta
+        moments = self.state if moments is None else moments
         g = grads + self.weight_decay * theta if self.weight_decay else grads
-        moments = {key: value[rows] for key, value in self.state.items()}
         t = self.steps[rows].unsqueeze(1)
-        direction = step_direction(self.name, g, moments, t, self.eps)
-        for key, value in moments.items():
-            self.state[key][rows] = value
-        lr = torch.tensor([float(x) for x in lrs], device=self.flat.device, dtype=theta.dtype)
-        self.flat[rows] = theta - lr.unsqueeze(1) * direction
+        theta.add_(step_direction(self.name, g, moments, t, self.eps), alpha=-lr)
 
     def _fused_step(self, grads: Tensor, members: list[int], lrs: list[float]) -> None:
         """Adam by torch's fused kernel: one call per distinct learning rate, one pass
