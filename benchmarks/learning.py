@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import pglab
-from machine import command_line, machine
+from machine import code_version, command_line, machine
 from pglab.envs import reward_threshold
 from pglab.population import parse_seeds
 
@@ -175,6 +175,8 @@ def main() -> None:
         f"# {label} on {args.env}, {args.steps:,} steps, {len(seeds)} seeds",
         "",
         f"command: `{command_line()}`",
+        "",
+        f"code: {code_version()}",
         "",
         f"machine: {machine()}",
         "",

@@ -73,6 +73,25 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
+def code_version() -> str:
+    """The commit of the code that ran (``git describe``: a hash, ``-dirty`` when the
+    checkout had changes), or the package version outside a git checkout."""
+    from pglab import __version__
+
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return f"pglab {__version__}"
+    commit = described.stdout.strip()
+    return f"commit {commit}" if described.returncode == 0 and commit else f"pglab {__version__}"
+
+
 def machine() -> str:
     """CPU model, cores, torch threads and library versions, on one line."""
     import gymnasium as gym
@@ -502,6 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "# pglab speed benchmark",
         "",
         f"command: `{command_line()}`",
+        "",
+        f"code: {code_version()}",
         "",
         f"machine: {machine()}",
     ]
