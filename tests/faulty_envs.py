@@ -7,6 +7,7 @@ ends, and ones that break in the ways real ones do; made by ``faulty_envs:Class`
 from __future__ import annotations
 
 import math
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -152,3 +153,11 @@ class UnseededEnv(gym.Env):
         self.t += 1
         obs = np.random.uniform(-1, 1, 2).astype(np.float32)
         return obs, 1.0, self.t >= 20, False, {}
+
+
+class SlowNeverEnds(NeverEnds):
+    """A :class:`NeverEnds` whose steps take 5 ms: a batch of its episodes takes minutes."""
+
+    def step(self, action):
+        time.sleep(0.005)
+        return super().step(action)

@@ -279,6 +279,29 @@ def test_an_interrupted_population_names_every_run_to_resume(tmp_path):
         assert json.loads((run / "summary.json").read_text())["stopped"] == "interrupted"
 
 
+def test_ctrl_c_in_the_middle_of_a_long_batch_stops_within_a_second(tmp_path):
+    """A batch of never-ending (capped) episodes takes minutes; Ctrl-C during it drops
+    the batch and stops at the last completed update, with its checkpoint."""
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pglab.cli", *LONG, "--env", "faulty_envs:SlowNeverEnds",
+         "--preset", "none", "--set", "check=false", "--set", "batch_size=4"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run = tmp_path / "o" / "faulty_envs-SlowNeverEnds" / "r"
+    _wait_for(run / "config.toml")
+    time.sleep(1.0)  # well inside the first batch
+    process.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    _, err = process.communicate(timeout=60)
+    assert time.monotonic() - start < 2.0, err
+    assert process.returncode == 130, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] == "interrupted" and summary["updates"] == 0
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+
 def test_resume_refuses_a_finished_run_and_new_options(tmp_path, capsys):
     run_cli(["train", "--steps", "500", "--out", str(tmp_path), "--name", "r", *QUICK], capsys)
     run = tmp_path / "CartPole-v1" / "r"

@@ -273,7 +273,7 @@ def test_a_group_that_is_not_one_folder_is_refused(tmp_path, capsys, group):
     err = one_error_line(
         capsys, ["sweep", str(sweep_spec(tmp_path, f'group = "{group}"\n')), "--dry-run"]
     )
-    assert "group must name one folder" in err
+    assert "group must be one folder name" in err
     assert not (tmp_path / "runs").exists()
 
 
@@ -374,7 +374,7 @@ def test_a_runs_numbers_do_not_depend_on_workers(tmp_path):
         ("grid = 5\n", "grid must be a table"),
         ("random = 5\n", "random must be a table"),
         ("out = 5\n", "out must be a folder path"),
-        ('group = "."\n', "group must name one folder"),
+        ('group = "."\n', "group must be one folder name"),
         ("config = 5\n", "config must be the path"),
         ('sample_seed = "x"\n', "sample_seed must be an integer"),
         ("base_seed = true\n", "base_seed must be an integer"),

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from pglab.errors import CheckpointError
+from pglab.paths import make_dirs
 from pglab.safety import atomic_write, remove_stale_temps
 
 FORMAT = "pglab-checkpoint"
@@ -34,9 +35,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     its only writer).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.parent.name == CHECKPOINT_DIR:
+    if path.parent.name == CHECKPOINT_DIR:  # a run's own folder: never written through a link
+        make_dirs(path.parent, path.parent.parent)
         remove_stale_temps(path.parent, "*.pt")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
     with atomic_write(path, "wb") as stream:
         torch.save(payload, stream)

@@ -43,6 +43,7 @@ def collect_steps_together(
     actors.stack()
     everyone = np.ones(collectors[0].num_envs, dtype=bool)
     for t in range(steps_per_env):
+        collectors[0].check_stop()
         actions = actors.act(np.stack([c.obs for c in collectors]))
         outcomes = _step_envs(collectors, actions)
         for c, (buffers, stats), a, outcome in zip(collectors, starts, actions, outcomes):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pglab.paths import no_links_below
 from pglab.safety import atomic_write, remove_stale_temps
 
 METRICS_FILE = "metrics.csv"
@@ -32,7 +33,7 @@ class MetricsLogger:
     """
 
     def __init__(self, run_dir: Path, columns: list[str], resume_step: int | None = None) -> None:
-        self.path = run_dir / METRICS_FILE
+        self.path = no_links_below(run_dir, run_dir / METRICS_FILE)  # never written through
         self.columns = columns
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)

@@ -92,7 +92,8 @@ def new_run_dir(config: Config) -> Path:
 
 
 class StopRequest:
-    """Turns the first SIGINT/SIGTERM into a flag checked between updates."""
+    """Turns the first SIGINT/SIGTERM into a flag, checked between updates and before
+    every step of a training batch; a second one stops at once (KeyboardInterrupt)."""
 
     def __init__(self) -> None:
         self.requested = False

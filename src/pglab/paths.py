@@ -69,7 +69,7 @@ def inside(root: str | Path, path: str | Path) -> Path:
     return target
 
 
-def _no_links_below(root: str | Path, path: str | Path) -> Path:
+def no_links_below(root: str | Path, path: str | Path) -> Path:
     """``path`` made absolute, when it lies under ``root`` and no component of it below
     ``root`` (``path`` included) is a symbolic link; else a :class:`PglabError`."""
     base = Path(os.path.abspath(root))
@@ -91,7 +91,7 @@ def make_dirs(path: str | Path, root: str | Path) -> Path:
     when missing; a symbolic link below ``root`` or a path that leaves it is refused,
     and an OS error (a read-only folder, a file in the way) is a :class:`StorageError`
     naming the folder. Returns ``path`` made absolute."""
-    target = _no_links_below(root, path)
+    target = no_links_below(root, path)
     try:
         Path(root).mkdir(parents=True, exist_ok=True)
         target.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ def make_dirs(path: str | Path, root: str | Path) -> Path:
         raise StorageError(
             f"cannot create folder {str(path)!r}: {error.strerror or error}"
         ) from None
-    _no_links_below(root, target)  # nothing became a link meanwhile
+    no_links_below(root, target)  # nothing became a link meanwhile
     inside(root, target)
     return target
 

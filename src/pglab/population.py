@@ -47,7 +47,7 @@ from pglab.lockstep import collect_steps_together, run_episodes_together
 from pglab.logs import Progress
 from pglab.member import CONFIG_FILE, ERROR_FILE, Run, StopRequest, Trainer, new_run_dir, run_label
 from pglab.paths import write_text_atomic
-from pglab.rollout import Batch, EpisodeStats
+from pglab.rollout import Batch, CollectionStopped, EpisodeStats
 from pglab.safety import die_with_parent, hold_lock
 
 #: Options whose values may differ between the members of one population.
@@ -210,9 +210,15 @@ class Population:
         stopped = "budget"
         try:
             with StopRequest() as stop:
+                for trainer in self.trainers:  # a stop is honoured within a step
+                    trainer.collector.stop = lambda: stop.requested
                 while live := [m for m, t in enumerate(self.trainers) if not t.finished()]:
                     tick = time.perf_counter()
-                    batches = self.collect(live)
+                    try:
+                        batches = self.collect(live)
+                    except CollectionStopped:  # the batch is dropped: the last update stays
+                        stopped = "interrupted"
+                        break
                     metrics = self.update(live, batches)
                     seconds = time.perf_counter() - tick
                     for m, batch in zip(live, batches):

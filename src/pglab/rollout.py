@@ -77,6 +77,11 @@ class Batch:
         return int(self.valid.sum())
 
 
+class CollectionStopped(Exception):
+    """A stop was requested while a training batch was being collected: the batch is
+    dropped, and the run stops at its last completed update."""
+
+
 class _Buffers:
     """Preallocated numpy arrays ``[capacity, N, ...]`` that double when full."""
 
@@ -181,6 +186,8 @@ class Collector:
         self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
         #: Every env step taken, including reset steps and steps beyond a quota.
         self.env_steps = 0
+        #: Asked before every step of a training batch: a stop was requested (Ctrl-C)?
+        self.stop: Callable[[], bool] | None = None
 
     @property
     def obs(self) -> np.ndarray | None:
@@ -308,8 +315,14 @@ class Collector:
         buffers, stats = self.start_batch(steps_per_env)
         everyone = np.ones(self.num_envs, dtype=bool)
         for t in range(steps_per_env):
+            self.check_stop()
             self._step(t, buffers, deterministic, everyone, stats)
         return self.finish_batches([self], [buffers], steps_per_env, [stats], scorer)[0]
+
+    def check_stop(self) -> None:
+        """Raise :class:`CollectionStopped` if :attr:`stop` says a stop was requested."""
+        if self.stop is not None and self.stop():
+            raise CollectionStopped
 
     def start_batch(self, steps_per_env: int) -> tuple[_Buffers, EpisodeStats]:
         if self._obs is None:
@@ -330,6 +343,8 @@ class Collector:
         quota = Quota(self.num_envs, num_episodes)
         t = 0
         while quota.open():
+            if buffers is not None:  # a training batch (an evaluation plays its episodes)
+                self.check_stop()
             quota.close(self._step(t, buffers, deterministic, quota.counted, stats))
             t += 1
         return t

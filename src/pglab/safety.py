@@ -10,9 +10,9 @@
   held for as long as the writer works; the kernel releases it when the process ends,
   however it ends (kill -9 included), so a lock is never stale. A second writer stops at
   once with one line naming the holder's process id.
-* :func:`check_folder_name`: a value that becomes a folder's name names exactly one
-  folder inside its parent (no separators, not ``.`` or ``..``), so nothing pglab builds
-  from a name lands outside the folder it was given.
+
+(What a folder name may be, and that writes stay inside their folder and never follow
+a link, is :mod:`pglab.paths`.)
 * :func:`die_with_parent`: a worker process that outlives its parent (killed with
   kill -9) is killed too, instead of training on with nobody to report to.
 """
@@ -32,38 +32,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from pglab.errors import ConfigError, PglabError
+from pglab.errors import PglabError
 
 #: The lock file in a folder that one process at a time may write.
 LOCK_FILE = ".lock"
 #: Names of :func:`atomic_write`'s temporary files: ``.<target name>.<mkstemp's 8 characters>``.
 _TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}")
 _PR_SET_PDEATHSIG = 1
-#: Most characters in a folder name that pglab builds from a user's value.
-NAME_LENGTH = 100
 
 
 class FolderInUseError(PglabError):
     """Another process holds the folder's lock."""
-
-
-def check_folder_name(value: Any, what: str) -> str:
-    """``value`` if it names one folder inside another: a non-empty string of at most
-    :data:`NAME_LENGTH` printable characters, without ``/`` or ``\\``, and not ``.`` or
-    ``..``; else :class:`ConfigError` naming ``what``."""
-    if (
-        not isinstance(value, str)
-        or not value
-        or len(value) > NAME_LENGTH
-        or not value.isprintable()
-        or set(value) & {"/", "\\"}
-        or set(value) == {"."}
-    ):
-        raise ConfigError(
-            f"{what} must name one folder: 1 to {NAME_LENGTH} printable characters, "
-            f"no '/' or '\\', not '.' or '..'; got {value!r}"
-        )
-    return value
 
 
 @contextlib.contextmanager

@@ -111,7 +111,7 @@ def check_env_import(env_id: str, allowed: Iterable[str], source: str) -> None:
     )
 
 
-def _entry_class(env_id: str) -> type[gym.Env] | None:
+def entry_class(env_id: str) -> type[gym.Env] | None:
     """The class named by ``package.module:Class``, or None when ``env_id`` is a registry id.
 
     The module is imported as one the user named (see :func:`import_path`); callers
@@ -142,7 +142,7 @@ def _entry_class(env_id: str) -> type[gym.Env] | None:
 
 def validate_env_id(env_id: str) -> None:
     """Raise :class:`EnvError` naming the closest registered ids when ``env_id`` is unknown."""
-    if _entry_class(env_id) is not None:
+    if entry_class(env_id) is not None:
         return
     _load_namespace(env_id)
     name = env_id.split(":", 1)[1] if ":" in env_id else env_id
@@ -159,7 +159,7 @@ def validate_env_id(env_id: str) -> None:
 
 def reward_threshold(env_id: str) -> float | None:
     """The env's registered reward threshold (the return that counts as solved), if any."""
-    if ":" in env_id and _entry_class(env_id) is not None:
+    if ":" in env_id and entry_class(env_id) is not None:
         return None
     name = env_id.split(":", 1)[1] if ":" in env_id else env_id
     spec = gym.registry.get(name)
@@ -223,7 +223,7 @@ def make_vec_env(
 
         wrapper, needed = PREPROCESSORS[preprocess]
         wrappers, kwargs = [wrapper], {**needed, **kwargs}
-    env_class = _entry_class(env_id)
+    env_class = entry_class(env_id)
     spec = None if env_class is not None else gym.spec(env_id.split(":", 1)[-1])
     cap = guard.episode_cap(env_id, spec, kwargs, max_episode_steps)
     try:

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 
 from pglab.agent import Agent
-from pglab.envs import _entry_class, import_path, validate_env_id
+from pglab.envs import entry_class, import_path, validate_env_id
 from pglab.errors import ConfigError, EnvError, PglabError
 from pglab.paths import write_atomic
 
@@ -47,7 +47,7 @@ def render_env(agent: Agent) -> gym.Env:
 
         wrapper, needed = PREPROCESSORS[env_cfg.preprocess]
         wrappers, kwargs = [wrapper], {**needed, **kwargs}
-    env_class = _entry_class(env_cfg.id)
+    env_class = entry_class(env_cfg.id)
     try:
         with import_path():
             env = env_class(**kwargs) if env_class is not None else gym.make(env_cfg.id, **kwargs)

@@ -81,7 +81,8 @@ import numpy as np
 
 from pglab.config import SECTIONS, Config, build_config, qualify
 from pglab.errors import ConfigError, PglabError
-from pglab.safety import atomic_write, check_folder_name, die_with_parent, hold_lock
+from pglab.paths import safe_name
+from pglab.safety import atomic_write, die_with_parent, hold_lock
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -167,7 +168,7 @@ def load_spec(path: str | Path) -> Sweep:
             f"sweep spec {str(path)!r}: unknown key {unknown[0]!r}; "
             f"allowed: {', '.join(sorted(_SPEC_KEYS))}"
         )
-    group = check_folder_name(spec.get("group", path.stem), "sweep spec: group")
+    group = safe_name(spec.get("group", path.stem), "sweep spec: group")
     out_value = spec.get("out", "runs")
     if not isinstance(out_value, str) or not out_value or not out_value.isprintable():
         raise ConfigError(f"sweep spec: out must be a folder path (a string); got {out_value!r}")
