@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pglab.algos import ALGORITHMS, chooses_weights, critic_apart
 from pglab.envs.guard import DEFAULT_EPISODE_CAP, parse_max_episode_steps
 from pglab.envs.normalize import REWARD_METHODS
 from pglab.errors import ConfigError
@@ -44,7 +45,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 #: The learning rules ``algo.name`` may name.
-ALGOS: tuple[str, ...] = ("reinforce", "a2c", "ppo", "trpo")
+ALGOS: tuple[str, ...] = tuple(ALGORITHMS)
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "rmsprop")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "linear")
 GRADIENTS: tuple[str, ...] = ("auto", "autograd")
@@ -337,7 +338,7 @@ class AlgoConfig:
         _validate(self)
 
     def check(self) -> None:
-        if self.name != "reinforce" and self.weights != "gae":
+        if not chooses_weights(self.name) and self.weights != "gae":
             raise ConfigError(
                 f"algo.weights must be gae for {self.name} (its advantages are GAE(lambda); "
                 f"set lam=1 for Monte Carlo returns, lam=0 for TD; the other weights are "
@@ -346,7 +347,7 @@ class AlgoConfig:
 
     @property
     def uses_critic(self) -> bool:
-        return self.name != "reinforce" or self.weights in CRITIC_WEIGHTS
+        return not chooses_weights(self.name) or self.weights in CRITIC_WEIGHTS
 
     def resolve(self) -> AlgoConfig:
         mode = self.batch_mode
@@ -451,7 +452,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        if self.policy.shared and self.algo.name in ("reinforce", "trpo"):
+        if self.policy.shared and critic_apart(self.algo.name):
             raise ConfigError(
                 f"policy.shared must be false for {self.algo.name} (its critic is trained "
                 "apart from the policy); got true"

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from pglab.agent import Agent, build_models, build_normalizer
+from pglab.algos import chooses_weights
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, save_checkpoint
 from pglab.config import Config, resolve_device
 from pglab.diagnostics import HealthMonitor
@@ -68,7 +69,7 @@ def _auto_num_envs(config: Config) -> int:
 def run_label(config: Config) -> str:
     """``ppo``, ``a2c``, ``trpo``, or ``reinforce-<weights>``."""
     algo = config.algo
-    return f"reinforce-{algo.weights}" if algo.name == "reinforce" else algo.name
+    return f"{algo.name}-{algo.weights}" if chooses_weights(algo.name) else algo.name
 
 
 def new_run_dir(config: Config) -> Path:

@@ -21,6 +21,11 @@ if TYPE_CHECKING:  # the config layer sits above; only its type is named here
 
 Algorithm = Reinforce | A2C | PPO | TRPO
 
+#: Every learning rule by its ``algo.name``: the one list the options, the command
+#: line and the training loop read. A rule's traits are its class attributes:
+#: ``CHOOSES_WEIGHTS`` (takes ``algo.weights``; otherwise its weights are GAE
+#: advantages), ``CRITIC_APART`` (its critic is fitted apart from the policy, so the two
+#: cannot share a body), and whether it stacks (:func:`stacks`).
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "reinforce": Reinforce,
     "a2c": A2C,
@@ -32,6 +37,16 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 def stacks(name: str) -> bool:
     """Whether the rule named ``name`` trains many members as one stacked rule."""
     return issubclass(ALGORITHMS[name], StackedRule)
+
+
+def chooses_weights(name: str) -> bool:
+    """Whether the rule named ``name`` takes ``algo.weights`` (else GAE advantages)."""
+    return ALGORITHMS[name].CHOOSES_WEIGHTS
+
+
+def critic_apart(name: str) -> bool:
+    """Whether the rule named ``name`` fits its critic apart from its policy."""
+    return ALGORITHMS[name].CRITIC_APART
 
 
 def make_algo(config: AlgoConfig, actor: Actor, critic: Critic | None, seed: int = 0) -> Algorithm:

@@ -201,6 +201,10 @@ class StackedRule:
     WRITTEN_GRADIENT = False
     #: Whether the loss trains the critic with the actor (else the actor alone).
     JOINT = True
+    #: Whether the rule takes ``algo.weights`` (else its weights are GAE advantages).
+    CHOOSES_WEIGHTS = False
+    #: Whether its critic is fitted apart from the policy (then they cannot share a body).
+    CRITIC_APART = False
 
     def __init__(
         self,

@@ -64,6 +64,8 @@ class Reinforce(StackedRule):
     )
     LOSS_HYPERPARAMETERS = ("entropy_coef",)
     JOINT = False  # the critic is fitted apart
+    CHOOSES_WEIGHTS = True
+    CRITIC_APART = True
 
     def setup(self) -> None:
         self.value_stack: ParameterStack | None = None

@@ -67,6 +67,10 @@ def conjugate_gradient(matvec, b: Tensor, iters: int, tol: float = 1e-10) -> Ten
 class TRPO:
     """Natural-gradient steps inside a KL trust region; a separately trained critic."""
 
+    #: Traits (see :data:`pglab.algos.ALGORITHMS`): GAE advantages, a critic fitted apart.
+    CHOOSES_WEIGHTS = False
+    CRITIC_APART = True
+
     METRICS = (
         "policy_loss",
         "value_loss",
