@@ -74,22 +74,26 @@ def command_line() -> str:
 
 
 def code_version() -> str:
-    """The commit of the code that ran (``git describe``: a hash, ``-dirty`` when the
-    checkout had changes), or the package version outside a git checkout."""
+    """The commit of the code that ran, with ``-dirty`` when pglab's own source (not a
+    benchmark's results) had changes; the package version outside a git checkout."""
     from pglab import __version__
 
+    here = Path(__file__).resolve().parent
     try:
-        described = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=here, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            cwd=here, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return f"pglab {__version__}"
-    commit = described.stdout.strip()
-    return f"commit {commit}" if described.returncode == 0 and commit else f"pglab {__version__}"
+    if commit.returncode != 0 or not commit.stdout.strip():
+        return f"pglab {__version__}"
+    dirty = "-dirty" if changed.stdout.strip() else ""
+    return f"commit {commit.stdout.strip()}{dirty}"
 
 
 def machine() -> str:
