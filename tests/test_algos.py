@@ -182,6 +182,7 @@ def test_selectable_heads_train_and_act_in_the_env_format(env_id, head, tmp_path
     assert np.array_equal(agent.act(obs), run.agent.act(obs))
 
 
+@pytest.mark.parametrize("rule", ["ppo", "a2c"])
 @pytest.mark.parametrize(
     ("space", "options"),
     [
@@ -191,11 +192,13 @@ def test_selectable_heads_train_and_act_in_the_env_format(env_id, head, tmp_path
         (gym.spaces.Box(-1, 1, (2,)), {"value_clip": 0.3, "clip_range": 0.1, "masked": True}),
     ],
 )
-def test_ppo_written_gradient_is_autograds(space, options):
-    """PPO's written-out loss gradient equals autograd's through :meth:`PPO.loss`, with
-    its diagnostics, on a minibatch where many ratios are clipped."""
-    from pglab.algos.ppo import PPO
+def test_written_gradient_is_autograds(rule, space, options):
+    """The written-out loss gradient of PPO and A2C equals autograd's through their
+    ``loss``, with the diagnostics, on a minibatch where many of PPO's ratios are clipped."""
+    from pglab.algos import ALGORITHMS
     from pglab.dense import DenseActorCritic
+
+    Rule = ALGORITHMS[rule]
 
     torch.manual_seed(0)
     actor, critic = make_actor(4, space, [16, 16]).double(), make_critic(4, [16]).double()
@@ -217,13 +220,14 @@ def test_ppo_written_gradient_is_autograds(space, options):
         mb["valid"] = torch.arange(n) % 5 != 0
     hp = {"clip_range": 0.2, "vf_coef": 0.5, "entropy_coef": 0.0, "value_clip": 0.0}
     hp.update({"normalize": True}, **{k: v for k, v in options.items() if k != "masked"})
-    loss, stats = PPO.loss(actor, critic, mb, hp)
-    assert 0.1 < float(stats["clip_fraction"]) < 0.95
+    loss, stats = Rule.loss(actor, critic, mb, hp)
+    if rule == "ppo":
+        assert 0.1 < float(stats["clip_fraction"]) < 0.95
     named = DenseActorCritic.parameters(actor, critic)
     expected = torch.autograd.grad(loss, list(named.values()))
     net = DenseActorCritic.build(actor, critic)
     params = {k: p.detach() for k, p in named.items()}
-    written_loss, written_stats, grads = PPO.loss_and_gradient(net, params, mb, hp)
+    written_loss, written_stats, grads = Rule.loss_and_gradient(net, params, mb, hp)
     torch.testing.assert_close(written_loss, loss.detach())
     for key, value in stats.items():
         torch.testing.assert_close(written_stats[key], value.detach(), check_dtype=False)
@@ -231,10 +235,12 @@ def test_ppo_written_gradient_is_autograds(space, options):
         torch.testing.assert_close(grads[name], want, msg=name)
 
 
-def test_ppo_takes_its_gradient_written_out_unless_told_otherwise():
+@pytest.mark.parametrize("rule", ["ppo", "a2c"])
+def test_written_gradient_is_taken_unless_told_otherwise(rule):
     actor, critic = make_actor(4, gym.spaces.Discrete(2), [8]), make_critic(4, [8])
-    ppo = make_algo(build_config(flags={"algo.name": "ppo"}).algo, actor, critic)
-    assert ppo.dense is not None
-    told = build_config(flags={"algo.name": "ppo", "algo.gradients": "autograd"}).algo
+    algo = make_algo(build_config(flags={"algo.name": rule}).algo, actor, critic)
+    assert algo.dense is not None
+    told = build_config(flags={"algo.name": rule, "algo.gradients": "autograd"}).algo
     assert make_algo(told, actor, critic).dense is None
-    assert make_algo(build_config(flags={"algo.name": "a2c"}).algo, actor, critic).dense is None
+    trpo = make_algo(build_config(flags={"algo.name": "trpo"}).algo, actor, critic)
+    assert getattr(trpo, "dense", None) is None

@@ -78,9 +78,11 @@ def train_preset(algo, env, seed, tmp_path, **options):
     ("algo", "budget"), [("ppo", 100_000), ("trpo", 100_000), ("a2c", 500_000)]
 )
 def test_actor_critic_solves_cartpole_on_every_seed(algo, budget, tmp_path):
-    summaries = [
-        train_preset(algo, "CartPole-v1", seed, tmp_path, total_steps=budget) for seed in range(5)
-    ]
+    # Seeds 0-4 as one population: each trains as it would alone (test_one_experiment.py).
+    runs = pglab.train(
+        "CartPole-v1", algo, seeds=range(5), out=str(tmp_path), total_steps=budget, **FAST
+    )
+    summaries = [run.summary for run in runs]
     solved = [s["solved_at_step"] for s in summaries]
     assert all(s is not None and s <= budget for s in solved), solved
     assert all(s["eval_return_mean"] >= 475 for s in summaries)

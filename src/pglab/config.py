@@ -321,7 +321,7 @@ class AlgoConfig:
     )
     gradients: str = opt(
         "auto",
-        "ppo: auto = the loss's gradient written out where the networks allow it (MLP "
+        "ppo, a2c: auto = the loss's gradient written out where the networks allow it (MLP "
         "bodies with tanh or relu, categorical or gaussian head, separate critic); "
         "autograd = always by torch.autograd",
         Choice(GRADIENTS),

@@ -131,3 +131,30 @@ def approx_kl(log_ratio: Tensor, valid: Tensor | None = None) -> tuple[Tensor, T
     k1 = masked_mean(-log_ratio, valid)
     k3 = masked_mean(log_ratio.exp() - 1.0 - log_ratio, valid)
     return k1, k3
+
+
+def sample_weights(valid: Tensor | None, like: Tensor) -> Tensor:
+    r"""Each sample's weight in a mean over the last axis: :math:`w_b = 1 / |\mathcal V|`
+    for a valid sample b and 0 for others (every sample valid where ``valid`` is None).
+
+    A written-out loss takes its means as :math:`\sum_b w_b x_b`, and its gradient
+    with respect to a sample's term is :math:`w_b`. Shaped as ``like`` (``[B]``, or
+    ``[M, B]`` for M members, each with its own count).
+    """
+    if valid is None:
+        return torch.full_like(like, 1.0 / like.shape[-1])
+    w = valid.to(like.dtype)
+    return w / w.sum(-1, keepdim=True).clamp(min=1.0)
+
+
+def weighted_standardize(x: Tensor, w: Tensor, eps: float = 1e-8) -> Tensor:
+    r""":math:`(x - \bar x) / (\sigma_x + \epsilon)` with the mean and the (population)
+    variance weighted by :func:`sample_weights` ``w``, along the last axis."""
+    centred = x - (x * w).sum(-1, keepdim=True)
+    return centred / ((centred * centred * w).sum(-1, keepdim=True).sqrt() + eps)
+
+
+def per_sample(value: float | Tensor) -> float | Tensor:
+    """A coefficient to multiply ``[M, B]`` samples by: an ``[M]`` tensor (one value per
+    member) as ``[M, 1]``, a number as it is."""
+    return value.unsqueeze(-1) if isinstance(value, Tensor) else value

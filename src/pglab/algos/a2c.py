@@ -13,16 +13,29 @@ For each batch of T steps (n-step rollouts) from N envs:
            + c_V \frac1B\sum \big(V_\phi(s_t) - \hat R_t\big)^2 - c_H\, \bar H
 
    over every valid sample, with the global gradient norm clipped (RMSprop by default).
+
+:meth:`A2C.loss` defines the loss; for MLP actor-critics :meth:`A2C.loss_and_gradient`
+computes it with its gradient written out (see :mod:`pglab.dense`), as PPO does.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from pglab.algos.base import JointOptimizer
-from pglab.losses import actor_critic_loss, approx_kl, policy_gradient_loss, value_loss
+from pglab.dense import DenseActorCritic
+from pglab.losses import (
+    actor_critic_loss,
+    approx_kl,
+    per_sample,
+    policy_gradient_loss,
+    sample_weights,
+    value_loss,
+    weighted_standardize,
+)
 from pglab.policies import Actor, Critic
 from pglab.returns import masked_mean, standardize
 
@@ -41,6 +54,7 @@ class A2C(JointOptimizer):
         "weights_mean",
         "weights_var",
     )
+    WRITTEN_GRADIENT = True
 
     @property
     def epochs(self) -> int:
@@ -71,3 +85,44 @@ class A2C(JointOptimizer):
             "entropy": mean_entropy.detach(),
             "approx_kl": kl,
         }
+
+    @staticmethod
+    def loss_and_gradient(
+        net: DenseActorCritic, params: dict[str, Tensor], mb: dict[str, Tensor], hp: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        r""":meth:`loss`, its diagnostics, and its gradient by parameter name, written out
+        for the networks of :class:`~pglab.dense.DenseActorCritic` (stacked ``[M, ...]``
+        as in :meth:`~pglab.algos.ppo.PPO.loss_and_gradient`). With :math:`w_b` from
+        :func:`~pglab.losses.sample_weights`, the loss's gradients with respect to each
+        sample's log-probability, value and entropy are
+
+        .. math::
+            \frac{\partial L}{\partial \log\pi_b} = -w_b \hat A_b, \qquad
+            \frac{\partial L}{\partial V_b} = 2 c_V w_b (V_b - \hat R_b), \qquad
+            \frac{\partial L}{\partial H_b} = -c_H w_b
+        """
+        log_probs, entropy, values, backward = net.forward(params, mb["obs"], mb["actions"])
+        w = sample_weights(mb.get("valid"), log_probs)
+        adv = mb["advantages"]
+        if hp["normalize"]:  # standardised over the valid samples
+            adv = weighted_standardize(adv, w)
+        error = values - mb["returns"]
+        log_ratio = log_probs - mb["log_probs"]
+        terms = [log_probs * adv, error * error, entropy, log_ratio.exp() - 1.0 - log_ratio]
+        surrogate, v_loss, mean_entropy, kl = (torch.stack(terms) * w).sum(-1)
+        policy_loss = -surrogate
+        loss = actor_critic_loss(
+            policy_loss, v_loss, mean_entropy, hp["vf_coef"], hp["entropy_coef"]
+        )
+        entropy_coef = per_sample(hp["entropy_coef"])
+        g_entropy = None
+        if isinstance(entropy_coef, Tensor) or entropy_coef != 0:
+            g_entropy = w * -entropy_coef
+        grads = backward(adv * -w, g_entropy, error * w * (2.0 * per_sample(hp["vf_coef"])))
+        stats = {
+            "policy_loss": policy_loss,
+            "value_loss": v_loss,
+            "entropy": mean_entropy,
+            "approx_kl": kl,
+        }
+        return loss, stats, grads

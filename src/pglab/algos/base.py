@@ -234,6 +234,7 @@ class StackedRule:
             }
             self.names = [names[id(p)] for p in self.stack.members[0]]
         self._all_params: dict[str, Tensor] | None = None
+        self._one_params: dict[int, dict[str, Tensor]] = {}
         self.setup()
 
     @classmethod
@@ -429,13 +430,17 @@ class StackedRule:
         ``hp`` the loss's hyperparameters, ``[K]`` tensors where members differ.
         Returns the gradients and the loss's diagnostics ``[K]``.
         """
-        if self.dense is not None and isinstance(mb, list):  # one member at a time
+        if self.dense is not None and (isinstance(mb, list) or len(members) == 1):
+            # One member at a time, in plain (2-D) matrix products.
+            mbs = mb if isinstance(mb, list) else [{k: v[0] for k, v in mb.items()}]
             parts = [
-                self.gradients([m], {k: v[None] for k, v in one.items()}, self._row_hp(hp, i))
-                for i, (m, one) in enumerate(zip(members, mb))
+                self._written_gradient(m, one, self._row_hp(hp, i))
+                for i, (m, one) in enumerate(zip(members, mbs))
             ]
-            grads = torch.cat([g for g, _ in parts])
-            return grads, {key: torch.cat([st[key] for _, st in parts]) for key in parts[0][1]}
+            if len(parts) == 1:  # views, not copies
+                return parts[0][0][None], {key: v.reshape(1) for key, v in parts[0][1].items()}
+            grads = torch.stack([g for g, _ in parts])
+            return grads, {key: torch.stack([st[key] for _, st in parts]) for key in parts[0][1]}
         if self.dense is not None:  # the gradient written out, for all members at once
             params = self._params(members)
             with torch.inference_mode():
@@ -443,9 +448,8 @@ class StackedRule:
             return torch.cat([grads[n].flatten(1) for n in self.names], dim=1), stats
         rows, member_stats = [], []
         for k, m in enumerate(members):  # autograd on each member's own networks
-            own_hp = {key: v[k] if isinstance(v, Tensor) else v for key, v in hp.items()}
             own_mb = mb[k] if isinstance(mb, list) else {key: value[k] for key, value in mb.items()}
-            loss, stats = self.loss(self.actors[m], self.critics[m], own_mb, own_hp)
+            loss, stats = self.loss(self.actors[m], self.critics[m], own_mb, self._row_hp(hp, k))
             self._check_finite(loss, m)
             params = self.stack.members[m]
             rows.append(self.stack.flatten(torch.autograd.grad(loss, params, allow_unused=True)))
@@ -455,10 +459,20 @@ class StackedRule:
         }
         return torch.stack(rows), stats
 
+    def _written_gradient(
+        self, member: int, mb: dict[str, Tensor], hp: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One member's written-out gradient as a row ``[P]`` and its diagnostics (0-d)."""
+        with torch.inference_mode():
+            _, stats, grads = self.loss_and_gradient(
+                self.dense, self._member_params(member), mb, hp
+            )
+        return torch.cat([grads[n].flatten() for n in self.names]), stats
+
     @staticmethod
     def _row_hp(hp: dict[str, Any], row: int) -> dict[str, Any]:
-        """The hyperparameters of one member (row) as a stack of one."""
-        return {k: v[row : row + 1] if isinstance(v, Tensor) else v for k, v in hp.items()}
+        """The hyperparameters of one member (row), a network alone (0-d tensors)."""
+        return {k: v[row] if isinstance(v, Tensor) else v for k, v in hp.items()}
 
     def _check_finite(self, loss: Tensor, member: int) -> None:
         if not math.isfinite(loss.item()):
@@ -478,6 +492,13 @@ class StackedRule:
             return self._all_params
         flat = flat[torch.tensor(members, device=flat.device)]
         return dict(zip(self.names, self.stack.unflatten(flat)))
+
+    def _member_params(self, member: int) -> dict[str, Tensor]:
+        """One member's parameters ``{name: tensor}``, detached views of its row (made once)."""
+        if member not in self._one_params:
+            views = [p.detach() for p in self.stack.members[member]]
+            self._one_params[member] = dict(zip(self.names, views))
+        return self._one_params[member]
 
     def _clip(self, grads: Tensor, going: Tensor | None, members: list[int]) -> Tensor:
         """:func:`clip_rows` at ``max_grad_norm``, for the rows ``going`` (all: None)."""
@@ -516,7 +537,7 @@ def clip_rows(
     10^{-6}))`; returns the norms before clipping, ``[K]``. A non-finite row of a
     member still ``going`` (a ``[K]`` mask; None: every row) raises
     :class:`TrainingError` naming ``what``."""
-    norms = grads.norm(dim=1)
+    norms = torch.linalg.vector_norm(grads, dim=1)
     values = norms.tolist()
     for i, norm in enumerate(values):
         if not math.isfinite(norm):

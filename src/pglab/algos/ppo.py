@@ -41,6 +41,9 @@ from pglab.losses import (
     approx_kl,
     clipped_surrogate_loss,
     clipped_value_loss,
+    per_sample,
+    sample_weights,
+    weighted_standardize,
 )
 from pglab.policies import Actor, Critic
 from pglab.returns import masked_mean, standardize
@@ -130,14 +133,7 @@ class PPO(JointOptimizer):
         """
         valid = mb.get("valid")
         log_probs, entropy, values, backward = net.forward(params, mb["obs"], mb["actions"])
-        if valid is None:
-            w = torch.full_like(log_probs, 1.0 / log_probs.shape[-1])
-        else:
-            w = valid.to(log_probs.dtype)
-            w = w / w.sum(-1, keepdim=True).clamp(min=1.0)
-
-        def per_sample(value: Any) -> Any:  # an [M] hyperparameter against [M, B] samples
-            return value.unsqueeze(-1) if isinstance(value, Tensor) else value
+        w = sample_weights(valid, log_probs)
 
         clip, vf_coef = per_sample(hp["clip_range"]), per_sample(hp["vf_coef"])
         entropy_coef = per_sample(hp["entropy_coef"])
@@ -145,8 +141,7 @@ class PPO(JointOptimizer):
         ratio = log_ratio.exp()
         adv = mb["advantages"]
         if hp["normalize"] and adv.shape[-1] > 1:  # standardised over the valid samples
-            centred = adv - (adv * w).sum(-1, keepdim=True)
-            adv = centred / ((centred * centred * w).sum(-1, keepdim=True).sqrt() + 1e-8)
+            adv = weighted_standardize(adv, w)
         unclipped = ratio * adv
         clipped = ratio.clamp(1.0 - clip, 1.0 + clip) * adv
         g_log_probs = torch.where(unclipped <= clipped, unclipped, 0.0) * -w
