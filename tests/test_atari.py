@@ -105,5 +105,5 @@ def test_ppo_pong_preset_trains_a_cnn_end_to_end(tmp_path):
         progress="off",
     )
     assert run.summary["preset"] == "ppo/ALE/Pong-v5" and run.summary["updates"] == 2
-    assert type(run.agent.actor.body).__name__ == "NatureCNN"
+    assert type(run.agent.actor.body).__name__ == "ImageCNN"
     assert all(float(row["grad_norm"]) > 0 for row in _metrics(run))

@@ -92,8 +92,8 @@ def test_bernoulli_needs_two_actions():
 @pytest.mark.parametrize(
     ("obs", "act", "words"),
     [
-        (gym.spaces.Dict({"a": gym.spaces.Discrete(2)}), gym.spaces.Discrete(2), "observation"),
-        (gym.spaces.Box(-1, 1, (3,)), gym.spaces.MultiBinary(3), "MultiBinary"),
+        (gym.spaces.Dict({"a": gym.spaces.Text(4)}), gym.spaces.Discrete(2), "observation a"),
+        (gym.spaces.Text(3), gym.spaces.MultiBinary(3), "Text"),
         (gym.spaces.Box(-1, 1, (3,)), gym.spaces.Tuple([gym.spaces.Discrete(2)]), "Tuple"),
         (gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2, 2)), "1-D Box"),
     ],

@@ -120,8 +120,10 @@ def test_stored_module_env_is_imported_only_when_the_user_allows_it(
     with pytest.raises(pglab.EnvError, match="--allow-import helpers"):
         pglab.resume(".")
     assert not marker.exists()
-    agent = pglab.load(".", allow_import=["helpers"])  # named by the user: imported
-    assert marker.exists() and agent.config.env.id == "helpers:Env"
+    agent = pglab.load(".", allow_import=["helpers"])  # allowed; loading makes no env
+    assert not marker.exists() and agent.config.env.id == "helpers:Env"
+    pglab.evaluate(agent, episodes=1)  # making the env imports the module the user named
+    assert marker.exists()
 
 
 def test_hostile_run_folder_runs_no_code_and_writes_through_no_link(
@@ -144,7 +146,7 @@ def test_hostile_run_folder_runs_no_code_and_writes_through_no_link(
     report_md = hostile_folder["group"] / "report" / "report.md"
     assert not report_md.is_symlink() and report_md.read_text().startswith("# Report")
     assert target.read_text() == "keep me"
-    marker.unlink()  # the variance run above was allowed to import it, and did
+    assert not marker.exists()  # variance refused the link before making the env
 
 
 def test_current_folder_never_stands_in_for_an_installed_package(

@@ -38,6 +38,7 @@ from typing import Any
 
 from pglab.agent import Agent, load
 from pglab.config import Config, build_config
+from pglab.envs import describe_env
 from pglab.errors import CheckpointError, ConfigError, EnvError, PglabError, TrainingError
 from pglab.evaluate import EvalResult, evaluate
 from pglab.population import member_configs, train_many
@@ -65,7 +66,7 @@ __all__ = [
 
 
 def train(
-    env: str | None = None,
+    env: Any = None,
     algo: str | None = None,
     *,
     config: str | Path | Config | None = None,
@@ -81,19 +82,27 @@ def train(
     TOML file, or a :class:`Config` to start from (then no preset is applied). The
     tuned preset for the env and algorithm applies unless ``preset="none"``.
 
-    ``seeds`` trains one run per seed and returns the list of runs: a2c and ppo
-    train them as one population in this process (stacked, see
-    :mod:`pglab.population`), other algorithms one after another; ``jobs`` > 1
-    spreads them over that many processes.
+    ``env`` is an id (``CartPole-v1``, ``package.module:Class``), an env made by
+    ``gymnasium.make`` (its id, keyword arguments and wrappers become the run's
+    config), or an env object, a zero-argument callable that makes one, or a
+    ``gymnasium.vector.VectorEnv`` (see :mod:`pglab.envs.objects`: resuming such a run
+    needs the object again). ``wrappers=[...]`` wraps every copy, in order.
+
+    ``seeds`` trains one run per seed and returns the list of runs, as one population
+    in this process (see :mod:`pglab.population`; TRPO's members update one after
+    another); ``jobs`` > 1 spreads them over that many processes.
 
     Example::
 
         run = pglab.train("CartPole-v1", algo="reinforce", weights="fr", lr=0.01,
                           policy={"hidden": [8]}, seed=0)
+        run = pglab.train(gymnasium.make("LunarLander-v3", continuous=True), "ppo")
     """
     values: dict[str, Any] = {}
+    given = None
     if env is not None:
-        values["env.id"] = env
+        described, given = describe_env(env)
+        values.update(described)
     if algo is not None:
         values["algo.name"] = algo
     for key, value in options.items():
@@ -106,17 +115,28 @@ def train(
         built = build_config(flags=values, flags_source=source, base=config)
     else:
         built = build_config(config, values, flags_source=source)
+    vector = None if given is None else given.vector
+    if vector is not None and built.env.num_envs != vector.num_envs:
+        raise ConfigError(
+            f"num_envs is {built.env.num_envs} but the vector env given has "
+            f"{given.vector.num_envs} envs; leave num_envs out"
+        )
     if seeds is None:
-        return _train(built)
+        return _train(built, given)
     if jobs < 1:
         raise ConfigError(f"jobs must be an integer >= 1; got {jobs!r}")
-    return train_many(member_configs(built, list(seeds)), jobs)
+    return train_many(member_configs(built, list(seeds)), jobs, given=given)
 
 
-def resume(run_dir: str | Path, *, allow_import: Iterable[str] = ()) -> Run:
+def resume(run_dir: str | Path, *, allow_import: Iterable[str] = (), env: Any = None) -> Run:
     """Continue an interrupted run from its last checkpoint, in the same folder.
 
-    ``allow_import`` names the modules the run's env id may import (``package.module:Class``
-    ids), as for :func:`load`; without it such an id is refused.
+    ``allow_import`` names the modules the run's env id or wrappers may import
+    (``package.module:Class`` ids), as for :func:`load`; without it such an id is
+    refused. ``env`` is the env object a run was given (when its config's
+    ``env.object`` is set), passed again.
     """
-    return _resume(run_dir, allow_import)
+    given = None
+    if env is not None:
+        _, given = describe_env(env)
+    return _resume(run_dir, allow_import, given=given)

@@ -15,8 +15,10 @@ from pglab.checkpoint import checkpoint_path, load_checkpoint
 from pglab.config import Config
 from pglab.envs import check_env_import, make_configured_env
 from pglab.envs.normalize import Normalizer
-from pglab.envs.spaces import ActionAdapter, ObsEncoder
+from pglab.envs.spaces import ActionAdapter, ObsEncoder, mask_source, space_from_data
+from pglab.envs.wrappers import check_wrapper_imports
 from pglab.errors import CheckpointError, PglabError
+from pglab.nets import ImagePart
 from pglab.policies import (
     Actor,
     Critic,
@@ -44,7 +46,8 @@ def stored_config(state: dict[str, Any], source: str, allow_import: Iterable[str
     config is missing or invalid, or its networks would exceed
     :data:`MAX_STORED_PARAMETERS`; :class:`~pglab.errors.EnvError` when its env id would
     import a module that is not in ``allow_import`` (see
-    :func:`pglab.envs.check_env_import`).
+    :func:`pglab.envs.check_env_import`), or a wrapper would (see
+    :func:`pglab.envs.wrappers.check_wrapper_imports`).
     """
     raw = state.get("config")
     if not isinstance(raw, dict):
@@ -64,6 +67,7 @@ def stored_config(state: dict[str, Any], source: str, allow_import: Iterable[str
             f"at most {MAX_STORED_PARAMETERS:,} from a file"
         )
     check_env_import(config.env.id, allow_import, source)
+    check_wrapper_imports(config.env.wrappers, allow_import, source)
     return config
 
 
@@ -81,26 +85,41 @@ def load_weights(module: Any, tensors: Any, source: str, what: str) -> None:
         ) from None
 
 
-def _image_shape(config: Config, observation_space: gym.Space) -> tuple[int, ...] | None:
-    """``(C, H, W)`` when the body is a CNN (``auto``: for 3-D Box observations)."""
-    shape = getattr(observation_space, "shape", None) or ()
+def _images(config: Config, observation_space: gym.Space, encoder: ObsEncoder) -> list[ImagePart]:
+    """Where the CNN bodies read images in ``encoder``'s encoding (``policy.body``:
+    ``auto`` for every uint8 image in the observations, ``cnn`` also for a float Box of
+    image shape, ``mlp`` never)."""
     body = config.policy.body
-    if body == "mlp" or (body == "auto" and len(shape) != 3):
-        return None
-    if len(shape) != 3:
-        raise PglabError(
-            f"policy.body cnn needs image observations (C, H, W); got {observation_space}"
-        )
-    return tuple(shape)
+    if body == "mlp":
+        return []
+    images = encoder.images
+    if body == "auto" or images:
+        return images
+    shape = tuple(getattr(observation_space, "shape", None) or ())
+    if isinstance(observation_space, gym.spaces.Box) and len(shape) in (2, 3):
+        return [ImagePart(0, shape, divide_by=1.0)]
+    raise PglabError(
+        "policy.body cnn needs image observations ((H, W), (H, W, C) or (C, H, W)); "
+        f"got {observation_space}"
+    )
+
+
+def obs_encoder(
+    config: Config, observation_space: gym.Space, action_space: gym.Space
+) -> ObsEncoder:
+    """The run's observation encoding, with its action mask (``env.action_mask``)."""
+    source = mask_source(config.env.action_mask, observation_space)
+    return ObsEncoder(observation_space, source, action_space)
 
 
 def build_models(
     config: Config, observation_space: gym.Space, action_space: gym.Space
 ) -> tuple[Actor, Critic | None]:
     """The actor (and the critic when the algorithm uses one) for these spaces."""
-    obs_dim = ObsEncoder(observation_space).dim
+    encoder = obs_encoder(config, observation_space, action_space)
+    obs_dim = encoder.dim
     p = config.policy
-    image_shape = _image_shape(config, observation_space)
+    images = _images(config, observation_space, encoder)
     try:
         actor = make_actor(
             obs_dim,
@@ -110,7 +129,9 @@ def build_models(
             dropout=p.dropout,
             head=p.head,
             log_std_init=p.log_std_init,
-            image_shape=image_shape,
+            images=images,
+            mask_dim=encoder.mask_dim,
+            action_mask=encoder.mask,
         )
     except ValueError as error:
         raise PglabError(f"policy.head: {error}") from None
@@ -119,7 +140,7 @@ def build_models(
         critic = (
             shared_critic(actor)
             if p.shared
-            else make_critic(obs_dim, p.value_hidden, p.activation, image_shape)
+            else make_critic(obs_dim, p.value_hidden, p.activation, images)
         )
     if p.ortho_init:
         orthogonal_init(actor, critic)
@@ -127,14 +148,15 @@ def build_models(
 
 
 def build_normalizer(
-    config: Config, observation_space: gym.Space, num_envs: int
+    config: Config, observation_space: gym.Space, action_space: gym.Space, num_envs: int
 ) -> Normalizer | None:
-    """The run's observation/reward normaliser, or None when both are off."""
+    """The run's observation/reward normaliser, or None when both are off. It
+    normalises the observation's own values, never the action mask's columns."""
     env = config.env
     if not (env.normalize_obs or env.normalize_reward):
         return None
     return Normalizer(
-        ObsEncoder(observation_space).dim,
+        obs_encoder(config, observation_space, action_space).features,
         num_envs,
         obs=env.normalize_obs,
         reward=env.normalize_reward,
@@ -167,24 +189,27 @@ class Agent:
         self.action_space = action_space
         self.config = config
         self.normalizer = normalizer
-        self.encode = ObsEncoder(observation_space)
+        self.encode = obs_encoder(config, observation_space, action_space)
         self.to_env = ActionAdapter(action_space, squash=isinstance(actor.head, TanhGaussianHead))
 
-    def act(self, obs: Any, deterministic: bool = True) -> Any:
-        """The action for ``obs`` (the most likely one unless ``deterministic=False``)."""
-        array = np.asarray(obs)
-        expected = self.observation_space.shape
-        single_shape = tuple(expected or ())
-        single = array.shape == single_shape
-        if expected is not None and not single and array.shape[1:] != single_shape:
-            raise ValueError(
-                f"Agent.act expects an observation of shape {single_shape} or a batch of "
-                f"shape (N, {', '.join(map(str, single_shape))}); got shape {array.shape}"
-            )
-        batch = array[None] if single else array
+    def act(self, obs: Any, deterministic: bool = True, action_mask: Any = None) -> Any:
+        """The action for ``obs`` (the most likely one unless ``deterministic=False``).
+
+        A run trained with ``env.action_mask = "info"`` takes the legal actions as
+        ``action_mask`` (1 legal, 0 not; default: all legal); one whose Dict observation
+        holds an ``action_mask`` key reads them there. An illegal action is never taken.
+        """
+        try:
+            single = self.encode.batch_size(obs) is None
+        except (ValueError, KeyError, IndexError, TypeError) as error:
+            raise ValueError(f"Agent.act: {error}") from None
+        batch = _as_batch(obs) if single else obs
         self.actor.eval()
         with torch.inference_mode():
-            obs = self.encode(batch)
+            legal = None
+            if action_mask is not None and self.encode.mask == "info":
+                legal = np.asarray(action_mask, dtype=np.float32).reshape(-1, self.encode.mask_dim)
+            obs = self.encode(batch, legal)
             if self.normalizer is not None:
                 obs = self.normalizer.obs(obs)
             device = next(self.actor.parameters()).device
@@ -203,15 +228,30 @@ class Agent:
         that module is in ``allow_import``; see :func:`stored_config`.
         """
         config = stored_config(state, source, allow_import)
-        envs = make_configured_env(config.env, 1)
-        observation_space, action_space = envs.single_observation_space, envs.single_action_space
-        envs.close()
+        spaces = state.get("spaces")
+        if isinstance(spaces, dict):  # stored with the weights: no env to make
+            observation_space = space_from_data(spaces.get("observation"), source)
+            action_space = space_from_data(spaces.get("action"), source)
+        else:  # a checkpoint from before spaces were stored
+            envs = make_configured_env(config.env, 1)
+            observation_space = envs.single_observation_space
+            action_space = envs.single_action_space
+            envs.close()
         actor, _ = build_models(config, observation_space, action_space)
         load_weights(actor, state.get("actor"), source, "actor")
-        normalizer = build_normalizer(config, observation_space, 1)
+        normalizer = build_normalizer(config, observation_space, action_space, 1)
         if normalizer is not None:
             load_weights(normalizer, state.get("normalizer"), source, "normalizer")
         return cls(actor, observation_space, action_space, config, normalizer)
+
+
+def _as_batch(obs: Any) -> Any:
+    """One observation as a batch of one (each leaf of a Dict or Tuple observation)."""
+    if isinstance(obs, dict):
+        return {key: _as_batch(value) for key, value in obs.items()}
+    if isinstance(obs, tuple):
+        return tuple(_as_batch(value) for value in obs)
+    return np.asarray(obs)[None]
 
 
 def load(path: str | Path, *, allow_import: Iterable[str] = ()) -> Agent:

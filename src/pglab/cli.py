@@ -419,6 +419,8 @@ def _eval(args: argparse.Namespace) -> int:
         )
         if result.success_rate is not None:
             line += f", success rate {result.success_rate:.0%}"
+        if result.reward_mean is not None:
+            line += f" (game score; {result.reward_mean:.2f} in the rewards trained on)"
         print(line)
     return 0
 

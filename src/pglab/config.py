@@ -33,6 +33,7 @@ from typing import Any
 from pglab.algos import ALGORITHMS, chooses_weights, critic_apart
 from pglab.envs.guard import DEFAULT_EPISODE_CAP, parse_max_episode_steps
 from pglab.envs.normalize import REWARD_METHODS
+from pglab.envs.wrappers import parse_wrappers
 from pglab.errors import ConfigError
 from pglab.nets import ACTIVATIONS
 from pglab.paths import check_text, safe_name
@@ -172,6 +173,8 @@ def _validate(section: Any) -> None:
             value = _stop_at_return(value, key)
         elif f.name == "max_episode_steps":  # an integer, or "auto"
             value = parse_max_episode_steps(value, key)
+        elif f.name == "wrappers":  # import paths, or {name, kwargs} tables
+            value = parse_wrappers(value, key)
         else:
             value = _coerce(value, typ, key)
         rule = f.metadata.get("rule")
@@ -213,11 +216,26 @@ class EnvConfig:
         0, "parallel envs for evaluation; 0 = auto (one per episode, at most 32)", NON_NEGATIVE
     )
     kwargs: dict = opt({}, "keyword arguments passed to the env constructor")
+    wrappers: list = opt(
+        [],
+        "wrappers for every env copy, in order: import paths (gymnasium.wrappers.FlattenObservation) "
+        'or tables {name = "...", kwargs = {...}}',
+    )
     preprocess: str = opt(
         "none",
         "observation pipeline: pong = 80x80 difference frames and UP/DOWN actions, "
         "atari = the standard Atari wrappers (84x84 gray, 4 stacked frames)",
         Choice(PREPROCESS),
+    )
+    action_mask: str = opt(
+        "auto",
+        "legal actions (Discrete or MultiDiscrete): auto = the Dict observation's "
+        "'action_mask' key when it has one; info = info['action_mask'] at every step; "
+        "none = every action legal",
+        Choice(("auto", "info", "none")),
+    )
+    frame_stack: int = opt(
+        1, "stack the last k observations (images: on the channel axis); 1 = off", Range(1, 64)
     )
     normalize_obs: bool = opt(False, "normalise observations by running mean and std")
     normalize_reward: bool = opt(False, "normalise rewards (how: env.reward_norm)")
@@ -236,6 +254,11 @@ class EnvConfig:
         f"else {DEFAULT_EPISODE_CAP} with a warning",
     )
     check: bool = opt(True, "run Gymnasium's env checker once on a package.module:Class (user) env")
+    object: str = opt(
+        "",
+        "set by pglab.train() for an env given as a Python object that no config describes "
+        "(what it was); resuming or evaluating the run needs the object passed again",
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -426,11 +449,13 @@ def preset_path(name: str) -> Path | None:
 
 
 def available_presets() -> list[str]:
-    """Every shipped preset, as ``<algo>/<env id>``."""
+    """Every shipped preset, as ``<algo>/<env id>`` (with the file's suffix where an env
+    has several, one per set of env kwargs: ``ppo/LunarLander-v3-continuous``)."""
     names = []
     for path in sorted(PRESETS_DIR.glob("*/*.toml")):
         env_id = load_toml(path).get("env", {}).get("id", path.stem)
-        names.append(f"{path.parent.name}/{env_id}")
+        suffix = path.stem[len(_preset_file_name(env_id)) :]
+        names.append(f"{path.parent.name}/{env_id}{suffix}")
     return names
 
 
@@ -582,14 +607,46 @@ def _preset_layers(config: Config) -> tuple[list[tuple[dict[str, Any], str]], st
         layers.append((_flatten(load_toml(algo_defaults), algo_defaults.name), algo_defaults.name))
     name = config.run.preset
     if name == "auto":
-        name = f"{config.algo.name}/{config.env.id}"
+        name = matching_preset(config.algo.name, config.env.id, config.env.kwargs)
     path = preset_path(name) if name != "none" else None
     if path is not None:
         values = _flatten(load_toml(path), f"preset {name}")
-        values.pop("env.id", None)  # a preset may be borrowed by another env
+        if values.pop("env.id", config.env.id) != config.env.id:  # borrowed by another env
+            values.pop("env.kwargs", None)
         layers.append((values, f"preset {name}"))
         return layers, name
     return layers, "none"
+
+
+def matching_preset(algo: str, env_id: str, kwargs: Mapping[str, Any]) -> str:
+    """The shipped preset of ``algo`` tuned for ``env_id`` with exactly these env
+    ``kwargs`` (a preset's ``[env] kwargs``, none when it has none), or ``none``.
+
+    Where presets exist for the id but none for its kwargs (``LunarLander-v3`` with
+    ``continuous = true`` and only the discrete one's preset), one warning line on
+    stderr says that none applies.
+    """
+    tuned = []
+    for path in sorted((PRESETS_DIR / algo).glob("*.toml")):
+        env = load_toml(path).get("env", {})
+        if env.get("id", path.stem) == env_id:
+            if dict(env.get("kwargs", {})) == dict(kwargs):
+                return f"{algo}/{env_id}{path.stem[len(_preset_file_name(env_id)) :]}"
+            tuned.append(dict(env.get("kwargs", {})))
+    if tuned and (algo, env_id, repr(kwargs)) not in _UNMATCHED:
+        _UNMATCHED.add((algo, env_id, repr(kwargs)))
+        print(
+            f"pglab: warning: the {algo} presets for {env_id} are tuned for env.kwargs "
+            f"{' or '.join(map(str, tuned))}, not {dict(kwargs)}; none is applied "
+            "(run.preset names one to apply it anyway)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return "none"
+
+
+#: (algo, env id, kwargs) already warned about in this process: no preset matched.
+_UNMATCHED: set[tuple[str, str, str]] = set()
 
 
 def build_config(

@@ -227,6 +227,8 @@ class DenseActorCritic:
     def build(cls, actor: Actor, critic: Critic) -> DenseActorCritic | None:
         if type(actor) is not Actor or type(critic) is not Critic or critic.body is actor.body:
             return None
+        if actor.mask_dim:  # a masked categorical: its logits are not the head's alone
+            return None
         if type(actor.head) not in HEAD_VJPS:
             return None
         actor_body, critic_body = dense_layers(actor.body), dense_layers(critic.body)

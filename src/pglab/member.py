@@ -34,7 +34,8 @@ from pglab.algos import chooses_weights
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, save_checkpoint
 from pglab.config import Config, resolve_device
 from pglab.diagnostics import HealthMonitor
-from pglab.envs import eval_num_envs, make_configured_env, reward_threshold
+from pglab.envs import EnvObject, eval_num_envs, make_configured_env, reward_threshold
+from pglab.envs.spaces import space_to_data
 from pglab.errors import PglabError
 from pglab.evaluate import EvalResult
 from pglab.logs import MetricsLogger, Progress
@@ -128,7 +129,14 @@ class Trainer:
     records into its run folder. Its learning rule is attached by the loop that
     trains it (:meth:`attach`): its own, or a population's shared stacked rule."""
 
-    def __init__(self, config: Config, state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        state: dict[str, Any] | None = None,
+        given: EnvObject | None = None,
+    ) -> None:
+        """``given``: the env when it was passed as a Python object (see
+        :mod:`pglab.envs.objects`; its config's ``env.object`` says so)."""
         self.config = config
         cfg = config
         torch.set_num_threads(cfg.run.threads)
@@ -144,9 +152,9 @@ class Trainer:
 
         seed_shift = _RESUME_SEED_STRIDE * self.updates
         env = cfg.env
-        self.envs = make_configured_env(env, _auto_num_envs(cfg))
+        self.envs = make_configured_env(env, _auto_num_envs(cfg), given)
         eval_envs = eval_num_envs(cfg.run.eval_episodes, env.eval_num_envs)
-        self.eval_envs = make_configured_env(env, eval_envs)
+        self.eval_envs = make_configured_env(env, eval_envs, given, evaluation=True)
         obs_space = self.envs.single_observation_space
         action_space = self.envs.single_action_space
         self.device = resolve_device(cfg.run.device)
@@ -154,7 +162,7 @@ class Trainer:
         self.actor.to(self.device)
         if self.critic is not None:
             self.critic.to(self.device)
-        self.normalizer = build_normalizer(cfg, obs_space, self.envs.num_envs)
+        self.normalizer = build_normalizer(cfg, obs_space, action_space, self.envs.num_envs)
         if state is not None:
             self.actor.load_state_dict(state["actor"])
             if self.critic is not None:
@@ -233,6 +241,10 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),
+            "spaces": {
+                "observation": space_to_data(self.envs.single_observation_space),
+                "action": space_to_data(self.envs.single_action_space),
+            },
             "actor": _own_tensors(self.actor),
             "critic": _own_tensors(self.critic) if self.critic is not None else {},
             "algo": self.algo.state_dict(self.member),

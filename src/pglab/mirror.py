@@ -69,6 +69,8 @@ class NumpyActor:
         them, whose overridden methods the mirror would bypass)."""
         if type(actor) is not Actor or type(actor.head) not in _MIRRORED_HEADS:
             return None
+        if actor.mask_dim:  # a masked categorical acts through the torch actor
+            return None
         if type(actor.body) is not nn.Sequential:
             return None
         layers: list = []

@@ -1,13 +1,18 @@
-"""Network bodies: multilayer perceptrons with configurable width, activation and dropout.
+"""Network bodies: multilayer perceptrons with configurable width, activation and
+dropout; convolutional bodies for images of any size; a body for observations that mix
+images and vectors.
 
 (An MLP's forward and backward passes written out on explicit weights, the speed path
 of PPO's update, are in :mod:`pglab.dense`.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
-from torch import nn
+import numpy as np
+import torch
+from torch import Tensor, nn
 
 #: Activation functions selectable by name (``policy.activation``).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -47,3 +52,120 @@ def mlp(
 def output_dim(in_dim: int, hidden: Sequence[int]) -> int:
     """Width of the features that :func:`mlp` without ``out_dim`` produces."""
     return hidden[-1] if hidden else in_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePart:
+    """An image inside the flat encoding: ``size`` values from ``offset``, stored in the
+    env's own ``shape`` (channels last unless the first axis is the small one), read
+    as ``(C, H, W)`` by :meth:`frames`, divided by ``divide_by`` (255 for pixels)."""
+
+    offset: int
+    shape: tuple[int, ...]
+    divide_by: float = 255.0
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the channels are the last axis (an image is (H, W, C), or a stack of
+        them (K, H, W, C)), else they come before the height."""
+        if len(self.shape) == 2:
+            return True
+        image = self.shape[-3:]
+        return image[-1] <= 4 and (image[0] > 4 or image[-1] <= image[0])
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        """``(channels, height, width)``; a stack's images side by side on the channels."""
+        if len(self.shape) == 2:
+            return (1, *self.shape)
+        stack = int(np.prod(self.shape[:-3]))
+        if self.channels_last:
+            height, width, channels = self.shape[-3:]
+        else:
+            channels, height, width = self.shape[-3:]
+        return stack * channels, height, width
+
+    def frames(self, flat: Tensor) -> Tensor:
+        """This image out of encoded observations ``[..., dim]``, as ``[B, C, H, W]``
+        floats divided by :attr:`divide_by` (B: every leading index)."""
+        values = flat[..., self.offset : self.offset + self.size].reshape(-1, *self.shape)
+        if len(self.shape) == 2:
+            values = values.unsqueeze(1)
+        elif self.channels_last:  # (B, [K,] H, W, C) -> (B, [K,] C, H, W)
+            values = values.movedim(-1, -3)
+        return values.reshape(-1, *self.chw) / self.divide_by
+
+
+def conv_layers(channels: int, height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """The convolutions ``(out_channels, kernel, stride, padding)`` for images of this size.
+
+    Images of at least 36 x 36 get the Atari CNN of Mnih et al. (2015): 32 8x8 stride 4,
+    64 4x4 stride 2, 64 3x3 stride 1. Smaller ones (a 7x7 grid world, a 16x16 sprite)
+    get three 3x3 convolutions (32, 64, 64 channels) padded to keep their size, each
+    of stride 2 while the image is more than 8 pixels on its shorter side.
+    """
+    if min(height, width) >= 36:
+        return [(32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0)]
+    layers, size = [], min(height, width)
+    for out in (32, 64, 64):
+        stride = 2 if size > 8 else 1
+        layers.append((out, 3, stride, 1))
+        size = (size - 1) // stride + 1
+    return layers
+
+
+class ImageCNN(nn.Module):
+    """A convolutional body for one :class:`ImagePart` of the observations: the
+    convolutions of :func:`conv_layers` with ReLUs, flattened, then a ReLU layer of
+    ``units``. For (4, 84, 84) Atari frames this is the Nature CNN."""
+
+    def __init__(self, part: ImagePart, units: int = 512) -> None:
+        super().__init__()
+        self.part = part
+        channels, height, width = part.chw
+        layers: list[nn.Module] = []
+        for out, kernel, stride, padding in conv_layers(channels, height, width):
+            layers += [nn.Conv2d(channels, out, kernel, stride, padding), nn.ReLU()]
+            channels = out
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, *part.chw)).shape[-1]
+        self.fc = nn.Sequential(nn.Linear(flat, units), nn.ReLU())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        lead = obs.shape[:-1]
+        features = self.fc(self.conv(self.part.frames(obs)))
+        return features.reshape(*lead, -1)
+
+
+class MultiInputBody(nn.Module):
+    """A body for observations that hold images and other values side by side (a
+    ``Dict`` or ``Tuple`` space): an :class:`ImageCNN` of ``image_units`` per image,
+    their features beside the other values, then an MLP of ``hidden``."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        images: Sequence[ImagePart],
+        hidden: Sequence[int],
+        activation: str = "tanh",
+        dropout: float = 0.0,
+        image_units: int = 256,
+    ) -> None:
+        super().__init__()
+        self.cnns = nn.ModuleList([ImageCNN(part, image_units) for part in images])
+        keep = torch.ones(obs_dim, dtype=torch.bool)
+        for part in images:
+            keep[part.offset : part.offset + part.size] = False
+        self.register_buffer("rest", keep.nonzero().squeeze(-1), persistent=False)
+        in_dim = image_units * len(images) + int(keep.sum())
+        self.mlp = mlp(in_dim, hidden, None, activation, dropout)
+        self.width = output_dim(in_dim, hidden)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        parts = [cnn(obs) for cnn in self.cnns] + [obs.index_select(-1, self.rest)]
+        return self.mlp(torch.cat(parts, dim=-1))

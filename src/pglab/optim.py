@@ -76,6 +76,11 @@ def _fused_adam(flat: Tensor) -> bool:
     )
 
 
+#: Values each row of a :class:`ParameterStack` is padded to a multiple of (64 bytes of
+#: float32, the alignment of torch's CPU allocations).
+ROW_ALIGN = 16
+
+
 class ParameterStack:
     """The parameters of M members that share one structure, as the rows of one
     ``[M, P]`` tensor :attr:`flat` (each member's parameters flattened, in the order
@@ -97,9 +102,17 @@ class ParameterStack:
             if [p.shape for p in params] != self.shapes:
                 raise ValueError("stacked members must have parameters of the same shapes")
         self.sizes = [p.numel() for p in self.members[0]]
-        self.flat = torch.stack(
-            [torch.cat([p.detach().flatten() for p in params]) for params in self.members]
-        )
+        width = sum(self.sizes)
+        # Every row starts at the same memory alignment as the first (rows padded to
+        # ROW_ALIGN values): a matrix-vector product can round differently with the
+        # address of its weights, and a member's numbers must not depend on its row.
+        padded = -(-width // ROW_ALIGN) * ROW_ALIGN
+        first = self.members[0][0]
+        storage = torch.zeros(len(self.members), padded, dtype=first.dtype, device=first.device)
+        #: The rows ``[M, P]`` (a view of the padded storage).
+        self.flat = storage[:, :width]
+        for row, params in zip(self.flat, self.members):
+            row.copy_(torch.cat([p.detach().flatten() for p in params]))
         for row, params in zip(self.flat, self.members):
             for p, view in zip(params, row.split(self.sizes)):
                 p.data = view.view_as(p)

@@ -10,7 +10,9 @@ path of data collection, and plain operations also run under ``torch.func.vmap``
 head            action space                distribution
 ==============  ==========================  ========================================
 categorical     ``Discrete(n)``             softmax over n logits
+                ``MultiDiscrete``           one softmax per entry, independent
 bernoulli       ``Discrete(2)``             one logit, :math:`P(a = 1) = \sigma(l)`
+                ``MultiBinary``             one logit per bit, independent
 gaussian        ``Box`` (1-D)               :math:`\mathcal N(\mu(s), \mathrm{diag}(\sigma^2))`, state-independent :math:`\log\sigma`
 tanh_gaussian   ``Box`` (1-D, bounded)      :math:`a = \ell + (h - \ell)(\tanh u + 1)/2`, :math:`u \sim \mathcal N(\mu, \sigma^2)`
 ==============  ==========================  ========================================
@@ -35,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pglab.nets import mlp, output_dim
+from pglab.nets import ImageCNN, ImagePart, MultiInputBody, mlp, output_dim
 
 #: Head names selectable with ``policy.head`` (``auto`` picks from the action space).
 HEADS: tuple[str, ...] = (
@@ -67,12 +69,14 @@ class CategoricalHead(_Head):
     def forward(self, features: Tensor) -> Tensor:
         return self.linear(features)
 
-    def sample(self, logits: Tensor) -> Tensor:
+    @staticmethod
+    def sample(logits: Tensor) -> Tensor:
         """Gumbel-max sampling: :math:`\\arg\\max_k (l_k - \\log E_k)`, :math:`E_k \\sim \\mathrm{Exp}(1)`."""
         noise = torch.empty_like(logits).exponential_().log()
         return (logits - noise).argmax(dim=-1)
 
-    def mode(self, logits: Tensor) -> Tensor:
+    @staticmethod
+    def mode(logits: Tensor) -> Tensor:
         return logits.argmax(dim=-1)
 
     def log_prob(self, logits: Tensor, actions: Tensor) -> Tensor:
@@ -82,10 +86,11 @@ class CategoricalHead(_Head):
         r""":math:`H = -\sum_k \pi_k \log \pi_k`."""
         return self._entropy(logits.log_softmax(dim=-1))
 
-    def log_prob_entropy(self, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+    @classmethod
+    def log_prob_entropy(cls, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """Both from one log-softmax (the update's hot path)."""
         log_pi = logits.log_softmax(dim=-1)
-        return self._pick(log_pi, actions), self._entropy(log_pi)
+        return cls._pick(log_pi, actions), cls._entropy(log_pi)
 
     @staticmethod
     def _pick(log_pi: Tensor, actions: Tensor) -> Tensor:
@@ -95,7 +100,8 @@ class CategoricalHead(_Head):
     def _entropy(log_pi: Tensor) -> Tensor:
         return -(log_pi.exp() * log_pi).sum(dim=-1)
 
-    def kl(self, old: Tensor, new: Tensor, old_log_std: Tensor | None = None) -> Tensor:
+    @staticmethod
+    def kl(old: Tensor, new: Tensor, old_log_std: Tensor | None = None) -> Tensor:
         r""":math:`\mathrm{KL}(\pi_{old} \| \pi_{new}) = \sum_k \pi^{old}_k (\log \pi^{old}_k - \log \pi^{new}_k)`."""
         old_log_pi = old.log_softmax(dim=-1)
         return (old_log_pi.exp() * (old_log_pi - new.log_softmax(dim=-1))).sum(dim=-1)
@@ -132,6 +138,67 @@ class BernoulliHead(_Head):
         return p * (F.logsigmoid(old) - F.logsigmoid(new)) + (1.0 - p) * (
             F.logsigmoid(-old) - F.logsigmoid(-new)
         )
+
+
+class MultiCategoricalHead(_Head):
+    r"""Independent categoricals for a ``MultiDiscrete`` space, one per entry, their
+    logits side by side: :math:`\log\pi(a) = \sum_i \log\pi_i(a_i)`,
+    :math:`H = \sum_i H_i`, :math:`\mathrm{KL} = \sum_i \mathrm{KL}_i`."""
+
+    def __init__(self, in_dim: int, nvec: Sequence[int]) -> None:
+        super().__init__()
+        self.nvec = [int(n) for n in nvec]
+        self.linear = nn.Linear(in_dim, sum(self.nvec))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(features)
+
+    def _groups(self, logits: Tensor) -> tuple[Tensor, ...]:
+        return logits.split(self.nvec, dim=-1)
+
+    def sample(self, logits: Tensor) -> Tensor:
+        return torch.stack([CategoricalHead.sample(g) for g in self._groups(logits)], dim=-1)
+
+    def mode(self, logits: Tensor) -> Tensor:
+        return torch.stack([CategoricalHead.mode(g) for g in self._groups(logits)], dim=-1)
+
+    def log_prob(self, logits: Tensor, actions: Tensor) -> Tensor:
+        return self.log_prob_entropy(logits, actions)[0]
+
+    def entropy(self, logits: Tensor) -> Tensor:
+        return sum(CategoricalHead._entropy(g.log_softmax(dim=-1)) for g in self._groups(logits))  # type: ignore[return-value]
+
+    def log_prob_entropy(self, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        pairs = [
+            CategoricalHead.log_prob_entropy(g, actions[..., i])
+            for i, g in enumerate(self._groups(logits))
+        ]
+        return sum(p for p, _ in pairs), sum(h for _, h in pairs)  # type: ignore[return-value]
+
+    def kl(self, old: Tensor, new: Tensor, old_log_std: Tensor | None = None) -> Tensor:
+        parts = zip(self._groups(old), self._groups(new))
+        return sum(CategoricalHead.kl(o, n) for o, n in parts)  # type: ignore[return-value]
+
+
+class MultiBernoulliHead(BernoulliHead):
+    r"""Independent Bernoullis for a ``MultiBinary`` space, one logit per bit: the
+    log-probabilities, entropies and KL of :class:`BernoulliHead` summed over the bits."""
+
+    def __init__(self, in_dim: int, n: int) -> None:
+        _Head.__init__(self)
+        self.linear = nn.Linear(in_dim, n)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(features)
+
+    def log_prob(self, logit: Tensor, actions: Tensor) -> Tensor:
+        return super().log_prob(logit, actions).sum(dim=-1)
+
+    def entropy(self, logit: Tensor) -> Tensor:
+        return super().entropy(logit).sum(dim=-1)
+
+    def kl(self, old: Tensor, new: Tensor, old_log_std: Tensor | None = None) -> Tensor:
+        return super().kl(old, new).sum(dim=-1)
 
 
 class GaussianHead(_Head):
@@ -222,7 +289,14 @@ class TanhGaussianHead(GaussianHead):
         return super().log_prob(mean, u) - (log_det + log_scale).sum(dim=-1)
 
 
-ActionHead = CategoricalHead | BernoulliHead | GaussianHead | TanhGaussianHead
+ActionHead = (
+    CategoricalHead
+    | BernoulliHead
+    | MultiCategoricalHead
+    | MultiBernoulliHead
+    | GaussianHead
+    | TanhGaussianHead
+)
 
 
 def make_head(
@@ -237,6 +311,10 @@ def make_head(
             return BernoulliHead(in_dim)
         if head in ("auto", "categorical"):
             return CategoricalHead(in_dim, n)
+    elif isinstance(action_space, gym.spaces.MultiDiscrete) and head in ("auto", "categorical"):
+        return MultiCategoricalHead(in_dim, np.asarray(action_space.nvec).reshape(-1))
+    elif isinstance(action_space, gym.spaces.MultiBinary) and head in ("auto", "bernoulli"):
+        return MultiBernoulliHead(in_dim, int(np.prod(action_space.n)))
     elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
         if head in ("auto", "gaussian"):
             return GaussianHead(in_dim, action_space.shape[0], log_std_init)
@@ -248,17 +326,37 @@ def make_head(
     raise ValueError(f"policy head {head!r} does not fit the action space {action_space}")
 
 
-class Actor(nn.Module):
-    r"""A stochastic policy :math:`\pi_\theta(a \mid s)`: body then head."""
+#: The logit an illegal action gets: its probability is exp(-1e8) = 0 exactly in float32,
+#: so it is never sampled and adds nothing to the entropy (0 x -1e8 = 0).
+MASKED_LOGIT = -1e8
 
-    def __init__(self, body: nn.Module, head: ActionHead) -> None:
+
+class Actor(nn.Module):
+    r"""A stochastic policy :math:`\pi_\theta(a \mid s)`: body then head.
+
+    With ``mask_dim`` > 0 the last ``mask_dim`` columns of an observation are its action
+    mask (1 legal, 0 not; see :class:`~pglab.envs.spaces.ObsEncoder`), and the logits
+    of illegal actions become :data:`MASKED_LOGIT`: a masked categorical, whose
+    log-probabilities and entropy are over the legal actions. ``action_mask`` says where
+    the collector finds the mask (``obs``, ``info`` or ``none``).
+    """
+
+    def __init__(
+        self, body: nn.Module, head: ActionHead, mask_dim: int = 0, action_mask: str = "none"
+    ) -> None:
         super().__init__()
         self.body = body
         self.head = head
+        self.mask_dim = mask_dim
+        self.action_mask = action_mask if mask_dim else "none"
 
     def forward(self, obs: Tensor) -> Tensor:
         """Distribution parameters (logits or means) for a batch of observations."""
-        return self.head(self.body(obs))
+        params = self.head(self.body(obs))
+        if self.mask_dim:
+            legal = obs[..., obs.shape[-1] - self.mask_dim :] > 0.5
+            params = params.masked_fill(~legal, MASKED_LOGIT)
+        return params
 
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         """Sample an action, or take the most likely one when ``deterministic``."""
@@ -291,16 +389,21 @@ def make_body(
     hidden: Sequence[int],
     activation: str = "tanh",
     dropout: float = 0.0,
-    image_shape: Sequence[int] | None = None,
+    images: Sequence[ImagePart] = (),
 ) -> tuple[nn.Module, int]:
-    """A body for flat observations of width ``obs_dim`` and the width of its features.
+    """A body for encoded observations of width ``obs_dim`` and the width of its features.
 
-    ``image_shape`` ``(C, H, W)`` makes a Nature CNN (with ``hidden[-1]`` units,
-    512 when empty) for pixel observations; otherwise an MLP.
+    Without ``images``, an MLP. With one image that is the whole observation, an
+    :class:`~pglab.nets.ImageCNN` of ``hidden[-1]`` units (512 when empty); with images
+    among other values, a :class:`~pglab.nets.MultiInputBody` (a CNN per image, then an
+    MLP of ``hidden``).
     """
-    if image_shape is not None:
+    if len(images) == 1 and images[0].offset == 0 and images[0].size == obs_dim:
         units = hidden[-1] if hidden else 512
-        return NatureCNN(tuple(image_shape), units), units
+        return ImageCNN(images[0], units), units
+    if images:
+        body = MultiInputBody(obs_dim, images, hidden, activation, dropout)
+        return body, body.width
     return mlp(obs_dim, hidden, None, activation, dropout), output_dim(obs_dim, hidden)
 
 
@@ -313,24 +416,31 @@ def make_actor(
     dropout: float = 0.0,
     head: str = "auto",
     log_std_init: float = 0.0,
-    image_shape: Sequence[int] | None = None,
+    images: Sequence[ImagePart] = (),
+    mask_dim: int = 0,
+    action_mask: str = "none",
 ) -> Actor:
-    """An actor for flat observations of width ``obs_dim``.
+    """An actor for encoded observations of width ``obs_dim`` (``images``: where images
+    lie in them, see :func:`make_body`; ``mask_dim``, ``action_mask``: its action
+    mask, see :class:`Actor`).
 
     ``hidden=[]`` makes a linear policy (for a Discrete space: linear softmax).
     """
-    body, width = make_body(obs_dim, hidden, activation, dropout, image_shape)
-    return Actor(body, make_head(width, action_space, head, log_std_init))
+    body, width = make_body(obs_dim, hidden, activation, dropout, images)
+    action_head = make_head(width, action_space, head, log_std_init)
+    if mask_dim and not isinstance(action_head, (CategoricalHead, MultiCategoricalHead)):
+        raise ValueError(f"an action mask needs a categorical head, not {head!r}")
+    return Actor(body, action_head, mask_dim, action_mask)
 
 
 def make_critic(
     obs_dim: int,
     hidden: Sequence[int],
     activation: str = "tanh",
-    image_shape: Sequence[int] | None = None,
+    images: Sequence[ImagePart] = (),
 ) -> Critic:
     """A critic with a body of its own."""
-    return Critic(*make_body(obs_dim, hidden, activation, 0.0, image_shape))
+    return Critic(*make_body(obs_dim, hidden, activation, 0.0, images))
 
 
 def shared_critic(actor: Actor) -> Critic:
@@ -367,34 +477,3 @@ def unique_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
             for p in module.parameters():
                 seen.setdefault(id(p), p)
     return list(seen.values())
-
-
-class NatureCNN(nn.Module):
-    """The Atari CNN of Mnih et al. (2015) on flattened ``(C, H, W)`` frames in [0, 255].
-
-    Three convolutions (32 8x8 stride 4, 64 4x4 stride 2, 64 3x3 stride 1), then a
-    ReLU layer of ``units``. Pixel values are scaled to [0, 1] inside.
-    """
-
-    def __init__(self, shape: tuple[int, ...], units: int = 512) -> None:
-        super().__init__()
-        self.shape = shape
-        channels = shape[0]
-        self.conv = nn.Sequential(
-            nn.Conv2d(channels, 32, 8, stride=4),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2),
-            nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            flat = self.conv(torch.zeros(1, *shape)).shape[-1]
-        self.fc = nn.Sequential(nn.Linear(flat, units), nn.ReLU())
-
-    def forward(self, obs: Tensor) -> Tensor:
-        frames = obs.reshape(*obs.shape[:-1], *self.shape) / 255.0
-        lead = frames.shape[: -len(self.shape)]
-        features = self.fc(self.conv(frames.reshape(-1, *self.shape)))
-        return features.reshape(*lead, -1)

@@ -41,7 +41,7 @@ from pglab.agent import Agent
 from pglab.algos import make_algo, make_stacked, stacks
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
 from pglab.config import Config
-from pglab.envs import reward_threshold, validate_env_id
+from pglab.envs import EnvObject, reward_threshold, validate_env_id
 from pglab.errors import ConfigError, EnvFaultError, Interrupted, PglabError
 from pglab.lockstep import collect_steps_together, run_episodes_together
 from pglab.logs import Progress
@@ -90,14 +90,18 @@ class Population:
     ``states`` are checkpoints to continue from (one per member, or None)."""
 
     def __init__(
-        self, configs: Sequence[Config], states: Sequence[dict[str, Any] | None] | None = None
+        self,
+        configs: Sequence[Config],
+        states: Sequence[dict[str, Any] | None] | None = None,
+        given: EnvObject | None = None,
     ) -> None:
+        """``given``: the members' env when it was passed as a Python object."""
         check_population(configs)
         self.configs = list(configs)
         self.trainers: list[Trainer] = []
         self._rng: list[Tensor] = []
         for config, state in zip(self.configs, states or [None] * len(self.configs)):
-            trainer = Trainer(config, state)  # seeds torch with the member's seed, then builds
+            trainer = Trainer(config, state, given)  # seeds torch with its seed, then builds
             self.trainers.append(trainer)
             self._rng.append(torch.get_rng_state())
         algo = self.configs[0].algo
@@ -267,29 +271,29 @@ class Population:
         }
 
 
-def train(config: Config) -> Run:
+def train(config: Config, given: EnvObject | None = None) -> Run:
     """Train a new run described by ``config`` (``auto`` options are resolved here):
-    a population of one."""
-    validate_env_id(config.env.id)
-    config = config.resolve(reward_threshold(config.env.id))
-    return Population([config]).train()[0]  # built first: a bad option leaves no folder
+    a population of one. ``given``: its env, when that was a Python object."""
+    return train_many([config], given=given)[0]
 
 
 def resume(
     run_dir: str | Path,
     allow_import: Iterable[str] = (),
     on_start: Callable[[], None] | None = None,
+    given: EnvObject | None = None,
 ) -> Run:
     """Continue the run in ``run_dir`` from its last checkpoint, in the same folder
     (``allow_import``: the modules its env id may import, as for :func:`pglab.load`;
-    ``on_start`` is called once the checkpoint has passed its checks, before training)."""
+    ``on_start`` is called once the checkpoint has passed its checks, before training;
+    ``given``: the env, for a run whose env was a Python object)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PglabError(f"--resume expects a run folder; {str(run_dir)!r} is not a folder")
     state = load_checkpoint(run_dir)
     source = f"{run_dir}/{CHECKPOINT_DIR}/{LAST}"  # checked: config, env import, weights
     config = Agent.from_checkpoint(state, source, allow_import).config
-    population = Population([config], [state])
+    population = Population([config], [state], given)
     trainer = population.trainers[0]
     if trainer.finished():
         raise PglabError(
@@ -328,21 +332,38 @@ def member_configs(config: Config, seeds: Sequence[int]) -> list[Config]:
 
 
 def supports_population(config: Config) -> bool:
-    """Whether ``config``'s rule trains a population in one stacked update (a2c, ppo);
+    """Whether ``config``'s rule trains a population in one stacked update (a2c, ppo,
+    reinforce);
     other rules' populations share collection and evaluation only."""
     return stacks(config.algo.name)
 
 
-def train_many(configs: Sequence[Config], jobs: int = 1, progress: str | None = None) -> list[Run]:
+def train_many(
+    configs: Sequence[Config],
+    jobs: int = 1,
+    progress: str | None = None,
+    given: EnvObject | None = None,
+) -> list[Run]:
     """Train every config: as one population where they can form one (else one
     after another), spread over ``jobs`` processes when ``jobs`` > 1. Each run is the
-    same experiment whichever way it trains.
+    same experiment whichever way it trains. ``given``: their env, when that was a
+    Python object (it stays in this process; a vector env serves one run).
 
     Ctrl-C stops every run at its next update with a checkpoint, then raises
     :class:`~pglab.errors.Interrupted` naming every interrupted run's folder.
     """
+    if given is not None and jobs > 1 and len(configs) > 1:
+        raise ConfigError(
+            f"jobs must be 1 for an env given as a Python object ({given.description})"
+        )
+    if given is not None and given.vector is not None and len(configs) > 1:
+        raise ConfigError(
+            f"{given.description} serves one run; for several seeds pass a callable that "
+            "makes one env (each run makes its own copies)"
+        )
     for config in configs:
-        validate_env_id(config.env.id)
+        if not config.env.object:
+            validate_env_id(config.env.id)
     configs = [c.resolve(reward_threshold(c.env.id)) for c in configs]
     if progress is not None:
         configs = [
@@ -351,16 +372,16 @@ def train_many(configs: Sequence[Config], jobs: int = 1, progress: str | None = 
         ]
     if jobs > 1 and len(configs) > 1:
         return _train_in_processes(configs, jobs)
-    return _train_together(configs)
+    return _train_together(configs, given)
 
 
-def _train_together(configs: list[Config]) -> list[Run]:
+def _train_together(configs: list[Config], given: EnvObject | None = None) -> list[Run]:
     """``configs`` as one population, or one after another when they cannot form one."""
     try:
         check_population(configs)
     except ConfigError:
-        return [run for config in configs for run in Population([config]).train()]
-    return Population(configs).train()
+        return [run for config in configs for run in Population([config], given=given).train()]
+    return Population(configs, given=given).train()
 
 
 def _worker(configs: list[Config]) -> list[tuple[str, dict, bool]]:

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 from torch import Tensor
 
 from pglab.envs.normalize import Normalizer
+from pglab.envs.scores import SCORE_KEY
 from pglab.envs.spaces import ActionAdapter, ObsEncoder
 from pglab.mirror import NumpyActor
 from pglab.policies import Actor, Critic, TanhGaussianHead
@@ -44,6 +47,9 @@ class EpisodeStats:
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     successes: list[bool] = field(default_factory=list)
+    #: The env's own episodic returns (game scores) where wrappers change the rewards
+    #: (:mod:`pglab.envs.scores`); ``returns`` are those of the rewards trained on.
+    scores: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -170,7 +176,9 @@ class Collector:
         self.actor = actor
         self.critic = critic
         self.num_envs = envs.num_envs
-        self.encode = ObsEncoder(envs.single_observation_space)
+        self.encode = ObsEncoder(
+            envs.single_observation_space, actor.action_mask, envs.single_action_space
+        )
         self.to_env = ActionAdapter(
             envs.single_action_space, squash=isinstance(actor.head, TanhGaussianHead)
         )
@@ -202,9 +210,9 @@ class Collector:
     def reset(self) -> None:
         """Reset all envs (seeded on the first call) and forget episodes in progress."""
         self._begin()
-        raw, _ = self.envs.reset(seed=self._next_seed)
+        raw, info = self.envs.reset(seed=self._next_seed)
         self._next_seed = None
-        self._obs = self._prepare(raw)
+        self._obs = self._prepare(raw, info)
         self._prev_done[:] = False
         self._episode_return[:] = 0.0
         self._episode_length[:] = 0
@@ -215,9 +223,10 @@ class Collector:
         if self.mirror is not None:
             self.mirror.sync()
 
-    def _prepare(self, raw: np.ndarray) -> np.ndarray:
-        """Encoded (and normalised) observations, float32 ``[N, obs_dim]``."""
-        obs = self.encode.array(raw)
+    def _prepare(self, raw: Any, info: dict[str, Any]) -> np.ndarray:
+        """Encoded (and normalised) observations, float32 ``[N, obs_dim]`` (with the
+        action masks that ``info`` reports, where the actor takes them from there)."""
+        obs = self.encode.array(raw, self.encode.info_mask(info, self.num_envs))
         if self.normalizer is None:
             return obs
         return self.normalizer.observe(torch.from_numpy(obs), self.update_normalizer).numpy()
@@ -269,8 +278,11 @@ class Collector:
         if "success" in info and ended.any():
             reported = info.get("_success", np.ones(self.num_envs, dtype=bool))
             stats.successes += info["success"][ended & reported].astype(bool).tolist()
+        if SCORE_KEY in info and ended.any():
+            reported = info.get(f"_{SCORE_KEY}", np.ones(self.num_envs, dtype=bool))
+            stats.scores += np.asarray(info[SCORE_KEY])[ended & reported].astype(float).tolist()
         self._prev_done = done
-        self._obs = self._prepare(raw)
+        self._obs = self._prepare(raw, info)
         return ended
 
     def _count_episodes(
@@ -304,6 +316,8 @@ class Collector:
     def _buffers(self, capacity: int) -> _Buffers:
         space = self.envs.single_action_space
         shape = space.shape if len(space.shape) else ()
+        if isinstance(space, (gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
+            shape = (int(np.prod(shape)),)  # as the head draws them: one flat row
         dtype = np.float32 if np.issubdtype(space.dtype, np.floating) else np.int64
         return _Buffers(capacity, self.num_envs, self.encode.dim, shape, dtype)
 

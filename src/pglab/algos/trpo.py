@@ -20,11 +20,12 @@ For each batch of T steps from N envs:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import vector_to_parameters
 
 from pglab.algos.base import (
     advantage_metrics,
@@ -120,22 +121,22 @@ class TRPO:
             old_log_std = head_std() if head_std is not None else None
         objective, _, _ = self._surrogate(data, adv)
         grads = torch.autograd.grad(objective, self.params)
-        g = parameters_to_vector(grads)
+        g = flat(grads)
         if not torch.isfinite(g).all():
             raise TrainingError("the TRPO surrogate gradient became non-finite")
 
         kl = self._mean_kl(data["obs"], old_params, old_log_std)
-        kl_grad = parameters_to_vector(torch.autograd.grad(kl, self.params, create_graph=True))
+        kl_grad = flat(torch.autograd.grad(kl, self.params, create_graph=True))
 
         def fisher_vector(v: Tensor) -> Tensor:
             hv = torch.autograd.grad(kl_grad @ v, self.params, retain_graph=True)
-            return parameters_to_vector(hv) + cfg.cg_damping * v
+            return flat(hv) + cfg.cg_damping * v
 
         direction = conjugate_gradient(fisher_vector, g, cfg.cg_iters)
         curvature = direction @ fisher_vector(direction)
         step = torch.sqrt(2 * cfg.max_kl / curvature.clamp(min=1e-12)) * direction
 
-        theta_old = parameters_to_vector(self.params).detach()
+        theta_old = flat(self.params).detach()
         old_objective = objective.item()
         accepted, steps_taken = False, 0
         with torch.no_grad():
@@ -182,3 +183,9 @@ class TRPO:
 
     def load_state_dict(self, state: dict, member: int = 0) -> None:
         self.value_optimizer.load_state_dict(state["value_optimizer"])
+
+
+def flat(tensors: Iterable[Tensor]) -> Tensor:
+    """``tensors`` as one vector, in order (a convolution's gradient may be laid out
+    channels-last, which ``parameters_to_vector``'s ``view`` cannot flatten)."""
+    return torch.cat([t.reshape(-1) for t in tensors])

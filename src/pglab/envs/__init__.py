@@ -1,4 +1,5 @@
-"""Making vector environments from a Gymnasium id or a ``package.module:Class`` path.
+"""Making vector environments from a Gymnasium id or a ``package.module:Class`` path,
+with the wrappers a config names (:mod:`pglab.envs.wrappers`).
 
 Environments are always vectorised (N >= 1) and autoreset in Gymnasium's NEXT_STEP
 mode. Where Gymnasium has a fast vectorised implementation (``vector_entry_point``,
@@ -14,21 +15,26 @@ import difflib
 import importlib
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
 from pglab.envs import cartpole, guard
+from pglab.envs.objects import EnvObject, describe_env
+from pglab.envs.scores import GameScore
 from pglab.envs.spaces import ActionAdapter, ObsEncoder, check_spaces
-from pglab.errors import EnvError
+from pglab.envs.wrappers import WrapperEntry, resolve_wrappers
+from pglab.errors import ConfigError, EnvError
 
 __all__ = [
     "ActionAdapter",
+    "EnvObject",
     "ObsEncoder",
     "check_env_import",
     "check_spaces",
+    "describe_env",
     "env_module",
     "import_path",
     "make_vec_env",
@@ -202,6 +208,11 @@ def make_vec_env(
     *,
     max_episode_steps: int | str = "auto",
     check: bool = True,
+    wrappers: Sequence[WrapperEntry] = (),
+    maker: Callable[[], gym.Env] | None = None,
+    limited: bool = False,
+    evaluation: bool = False,
+    frame_stack: int = 1,
 ) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` as one vector env (NEXT_STEP autoreset).
 
@@ -211,26 +222,49 @@ def make_vec_env(
     :class:`EnvError` for unknown ids, bad keyword arguments and unsupported spaces.
 
     ``max_episode_steps`` and ``check`` are ``env.max_episode_steps`` and ``env.check``:
-    the episode-length cap and Gymnasium's env checker for a user's own env. Every env
+    the episode-length cap and Gymnasium's env checker for a user's own env;
+    ``wrappers`` is ``env.wrappers`` (see :mod:`pglab.envs.wrappers`), applied to every
+    copy after the preprocessing, then ``frame_stack`` > 1 stacks that many
+    observations (``env.frame_stack``). ``maker`` makes each copy instead of ``env_id`` (an
+    env given as an object, see :mod:`pglab.envs.objects`; ``env_id`` then only names
+    it, and ``limited`` says its copies have a time limit of their own). Envs for
+    ``evaluation`` report the game's own score (see :mod:`pglab.envs.scores`; ALE's
+    vector env is made without its reward clipping). Every env
     but pglab's own vector env is guarded: a broken ``reset`` or ``step`` raises
     :class:`~pglab.errors.EnvFaultError` (see :mod:`pglab.envs.guard`).
     """
-    validate_env_id(env_id)
     kwargs = dict(env_kwargs or {})
-    wrappers: list = []
+    if maker is not None and kwargs:
+        raise ConfigError(
+            f"env.kwargs {kwargs} apply to an env made by id; env {env_id!r} is a Python "
+            "object, made by its own code (give it its arguments there)"
+        )
+    if maker is None:
+        validate_env_id(env_id)
+    wrap: list[Callable[[gym.Env], gym.Env]] = []
     if preprocess != "none":
         from pglab.envs.atari import PREPROCESSORS
 
         wrapper, needed = PREPROCESSORS[preprocess]
-        wrappers, kwargs = [wrapper], {**needed, **kwargs}
-    env_class = entry_class(env_id)
+        wrap, kwargs = [wrapper], {**needed, **kwargs}
+    wrap += resolve_wrappers(wrappers)
+    if frame_stack > 1:
+        wrap.append(lambda env: gym.wrappers.FrameStackObservation(env, frame_stack))
+    if wrap:  # rewards may change above this: keep the game's own score
+        wrap.insert(0, GameScore)
+    env_class: Callable[..., gym.Env] | None = maker or entry_class(env_id)
     spec = None if env_class is not None else gym.spec(env_id.split(":", 1)[-1])
-    cap = guard.episode_cap(env_id, spec, kwargs, max_episode_steps)
+    if evaluation and spec is not None and not wrap and _is_ale_vector(spec):
+        kwargs = {**kwargs, "reward_clipping": False}
+    if maker is not None and limited and max_episode_steps == "auto":
+        cap = None
+    else:
+        cap = guard.episode_cap(env_id, spec, kwargs, max_episode_steps)
     try:
         with import_path():
-            if check and guard.is_user_env(env_id):
+            if check and (maker is not None or guard.is_user_env(env_id)):
                 guard.check_user_env(env_id, kwargs, lambda: _one(env_class, spec, kwargs))
-            envs, fast = _make(env_class, spec, num_envs, kwargs, wrappers, cap)
+            envs, fast = _make(env_class, spec, num_envs, kwargs, wrap, cap)
     except gym.error.DependencyNotInstalled as error:
         raise EnvError(_missing_extra(env_id, error)) from None
     except ImportError as error:  # an entry point's module that is not installed
@@ -240,6 +274,22 @@ def make_vec_env(
         ) from None
     except (TypeError, ValueError, gym.error.Error) as error:
         raise EnvError(f"env {env_id!r} rejected its options {kwargs}: {error}") from None
+    check_vector_env(envs, env_id)
+    if cap is not None and max_episode_steps == "auto":
+        guard.warn_default_cap(env_id)
+    if isinstance(envs, cartpole.CartPoleVectorEnv):  # pglab's own: known to be well formed
+        return envs
+    return guard.GuardedVectorEnv(envs, env_id, copies_checked=not fast)
+
+
+def _is_ale_vector(spec: Any) -> bool:
+    """Whether ``spec`` makes its vector env with ale-py's own (which clips rewards)."""
+    return str(spec.vector_entry_point or "").startswith("ale_py")
+
+
+def check_vector_env(envs: VectorEnv, env_id: str) -> None:
+    """Raise :class:`EnvError` (closing ``envs``) unless it autoresets in NEXT_STEP mode
+    and its spaces are supported."""
     autoreset = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
     if autoreset != AutoresetMode.NEXT_STEP:
         envs.close()
@@ -249,16 +299,32 @@ def make_vec_env(
     except EnvError:
         envs.close()
         raise
-    if cap is not None and max_episode_steps == "auto":
-        guard.warn_default_cap(env_id)
-    if isinstance(envs, cartpole.CartPoleVectorEnv):  # pglab's own: known to be well formed
-        return envs
-    return guard.GuardedVectorEnv(envs, env_id, copies_checked=not fast)
 
 
-def make_configured_env(env: Any, num_envs: int) -> VectorEnv:
+def make_configured_env(
+    env: Any, num_envs: int, given: EnvObject | None = None, evaluation: bool = False
+) -> VectorEnv:
     """:func:`make_vec_env` with the options of an env config (``pglab.config.EnvConfig``:
-    its id, kwargs, preprocessing, episode cap and env check)."""
+    its id, kwargs, wrappers, preprocessing, episode cap and env check).
+
+    An env given as an object (``env.object`` set) needs that object, ``given``: a
+    vector env trains as it is (and is not closed by pglab); ``evaluation`` envs are
+    always copies.
+    """
+    if env.object and given is None:
+        raise EnvError(
+            f"env {env.id!r} was given as a Python object ({env.object}); no file can make "
+            "it: pass it again (pglab.resume(path, env=...), pglab.evaluate(agent, env))"
+        )
+    if given is not None and given.vector is not None and not evaluation:
+        check_vector_env(given.vector, env.id)
+        return guard.GuardedVectorEnv(Borrowed(given.vector), env.id, copies_checked=False)
+    if given is not None and given.make is None:
+        raise EnvError(
+            f"{given.description} cannot be copied for evaluation (it has no registered "
+            "spec): pass a zero-argument callable that makes one env instead (with "
+            "num_envs=...), or a vector env made by gymnasium.make_vec"
+        )
     return make_vec_env(
         env.id,
         num_envs,
@@ -266,16 +332,28 @@ def make_configured_env(env: Any, num_envs: int) -> VectorEnv:
         env.preprocess,
         max_episode_steps=env.max_episode_steps,
         check=env.check,
+        wrappers=env.wrappers,
+        maker=None if given is None else given.make,
+        limited=given is not None and given.limited,
+        evaluation=evaluation,
+        frame_stack=env.frame_stack,
     )
 
 
-def _one(env_class: type[gym.Env] | None, spec: Any, kwargs: dict[str, Any]) -> gym.Env:
+class Borrowed(gym.vector.VectorWrapper):
+    """A user's vector env that pglab trains on but did not make: closing leaves it open."""
+
+    def close(self, **kwargs: Any) -> None:
+        pass
+
+
+def _one(env_class: Callable[..., gym.Env] | None, spec: Any, kwargs: dict[str, Any]) -> gym.Env:
     """One plain copy of the env (for Gymnasium's env checker)."""
     return env_class(**kwargs) if env_class is not None else gym.make(spec, **kwargs)
 
 
 def _make(
-    env_class: type[gym.Env] | None,
+    env_class: Callable[..., gym.Env] | None,
     spec: Any,
     num_envs: int,
     kwargs: dict[str, Any],

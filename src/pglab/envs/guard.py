@@ -41,6 +41,7 @@ import numpy as np
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import VectorEnv, VectorWrapper
 
+from pglab.envs.spaces import check_spaces
 from pglab.errors import ConfigError, EnvError, EnvFaultError
 
 __all__ = [
@@ -164,6 +165,11 @@ def check_user_env(
         return
     env = make_instance()
     try:
+        check_spaces(env_id, env.observation_space, env.action_space)
+    except EnvError:
+        env.close()
+        raise
+    try:
         probe = CheckedEnv(env)  # first pglab's own check: its messages are the more direct
         probe.reset(seed=0)
         probe.step(probe.action_space.sample())
@@ -282,6 +288,11 @@ class CheckedEnv(gym.Wrapper):
             )
 
     def _check_obs(self, call: str, obs: Any) -> None:
+        if isinstance(self.observation_space, (gym.spaces.Dict, gym.spaces.Tuple)):
+            problem = _composite_problem(self.observation_space, obs, "observation")
+            if problem is not None:
+                self._fault(call, problem, f"{problem}\nobservation: {obs!r}")
+            return
         if type(obs) is np.ndarray:
             if obs.shape == self._shape and obs.dtype in self._good_dtypes:
                 return
@@ -326,6 +337,36 @@ class CheckedEnv(gym.Wrapper):
             ok = False
         if not ok:
             self._fault("step", f"{name} is {_short(flag)}; it must be a bool")
+
+
+def _composite_problem(space: gym.Space, obs: Any, where: str) -> str | None:
+    """What is wrong with the structure of a Dict or Tuple observation ``obs`` (a missing
+    key, a wrong length, a leaf of the wrong shape or not numbers), or None."""
+    if isinstance(space, gym.spaces.Dict):
+        if not isinstance(obs, dict) or set(obs) != set(space.spaces):
+            return f"{where} is {_short(obs)}; the space {space} has keys {list(space.spaces)}"
+        for key, sub in space.spaces.items():
+            problem = _composite_problem(sub, obs[key], f"{where}[{key!r}]")
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(space, gym.spaces.Tuple):
+        if not isinstance(obs, (tuple, list)) or len(obs) != len(space.spaces):
+            return f"{where} is {_short(obs)}; the space {space} has {len(space.spaces)} parts"
+        for i, (sub, value) in enumerate(zip(space.spaces, obs)):
+            problem = _composite_problem(sub, value, f"{where}[{i}]")
+            if problem is not None:
+                return problem
+        return None
+    try:
+        array = np.asarray(obs)
+    except Exception:
+        return f"{where} is not an array: {_short(obs)}"
+    if array.dtype.kind not in "biuf":
+        return f"{where} has dtype {array.dtype}; the space {space} holds numbers"
+    if array.shape != tuple(space.shape or ()):
+        return f"{where} has shape {array.shape}; the space {space} has shape {space.shape}"
+    return None
 
 
 _NOT_FINITE = f"non-finite or |x| > {ABSURD:g}"

@@ -112,14 +112,19 @@ class Normalizer:
         if not self.normalize_obs:
             return obs
         if update:
-            self.obs_stats.update(obs.numpy().astype(np.float64))
+            own = obs[..., : self._obs_mean.shape[0]]
+            self.obs_stats.update(own.numpy().astype(np.float64))
             self._refresh()
         return self.obs(obs)
 
     def obs(self, obs: Tensor) -> Tensor:
-        """Normalise observations with the current (frozen) statistics."""
+        """Normalise observations with the current (frozen) statistics; columns beyond
+        ``obs_dim`` (an action mask) pass unchanged."""
         if not self.normalize_obs:
             return obs
+        extra = obs.shape[-1] - self._obs_mean.shape[0]
+        if extra:
+            return torch.cat([self.obs(obs[..., :-extra]), obs[..., -extra:]], dim=-1)
         out = (obs - self._obs_mean) / self._obs_std
         return out.clamp(-self.clip_obs, self.clip_obs) if self.clip_obs > 0 else out
 

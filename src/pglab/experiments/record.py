@@ -19,6 +19,9 @@ import numpy as np
 
 from pglab.agent import Agent
 from pglab.envs import entry_class, import_path, validate_env_id
+from pglab.envs.scores import SCORE_KEY, GameScore
+from pglab.envs.spaces import MASK_KEY
+from pglab.envs.wrappers import resolve_wrappers
 from pglab.errors import ConfigError, EnvError, PglabError
 from pglab.paths import write_atomic
 
@@ -37,6 +40,11 @@ class Recording:
 def render_env(agent: Agent) -> gym.Env:
     """One copy of the agent's env that renders RGB frames (with the run's preprocessing)."""
     env_cfg = agent.config.env
+    if env_cfg.object:
+        raise EnvError(
+            f"env {env_cfg.id!r} was given as a Python object ({env_cfg.object}); "
+            "pglab record makes its env from the run's config and cannot make this one"
+        )
     validate_env_id(env_cfg.id)
     for var in ("SDL_VIDEODRIVER", "SDL_AUDIODRIVER"):  # pygame-drawn envs need no screen
         os.environ.setdefault(var, "dummy")
@@ -53,8 +61,11 @@ def render_env(agent: Agent) -> gym.Env:
             env = env_class(**kwargs) if env_class is not None else gym.make(env_cfg.id, **kwargs)
     except TypeError as error:
         raise EnvError(f"{env_cfg.id} cannot render RGB frames: {error}") from None
-    for wrap in wrappers:
+    env = GameScore(env)  # the game's own score, under any reward-changing wrapper
+    for wrap in [*wrappers, *resolve_wrappers(env_cfg.wrappers)]:
         env = wrap(env)
+    if env_cfg.frame_stack > 1:
+        env = gym.wrappers.FrameStackObservation(env, env_cfg.frame_stack)
     return env
 
 
@@ -90,15 +101,16 @@ def record(
             except gym.error.DependencyNotInstalled as error:
                 raise EnvError(f"{agent.config.env.id} cannot render: {error}") from None
             for episode in range(episodes):
-                obs, _ = env.reset(seed=seed + episode)
+                obs, info = env.reset(seed=seed + episode)
                 frames.append(env.render())
                 total, done = 0.0, False
                 while not done and len(frames) < max_frames:
-                    obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic))
+                    action = agent.act(obs, deterministic, info.get(MASK_KEY))
+                    obs, reward, terminated, truncated, info = env.step(action)
                     frames.append(env.render())
                     total += float(reward)
                     done = terminated or truncated
-                returns.append(total)
+                returns.append(float(info.get(SCORE_KEY, total)) if done else total)
             rate = fps or int(env.metadata.get("render_fps") or 30)
         finally:
             env.close()

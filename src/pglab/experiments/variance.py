@@ -40,7 +40,7 @@ from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
 from pglab.envs import make_configured_env
 from pglab.errors import ConfigError, PglabError
 from pglab.losses import policy_gradient_loss
-from pglab.paths import make_dirs, write_atomic, write_text_atomic
+from pglab.paths import make_dirs, no_links_below, write_atomic, write_text_atomic
 from pglab.returns import (
     CRITIC_WEIGHTS,
     WEIGHT_KINDS,
@@ -108,7 +108,9 @@ def estimate(
     load_weights(actor, state.get("actor"), source, "actor")
     if critic is not None and state.get("critic"):
         load_weights(critic, state["critic"], source, "critic")
-    normalizer = build_normalizer(config, envs.single_observation_space, episodes)
+    normalizer = build_normalizer(
+        config, envs.single_observation_space, envs.single_action_space, episodes
+    )
     if normalizer is not None:
         load_weights(normalizer, state.get("normalizer"), source, "normalizer")
     torch.manual_seed(seed)
@@ -200,6 +202,9 @@ def study(
         )
     gamma = config.algo.gamma if gamma is None else gamma
     lam = config.algo.lam if lam is None else lam
+    root = Path(out) if out is not None else run_dir
+    out = Path(out) if out is not None else run_dir / VARIANCE_DIR
+    no_links_below(root, out)  # refused before any work: nothing is written through a link
     rows = []
     for step, file in found:
         figures = estimate(
@@ -215,8 +220,6 @@ def study(
         )
         for kind, (trace, along, norm, weight_var) in figures.items():
             rows.append(Estimate(file.name, step, kind, trace, along, norm, weight_var))
-    root = Path(out) if out is not None else run_dir
-    out = Path(out) if out is not None else run_dir / VARIANCE_DIR
     make_dirs(out, root)
     _write(out, root, rows, run_dir, batches, episodes, gamma, lam, normalize)
     write_atomic(out / "variance.png", lambda temp: _plot(temp, rows, wanted), root)
