@@ -52,6 +52,38 @@ def first_step_at(metrics: Path, threshold: float | None) -> int | None:
     return None
 
 
+def eval_curve(metrics: Path) -> list[tuple[int, float]]:
+    """The periodic evaluations of a run: ``(step, mean return)`` pairs."""
+    with open(metrics, newline="") as handle:
+        return [
+            (int(row["step"]), float(row["eval_return_mean"]))
+            for row in csv.DictReader(handle)
+            if row.get("eval_return_mean")
+        ]
+
+
+def curve_lines(rows: list[dict]) -> list[str]:
+    """The median learning curve over seeds: the k-th periodic evaluation of every seed
+    (seeds count steps a little differently, so each column gives their median step)."""
+    curves = [row.get("curve", []) for row in rows]
+    length = min(map(len, curves), default=0)
+    if length == 0:
+        return []
+    columns = [[curve[k] for curve in curves] for k in range(length)]
+    return [
+        "",
+        "learning curve (periodic evaluations, median over seeds):",
+        "",
+        "| step | "
+        + " | ".join(f"{statistics.median(s for s, _ in c):,.0f}" for c in columns)
+        + " |",
+        "|---" * (length + 1) + "|",
+        "| return | "
+        + " | ".join(f"{statistics.median(r for _, r in c):.1f}" for c in columns)
+        + " |",
+    ]
+
+
 def one_seed(args: argparse.Namespace, seed: int, threshold: float | None) -> dict:
     torch.set_num_threads(1)
     options = dict(pglab.config.parse_override(text) for text in args.set)
@@ -72,6 +104,7 @@ def one_seed(args: argparse.Namespace, seed: int, threshold: float | None) -> di
         )
         summary = run.summary
         solved_at = first_step_at(run.path / "metrics.csv", threshold)
+        curve = eval_curve(run.path / "metrics.csv")
         result = pglab.evaluate(run.agent, episodes=args.episodes, seed=100_000 + seed)
         wall = time.perf_counter() - start
     return {
@@ -82,14 +115,21 @@ def one_seed(args: argparse.Namespace, seed: int, threshold: float | None) -> di
         "steps": summary["total_steps"],
         "wall": wall,
         "preset": summary["preset"],
+        "curve": curve,
     }
 
 
-def preset_digest(algo: str, env_id: str) -> str:
-    """A digest of the preset files a run starts from, so that kept rows go stale with them."""
-    from pglab.config import PRESETS_DIR, preset_path
+def env_kwargs(options: list[str]) -> dict:
+    """The ``env.kwargs`` among ``--set`` options (the preset is matched on them)."""
+    pairs = dict(pglab.config.parse_override(text) for text in options)
+    return dict(pairs.get("env.kwargs", {}))
 
-    files = [PRESETS_DIR / f"{algo}.toml", preset_path(f"{algo}/{env_id}")]
+
+def preset_digest(algo: str, env_id: str, kwargs: dict) -> str:
+    """A digest of the preset files a run starts from, so that kept rows go stale with them."""
+    from pglab.config import PRESETS_DIR, matching_preset, preset_path
+
+    files = [PRESETS_DIR / f"{algo}.toml", preset_path(matching_preset(algo, env_id, kwargs))]
     text = "".join(f.read_text() for f in files if f is not None and f.is_file())
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -128,19 +168,35 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--fresh", action="store_true", help="ignore seeds kept from before")
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a published figure to print beside the table (repeatable), e.g. "
+        "'CleanRL ppo_continuous_action, Walker2d-v4, 1M steps: 2287.95 ± 571.78'",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in every worker
     seeds = parse_seeds(args.seeds)
     threshold = args.threshold if args.threshold is not None else reward_threshold(args.env)
 
-    name = f"{args.algo}{'-' + args.weights if args.weights else ''}-{args.env.replace('/', '-')}"
+    kwargs = env_kwargs(args.set)
+    preset = pglab.config.matching_preset(args.algo, args.env, kwargs)
+    # an env with kwargs is named after its preset (LunarLander-v3-continuous), else its values
+    env_name = (
+        preset.partition("/")[2]
+        if preset != "none"
+        else "-".join([args.env, *(f"{k}={v}" for k, v in sorted(kwargs.items()))])
+    )
+    name = f"{args.algo}{'-' + args.weights if args.weights else ''}-{env_name.replace('/', '-')}"
     out = args.out or RESULTS / f"{name}-{args.steps}.md"
     kept = out.with_suffix(".seeds")
     key = {
         "set": sorted(args.set),
         "episodes": args.episodes,
         "threshold": threshold,
-        "presets": preset_digest(args.algo, args.env),
+        "presets": preset_digest(args.algo, args.env, kwargs),
     }
     rows = {}
     if not args.fresh:
@@ -172,7 +228,8 @@ def main() -> None:
     label = f"{args.algo}" + (f" ({args.weights})" if args.weights else "")
     median_solved = f"{statistics.median(solved):,.0f}" if solved else "never"
     lines = [
-        f"# {label} on {args.env}, {args.steps:,} steps, {len(seeds)} seeds",
+        f"# {label} on {args.env}{f' {kwargs}' if kwargs else ''}, {args.steps:,} steps, "
+        f"{len(seeds)} seeds",
         "",
         f"command: `{command_line()}`",
         "",
@@ -196,6 +253,16 @@ def main() -> None:
             if kept_seeds
             else []
         ),
+        *(
+            [
+                "published figures to compare with:",
+                "",
+                *(f"- {text}" for text in args.reference),
+                "",
+            ]
+            if args.reference
+            else []
+        ),
         "| seed | final return (mean ± std) | steps to threshold | wall s |",
         "|---:|---:|---:|---:|",
     ]
@@ -211,6 +278,7 @@ def main() -> None:
         f"(mean {np.mean(finals):.1f}, std {np.std(finals):.1f}); "
         f"median steps to threshold: {median_solved} ({len(solved)}/{len(rows)} seeds reached it); "
         f"median wall time {statistics.median(r['wall'] for r in rows):.0f} s",
+        *curve_lines(rows),
     ]
     report = "\n".join(lines) + "\n"
     print(report)
