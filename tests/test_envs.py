@@ -142,11 +142,11 @@ def test_lineworld_rejects_bad_sizes():
 def test_missing_extras_are_named():
     from gymnasium.error import DependencyNotInstalled
 
-    from pglab.envs import _missing_extra
+    from pglab.envs import missing_extra_message
 
-    message = _missing_extra("LunarLander-v3", DependencyNotInstalled("Box2D is not installed"))
+    message = missing_extra_message("LunarLander-v3", DependencyNotInstalled("Box2D is not installed"))
     assert "pip install 'pglab[box2d]'" in message
-    assert "pglab[mujoco]" in _missing_extra("Hopper-v5", DependencyNotInstalled("no mujoco"))
+    assert "pglab[mujoco]" in missing_extra_message("Hopper-v5", DependencyNotInstalled("no mujoco"))
 
 
 def test_discrete_observations_are_one_hot():

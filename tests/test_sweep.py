@@ -153,9 +153,9 @@ def test_ppo_runs_of_a_sweep_train_as_populations(tmp_path):
     text = text.replace('weights = "fr"\n', "").replace('"policy.hidden" = [[4], [8]]', "")
     (tmp_path / "spec.toml").write_text(text)
     sweep = load_spec(tmp_path / "spec.toml")
-    from pglab.experiments.sweep import _tasks
+    from pglab.experiments.sweep import population_tasks
 
-    assert [len(task) for task in _tasks(sweep, sweep.runs)] == [4]
+    assert [len(task) for task in population_tasks(sweep, sweep.runs)] == [4]
     assert run_sweep(tmp_path / "spec.toml", workers=1, echo=lambda _: None)
     assert len(summaries(tmp_path / "runs" / "grid")) == 4
 

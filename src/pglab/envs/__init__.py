@@ -176,7 +176,9 @@ def reward_threshold(env_id: str) -> float | None:
 _EXTRA_ENTRY_POINTS = {"gymnasium.envs.box2d": "box2d", "gymnasium.envs.mujoco": "mujoco"}
 
 
-def _missing_extra(env_id: str, error: Exception) -> str:
+def missing_extra_message(env_id: str, error: Exception) -> str:
+    """The one line for an env whose package is missing: the pglab extra that installs it
+    (``pip install 'pglab[box2d]'``) where one does, else the import error's first line."""
     spec = gym.registry.get(env_id.split(":", 1)[-1])
     entry = str(spec.entry_point) if spec is not None else ""
     for prefix, extra in _EXTRA_ENTRY_POINTS.items():
@@ -266,7 +268,7 @@ def make_vec_env(
                 guard.check_user_env(env_id, kwargs, lambda: _one(env_class, spec, kwargs))
             envs, fast = _make(env_class, spec, num_envs, kwargs, wrap, cap)
     except gym.error.DependencyNotInstalled as error:
-        raise EnvError(_missing_extra(env_id, error)) from None
+        raise EnvError(missing_extra_message(env_id, error)) from None
     except ImportError as error:  # an entry point's module that is not installed
         raise EnvError(
             f"env {env_id!r} needs module {error.name or str(error)!r}, which is not installed; "

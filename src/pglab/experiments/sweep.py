@@ -483,7 +483,7 @@ class Outcome:
     error: str = ""
 
 
-def _tasks(sweep: Sweep, runs: Sequence[SweepRun]) -> list[list[SweepRun]]:
+def population_tasks(sweep: Sweep, runs: Sequence[SweepRun]) -> list[list[SweepRun]]:
     """Runs grouped into tasks: runs that can train as one population share a task,
     others are tasks of their own.
 
@@ -725,7 +725,7 @@ def _run_locked(
         if outcome.state == "failed":
             echo(f"failed: {outcome.name}: {outcome.error}")
 
-    tasks = _tasks(sweep, pending)
+    tasks = population_tasks(sweep, pending)
     if backend == "ray":
         outcomes = _ray(sweep, tasks, address, report)
     else:
