@@ -114,7 +114,7 @@ def test_override_values_are_read_as_toml():
 
 
 def test_every_shipped_preset_is_valid():
-    from pglab.config import available_presets
+    from pglab.config import available_presets, load_toml, preset_path
 
     names = available_presets()
     assert {
@@ -124,6 +124,8 @@ def test_every_shipped_preset_is_valid():
         "reinforce/ALE/Pong-v5",
     } <= set(names)
     for name in names:
-        algo, env_id = name.split("/", 1)
-        config = build_config(flags={"algo.name": algo, "env.id": env_id})
-        assert config.run.preset == name
+        algo = name.split("/", 1)[0]
+        env = load_toml(preset_path(name)).get("env", {})
+        env_id = env.get("id", name.split("/", 1)[1])
+        flags = {"algo.name": algo, "env.id": env_id, "env.kwargs": env.get("kwargs", {})}
+        assert build_config(flags=flags).run.preset == name

@@ -243,9 +243,12 @@ def test_a_preset_applies_only_to_the_kwargs_it_was_tuned_for(capsys):
 
     plain = build_config(flags={"env.id": "LunarLander-v3", "algo.name": "ppo"})
     assert plain.run.preset == "ppo/LunarLander-v3"
-    other = build_config(
-        flags={"env.id": "LunarLander-v3", "algo.name": "ppo", "env.kwargs": {"continuous": True}}
-    )
+    continuous = {"continuous": True}
+    flags = {"env.id": "LunarLander-v3", "algo.name": "ppo", "env.kwargs": continuous}
+    assert build_config(flags=flags).run.preset == "ppo/LunarLander-v3-continuous"
+    assert capsys.readouterr().err == ""
+    flags["env.kwargs"] = {**continuous, "gravity": -5.0}
+    other = build_config(flags=flags)
     assert other.run.preset == "none" and other.algo.batch_size != plain.algo.batch_size
     assert "none is applied" in capsys.readouterr().err
 
@@ -282,3 +285,18 @@ def test_a_mask_needs_a_categorical_action_space(tmp_path):
 
     with pytest.raises(EnvError, match="action mask needs a Discrete"):
         pglab.train(make, "ppo", action_mask="info", out=str(tmp_path), **TINY)
+
+
+def test_car_racing_pixels_train_end_to_end_with_the_automatic_cnn(tmp_path):
+    pytest.importorskip("Box2D", reason="CarRacing needs pglab[box2d]")
+    run = pglab.train(
+        "CarRacing-v3", "ppo", seed=0, out=str(tmp_path), total_steps=256, batch_size=128,
+        minibatches=2, epochs=1, max_episode_steps=40, progress="off", eval_episodes=1,
+        checkpoint_every=0,
+    )  # fmt: skip
+    assert isinstance(run.agent.actor.body, ImageCNN)
+    assert run.agent.actor.body.part.chw == (3, 96, 96)  # read height x width x channels
+    agent = pglab.load(run.path)
+    obs, _ = gym.make("CarRacing-v3").reset(seed=1)
+    assert agent.act(obs).shape == (3,)
+    assert np.isfinite(pglab.evaluate(agent, episodes=1).mean)
