@@ -189,7 +189,7 @@ def main() -> None:
         if preset != "none"
         else "-".join([args.env, *(f"{k}={v}" for k, v in sorted(kwargs.items()))])
     )
-    name = f"{args.algo}{'-' + args.weights if args.weights else ''}-{env_name.replace('/', '-')}"
+    name = f"{args.algo}{'-' + args.weights if args.weights else ''}-{env_name.replace('/', '-').replace(':', '-')}"
     out = args.out or RESULTS / f"{name}-{args.steps}.md"
     kept = out.with_suffix(".seeds")
     key = {

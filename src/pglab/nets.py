@@ -105,13 +105,15 @@ def conv_layers(channels: int, height: int, width: int) -> list[tuple[int, int, 
 
     Images of at least 36 x 36 get the Atari CNN of Mnih et al. (2015): 32 8x8 stride 4,
     64 4x4 stride 2, 64 3x3 stride 1. Smaller ones (a 7x7 grid world, a 16x16 sprite)
-    get three 3x3 convolutions (32, 64, 64 channels) padded to keep their size, each
-    of stride 2 while the image is more than 8 pixels on its shorter side.
+    get three 3x3 convolutions (16, 32, 32 channels) padded to keep their size, each
+    of stride 2 while the image is more than 8 pixels on its shorter side: a grid world
+    of a few object kinds needs few channels, and at full resolution the Atari widths
+    would cost four times the arithmetic.
     """
     if min(height, width) >= 36:
         return [(32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0)]
     layers, size = [], min(height, width)
-    for out in (32, 64, 64):
+    for out in (16, 32, 32):
         stride = 2 if size > 8 else 1
         layers.append((out, 3, stride, 1))
         size = (size - 1) // stride + 1

@@ -265,7 +265,9 @@ def make_vec_env(
     try:
         with import_path():
             if check and (maker is not None or guard.is_user_env(env_id)):
-                guard.check_user_env(env_id, kwargs, lambda: _one(env_class, spec, kwargs))
+                guard.check_user_env(
+                    env_id, kwargs, lambda: _one(env_class, spec, kwargs, wrap), wrappers
+                )
             envs, fast = _make(env_class, spec, num_envs, kwargs, wrap, cap)
     except gym.error.DependencyNotInstalled as error:
         raise EnvError(missing_extra_message(env_id, error)) from None
@@ -349,9 +351,17 @@ class Borrowed(gym.vector.VectorWrapper):
         pass
 
 
-def _one(env_class: Callable[..., gym.Env] | None, spec: Any, kwargs: dict[str, Any]) -> gym.Env:
-    """One plain copy of the env (for Gymnasium's env checker)."""
-    return env_class(**kwargs) if env_class is not None else gym.make(spec, **kwargs)
+def _one(
+    env_class: Callable[..., gym.Env] | None,
+    spec: Any,
+    kwargs: dict[str, Any],
+    wrap: Sequence[Callable[[gym.Env], gym.Env]],
+) -> gym.Env:
+    """One copy of the env with its wrappers (for the env check)."""
+    env = env_class(**kwargs) if env_class is not None else gym.make(spec, **kwargs)
+    for wrapper in wrap:
+        env = wrapper(env)
+    return env
 
 
 def _make(

@@ -33,7 +33,7 @@ import math
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -150,17 +150,23 @@ def is_user_env(env_id: str) -> bool:
 
 
 def check_user_env(
-    env_id: str, kwargs: dict[str, Any], make_instance: Callable[[], gym.Env]
+    env_id: str,
+    kwargs: dict[str, Any],
+    make_instance: Callable[[], gym.Env],
+    wrappers: Sequence[Any] = (),
 ) -> None:
     """Run :func:`gymnasium.utils.env_checker.check_env` on ``make_instance()``, once per
-    process for each env id and keyword arguments; a failure is an :class:`EnvError`.
+    process for each env id, keyword arguments and ``wrappers`` (``env.wrappers``);
+    a failure is an :class:`EnvError`.
 
-    The instance is made outside the check: a constructor that rejects its keyword
-    arguments raises as it does when the vector env is made.
+    ``make_instance`` makes the env as pglab will see it, wrappers applied: its spaces
+    are checked and it is stepped once; Gymnasium's checker looks at the env beneath
+    them (``unwrapped``). The instance is made outside the check: a constructor that
+    rejects its keyword arguments raises as it does when the vector env is made.
     """
     from gymnasium.utils.env_checker import check_env
 
-    key = f"{env_id} {kwargs!r}"
+    key = f"{env_id} {kwargs!r} {list(wrappers)!r}"
     if key in _checked:
         return
     env = make_instance()
@@ -358,6 +364,8 @@ def _composite_problem(space: gym.Space, obs: Any, where: str) -> str | None:
             if problem is not None:
                 return problem
         return None
+    if not isinstance(space, _NUMERIC_SPACES):  # text (a wrapper may drop or encode it)
+        return None if space.contains(obs) else f"{where} is {_short(obs)}, outside {space}"
     try:
         array = np.asarray(obs)
     except Exception:
@@ -368,6 +376,14 @@ def _composite_problem(space: gym.Space, obs: Any, where: str) -> str | None:
         return f"{where} has shape {array.shape}; the space {space} has shape {space.shape}"
     return None
 
+
+#: Spaces of numbers; a Dict or Tuple may also hold others (a Text, MiniGrid's mission).
+_NUMERIC_SPACES = (
+    gym.spaces.Box,
+    gym.spaces.Discrete,
+    gym.spaces.MultiDiscrete,
+    gym.spaces.MultiBinary,
+)
 
 _NOT_FINITE = f"non-finite or |x| > {ABSURD:g}"
 _ABSURD_SQUARED = ABSURD * ABSURD
