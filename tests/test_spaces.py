@@ -157,6 +157,21 @@ def test_text_observations_are_refused_in_one_line(tmp_path):
         pglab.train(make, "ppo", out=str(tmp_path), **TINY)
 
 
+def test_text_in_a_dict_observation_trains_once_a_wrapper_drops_it(tmp_path):
+    space = gym.spaces.Dict({"x": Box(-1, 1, (3,)), "mission": gym.spaces.Text(8)})
+
+    def make():
+        return SpacesEnv(space, Discrete(2))
+
+    with pytest.raises(EnvError, match="Text"):
+        pglab.train(make, "ppo", out=str(tmp_path / "raw"), **_options("ppo"), **TINY)
+    drop = {"name": "gymnasium.wrappers.FilterObservation", "kwargs": {"filter_keys": ["x"]}}
+    run = pglab.train(
+        make, "ppo", wrappers=[drop], out=str(tmp_path / "kept"), **_options("ppo"), **TINY
+    )
+    assert run.agent.observation_space == gym.spaces.Dict({"x": Box(-1, 1, (3,))})
+
+
 def _solve(env_id, algo, tmp_path, **options):
     settings = {**TINY, "policy": {}, "eval_every": 2000, "eval_episodes": 20, **options}
     run = pglab.train(
