@@ -41,6 +41,7 @@ from pglab.config import Config, build_config
 from pglab.envs import describe_env
 from pglab.errors import CheckpointError, ConfigError, EnvError, PglabError, TrainingError
 from pglab.evaluate import EvalResult, evaluate
+from pglab.export import export
 from pglab.population import member_configs, train_many
 from pglab.train import Run
 from pglab.train import resume as _resume
@@ -59,6 +60,7 @@ __all__ = [
     "Run",
     "TrainingError",
     "evaluate",
+    "export",
     "load",
     "resume",
     "train",

@@ -10,6 +10,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from pglab.checkpoint import checkpoint_path, load_checkpoint
 from pglab.config import Config
@@ -167,6 +168,37 @@ def build_normalizer(
     )
 
 
+class Policy(nn.Module):
+    """What :meth:`Agent.act` computes after encoding: a batch of encoded observations
+    ``[N, dim]`` (float32, :class:`~pglab.envs.spaces.ObsEncoder`'s output) to the env's
+    actions, as a tensor on the CPU.
+
+    The observations are normalised with the frozen statistics of training (when the
+    run normalised them), the actor takes its most likely action (or samples one unless
+    ``deterministic``), and the action is mapped into the env's format
+    (:meth:`~pglab.envs.spaces.ActionAdapter.tensor`: a start offset, the space's
+    shape, clipping to a Box or the tanh head's squash). :func:`pglab.export` traces
+    this very module, so an exported file acts as :meth:`Agent.act` does.
+    """
+
+    def __init__(self, actor: Actor, normalizer: Normalizer | None, to_env: ActionAdapter) -> None:
+        super().__init__()
+        self.actor = actor
+        self.normalizer = normalizer
+        self.to_env = to_env
+
+    def forward(self, obs: Tensor, deterministic: bool = True) -> Tensor:
+        if self.normalizer is not None:
+            obs = self.normalizer.obs(obs)
+        device = next(self.actor.parameters()).device
+        if obs.device != device:
+            obs = obs.to(device)
+        actions = self.actor.act(obs, deterministic)
+        if actions.device.type != "cpu":
+            actions = actions.cpu()
+        return self.to_env.tensor(actions)
+
+
 class Agent:
     """Acts in an environment: ``agent.act(obs)`` for one observation or a batch.
 
@@ -209,14 +241,15 @@ class Agent:
             legal = None
             if action_mask is not None and self.encode.mask == "info":
                 legal = np.asarray(action_mask, dtype=np.float32).reshape(-1, self.encode.mask_dim)
-            obs = self.encode(batch, legal)
-            if self.normalizer is not None:
-                obs = self.normalizer.obs(obs)
-            device = next(self.actor.parameters()).device
-            actions = self.to_env(self.actor.act(obs.to(device), deterministic).cpu().numpy())
+            actions = self.policy()(self.encode(batch, legal), deterministic).numpy()
         if not single:
             return actions
         return actions[0].item() if actions[0].ndim == 0 else actions[0]
+
+    def policy(self) -> Policy:
+        """The module from encoded observations to env actions that :meth:`act` runs
+        (and :func:`pglab.export` writes)."""
+        return Policy(self.actor, self.normalizer, self.to_env)
 
     @classmethod
     def from_checkpoint(

@@ -1,5 +1,5 @@
-"""The ``pglab`` command line: ``train``, ``eval``, ``record``, ``sweep``, ``report``,
-``variance`` and ``bench``.
+"""The ``pglab`` command line: ``train``, ``eval``, ``record``, ``export``, ``sweep``,
+``report``, ``variance`` and ``bench``.
 
 Every user mistake ends with one line on stderr (``pglab: error: ...``) and exit
 code 2; a fault met while running (a folder or file that cannot be written, an env
@@ -240,6 +240,35 @@ def _build_parser() -> argparse.ArgumentParser:
         help="pglab/LineWorld-v0 only: draw the episodes' trajectories, success rate in the title",
     )
     _allow_import(evaluate)
+
+    export = commands.add_parser(
+        "export",
+        help="write a trained policy as an ONNX or TorchScript file",
+        description="Write the deterministic policy of a run folder (or checkpoint file) as one "
+        "file that maps a batch of encoded observations (float32 [batch, dim]) to the "
+        "actions agent.act(obs, deterministic=True) takes: observation normalisation and "
+        "action mapping included. ONNX needs pip install 'pglab[export]'.",
+    )
+    export.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=["onnx", "torchscript"],
+        help="onnx (needs pglab[export]) or torchscript",
+    )
+    export.add_argument(
+        "--checkpoint",
+        choices=["last", "best"],
+        default="last",
+        help="a run folder's last checkpoint or its best evaluation's (default: last)",
+    )
+    export.add_argument(
+        "--out",
+        metavar="FILE",
+        help="the file to write (default: RUN_DIR/policy-CHECKPOINT.onnx or "
+        ".torchscript.pt; needed for a checkpoint file)",
+    )
+    _allow_import(export)
     return parser
 
 
@@ -425,6 +454,20 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pglab.export import export
+
+    out = export(
+        args.path,
+        args.out,
+        format=args.format,
+        checkpoint=args.checkpoint,
+        allow_import=args.allow_import,
+    )
+    print(f"{out}: {args.format} policy (input 'obs' float32 [batch, dim], output 'action')")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pglab`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -448,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "report": _report,
             "record": _record,
             "variance": _variance,
+            "export": _export,
         }
         return commands[args.command](args)
     except PglabError as error:

@@ -96,7 +96,8 @@ class ImagePart:
         if len(self.shape) == 2:
             values = values.unsqueeze(1)
         elif self.channels_last:  # (B, [K,] H, W, C) -> (B, [K,] C, H, W)
-            values = values.movedim(-1, -3)
+            last = values.dim() - 1  # axes counted from the front: ONNX's Transpose needs that
+            values = values.movedim(last, last - 2)
         return values.reshape(-1, *self.chw) / self.divide_by
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -49,6 +50,17 @@ HEADS: tuple[str, ...] = (
 )
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+def squash(u: Any, low: Any, high: Any, xp: Any = torch) -> Any:
+    r"""The tanh head's env action :math:`a = \ell + (h - \ell)(\tanh u + 1)/2`, which maps
+    any :math:`u` into the Box :math:`[\ell, h]`.
+
+    One formula for tensors (``xp=torch``) and numpy arrays (``xp=numpy``): the collector
+    maps its numpy actions with it and :class:`pglab.Agent` (and an exported policy) its
+    tensors, so they cannot drift apart.
+    """
+    return low + (high - low) * (xp.tanh(u) + 1.0) / 2.0
 
 
 class _Head(nn.Module):
@@ -279,8 +291,8 @@ class TanhGaussianHead(GaussianHead):
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
 
     def squash(self, u: Tensor) -> Tensor:
-        """The env action :math:`\\ell + (h - \\ell)(\tanh u + 1)/2`."""
-        return self.low + (self.high - self.low) * (torch.tanh(u) + 1.0) / 2.0
+        """The env action :math:`\\ell + (h - \\ell)(\tanh u + 1)/2` (see :func:`squash`)."""
+        return squash(u, self.low, self.high)
 
     def log_prob(self, mean: Tensor, actions: Tensor) -> Tensor:
         u = actions

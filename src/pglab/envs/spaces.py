@@ -33,6 +33,7 @@ from torch import Tensor
 
 from pglab.errors import EnvError
 from pglab.nets import ImagePart
+from pglab.policies import squash
 
 SUPPORTED_OBSERVATIONS = "Box, Discrete, MultiDiscrete, MultiBinary, or a Tuple or Dict of them"
 SUPPORTED_ACTIONS = "Discrete, 1-D Box, MultiDiscrete or MultiBinary"
@@ -251,28 +252,65 @@ class ActionAdapter:
     Discrete and MultiDiscrete actions are shifted by the space's ``start`` (and a
     MultiDiscrete or MultiBinary one takes the space's shape); Box actions are clipped to
     the bounds (the unclipped action stays in the batch for its log-probability), or
-    with ``squash`` mapped into them by :math:`\\ell + (h - \\ell)(\tanh u + 1)/2`.
+    with ``squash`` mapped into them by :func:`pglab.policies.squash`.
+
+    One mapping, :meth:`map`, on numpy arrays (calling the adapter: the collector's
+    path) or on tensors (:meth:`tensor`: :class:`pglab.Agent` and the policies
+    :func:`pglab.export` writes).
     """
 
     def __init__(self, space: gym.Space, squash: bool = False) -> None:
         self.space = space
         self.squash = squash
-        if isinstance(space, gym.spaces.Box):
+        #: The dtype of what the env receives (None: the policy's own integers).
+        self.dtype: np.dtype | None = None
+        numbers: dict[str, Any] = {}
+        if isinstance(space, gym.spaces.Discrete):
+            numbers["start"] = space.start
+        elif isinstance(space, gym.spaces.MultiDiscrete):
+            numbers["start"] = np.asarray(space.start)
+            self.dtype = np.dtype(space.dtype)
+        elif isinstance(space, gym.spaces.MultiBinary):
+            self.dtype = np.dtype(np.int8)
+        elif isinstance(space, gym.spaces.Box):
             self.low = space.low.astype(np.float32)
             self.high = space.high.astype(np.float32)
+            numbers.update(low=self.low, high=self.high)
+            self.dtype = np.dtype(np.float32)
+        # The same constants as numpy values and as tensors, for either kind of input.
+        self._constants: dict[Any, dict[str, Any]] = {
+            np: numbers,
+            torch: {key: torch.as_tensor(value) for key, value in numbers.items()},
+        }
+        self._torch_dtype = (
+            None if self.dtype is None else torch.from_numpy(np.zeros(0, self.dtype)).dtype
+        )
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
-        if isinstance(self.space, gym.spaces.Discrete):
-            return array + self.space.start if self.space.start else array
-        if isinstance(self.space, gym.spaces.MultiDiscrete):
-            shape = (*array.shape[:-1], *self.space.shape)
-            return (array.reshape(shape) + self.space.start).astype(self.space.dtype)
-        if isinstance(self.space, gym.spaces.MultiBinary):
-            return array.reshape(*array.shape[:-1], *np.atleast_1d(self.space.n)).astype(np.int8)
-        if self.squash:
-            squashed = self.low + (self.high - self.low) * (np.tanh(array) + 1.0) / 2.0
-            return squashed.astype(np.float32, copy=False)
-        return np.clip(array, self.low, self.high).astype(np.float32, copy=False)
+        return self.map(array, np)
+
+    def tensor(self, actions: Tensor) -> Tensor:
+        """:meth:`map` on a tensor of the policy's actions (on the CPU)."""
+        return self.map(actions, torch)
+
+    def map(self, actions: Any, xp: Any) -> Any:
+        """The env's actions for a batch of the policy's, ``[..., action_dim]``: a numpy
+        array (``xp=numpy``) or a tensor (``xp=torch``)."""
+        space, constants = self.space, self._constants[xp]
+        if isinstance(space, gym.spaces.Discrete):
+            return actions + constants["start"] if space.start else actions
+        if isinstance(space, gym.spaces.MultiDiscrete):
+            shape = (*actions.shape[:-1], *space.shape)
+            actions = actions.reshape(shape) + constants["start"]
+        elif isinstance(space, gym.spaces.MultiBinary):
+            actions = actions.reshape(*actions.shape[:-1], *np.atleast_1d(space.n))
+        elif self.squash:
+            actions = squash(actions, constants["low"], constants["high"], xp)
+        else:
+            actions = xp.clip(actions, constants["low"], constants["high"])
+        if xp is torch:
+            return actions.to(self._torch_dtype)
+        return actions.astype(self.dtype, copy=False)
 
 
 def space_to_data(space: gym.Space) -> dict[str, Any]:
