@@ -52,6 +52,11 @@ def first_step_at(metrics: Path, threshold: float | None) -> int | None:
     return None
 
 
+def num(value: float) -> str:
+    """A return for the table: one decimal, three for returns below 10 (success rates)."""
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
 def eval_curve(metrics: Path) -> list[tuple[int, float]]:
     """The periodic evaluations of a run: ``(step, mean return)`` pairs."""
     with open(metrics, newline="") as handle:
@@ -78,9 +83,7 @@ def curve_lines(rows: list[dict]) -> list[str]:
         + " | ".join(f"{statistics.median(s for s, _ in c):,.0f}" for c in columns)
         + " |",
         "|---" * (length + 1) + "|",
-        "| return | "
-        + " | ".join(f"{statistics.median(r for _, r in c):.1f}" for c in columns)
-        + " |",
+        "| return | " + " | ".join(num(statistics.median(r for _, r in c)) for c in columns) + " |",
     ]
 
 
@@ -216,7 +219,7 @@ def main() -> None:
             trained.add(row["seed"])
             save_row(kept, row, key)
             print(
-                f"seed {row['seed']}: final {row['final_mean']:.1f} ± {row['final_std']:.1f}, "
+                f"seed {row['seed']}: final {num(row['final_mean'])} ± {num(row['final_std'])}, "
                 f"threshold reached at {row['solved_at']}, {row['wall']:.0f}s",
                 flush=True,
             )
@@ -269,13 +272,13 @@ def main() -> None:
     for r in rows:
         reached = "never" if r["solved_at"] is None else f"{r['solved_at']:,}"
         lines.append(
-            f"| {r['seed']} | {r['final_mean']:.1f} ± {r['final_std']:.1f} | {reached} | "
+            f"| {r['seed']} | {num(r['final_mean'])} ± {num(r['final_std'])} | {reached} | "
             f"{r['wall']:.0f} |"
         )
     lines += [
         "",
-        f"**median final return over seeds: {statistics.median(finals):.1f}** "
-        f"(mean {np.mean(finals):.1f}, std {np.std(finals):.1f}); "
+        f"**median final return over seeds: {num(statistics.median(finals))}** "
+        f"(mean {num(float(np.mean(finals)))}, std {num(float(np.std(finals)))}); "
         f"median steps to threshold: {median_solved} ({len(solved)}/{len(rows)} seeds reached it); "
         f"median wall time {statistics.median(r['wall'] for r in rows):.0f} s",
         *curve_lines(rows),

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
-from tabular_optimum import optimal_return  # noqa: E402
+from tabular_optimum import optimal_return
 
 
 def test_the_optimum_of_a_deterministic_lake_is_certain_success_once_the_path_fits():

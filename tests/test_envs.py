@@ -144,9 +144,13 @@ def test_missing_extras_are_named():
 
     from pglab.envs import missing_extra_message
 
-    message = missing_extra_message("LunarLander-v3", DependencyNotInstalled("Box2D is not installed"))
+    message = missing_extra_message(
+        "LunarLander-v3", DependencyNotInstalled("Box2D is not installed")
+    )
     assert "pip install 'pglab[box2d]'" in message
-    assert "pglab[mujoco]" in missing_extra_message("Hopper-v5", DependencyNotInstalled("no mujoco"))
+    assert "pglab[mujoco]" in missing_extra_message(
+        "Hopper-v5", DependencyNotInstalled("no mujoco")
+    )
 
 
 def test_discrete_observations_are_one_hot():

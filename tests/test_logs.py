@@ -30,3 +30,34 @@ def test_each_row_reaches_csv_and_tensorboard(tmp_path):
         "eval/return_mean": [(100, 9.0)],
         "charts/episode_return_mean": [(200, 3.0)],
     }
+
+
+def test_the_bar_keeps_its_counter_and_one_time_left_at_80_columns():
+    import io
+    import re
+
+    from rich.console import Console
+
+    from pglab.logs import Progress
+
+    screen = io.StringIO()
+    console = Console(file=screen, width=80, force_terminal=True, color_system=None)
+    bar = Progress("bar", 200_000, "ppo CartPole-v1 x16 with a long title", console=console)
+    info = {"return": 123.4, "eval": 456.7, "steps/s": 12_345.6, "solved": "3/16"}
+    bar.update(12_345, info, force=True)
+    bar.close()
+    shown = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", screen.getvalue())  # no cursor codes
+    last = [line for line in re.split(r"[\r\n]", shown) if line.strip()][-1]
+    assert "12,345/200,000" in last and len(last) <= 80
+    assert last.count(":") <= 2  # one time left (h:mm:ss), not two
+
+
+def test_plain_lines_say_the_unit_and_the_time_left(capsys):
+    from pglab.logs import Progress
+
+    lines = Progress("plain", 10, "sweep runs/grid", unit="runs")
+    lines._started -= 10.0  # ten seconds ago
+    lines.update(4, {"failed": 0}, force=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "sweep runs/grid: 10 runs"
+    assert err[1].startswith("runs 4/10  failed 0  eta 15s")

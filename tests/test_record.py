@@ -1,5 +1,8 @@
 """Videos of trained agents and the line world's trajectory plot."""
 
+import subprocess
+import sys
+
 import pytest
 
 import pglab
@@ -58,3 +61,24 @@ def test_plot_is_for_the_line_world_only(tmp_path, capsys):
         main(["eval", str(run.path), "--plot", str(tmp_path / "x.png")])
     assert "line-world trajectories" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.slow
+def test_recording_five_long_cartpole_episodes_streams_its_frames(tmp_path):
+    """Five 500-step episodes are 2,505 frames of 600x400x3 (1.8 GB held whole): the
+    MP4 is encoded frame by frame, so the process stays far below that."""
+    pytest.importorskip("imageio_ffmpeg")
+    script = f"""
+import resource, pglab
+from pglab.experiments.record import record
+run = pglab.train("CartPole-v1", "ppo", seed=0, out={str(tmp_path)!r}, progress="off",
+                  checkpoint_every=0, total_steps=60_000)
+assert run.summary["eval_return_mean"] == 500.0, run.summary
+recording = record(run.agent, {str(tmp_path / "five.mp4")!r}, episodes=5)
+assert recording.frames == 2505, recording
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) < 500  # MB at the peak
+    assert (tmp_path / "five.mp4").stat().st_size > 0

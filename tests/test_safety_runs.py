@@ -15,7 +15,7 @@ from pglab.checkpoint import load_checkpoint, save_checkpoint
 from pglab.cli import main
 from pglab.config import Config, build_config
 from pglab.logs import MetricsLogger
-from pglab.train import train
+from pglab.population import train
 
 COLUMNS = ["step", "value", "note"]
 TINY = {

@@ -190,8 +190,31 @@ def test_report_writes_table_and_plot(tmp_path):
     table = (out / "report.md").read_text()
     assert "| lr=0.01,hidden=8 | 2 |" in table and "95% CI" in table
     assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
-    by_lr = report(tmp_path / "runs" / "grid", by=["lr"])
-    assert "| lr=0.001 | 4 |" in (by_lr / "report.md").read_text()
+    assert "† fewer than 4 runs" in table  # 2 seeds a configuration
+    by_lr = report(tmp_path / "runs" / "grid", by=["lr"], smooth=3)
+    by_lr_table = (by_lr / "report.md").read_text()
+    assert "| lr=0.001 | 4 |" in by_lr_table and "†" not in by_lr_table
+
+
+def test_smoothing_is_a_trailing_moving_average():
+    from pglab.experiments.report import RunRecord, curve_on_grid
+
+    steps, returns = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 4.0, 8.0, 0.0])
+    record = RunRecord(Path("."), {}, {}, steps, returns)
+    assert curve_on_grid(record, steps).tolist() == [0.0, 4.0, 8.0, 0.0]
+    assert curve_on_grid(record, steps, smooth=2).tolist() == [0.0, 2.0, 6.0, 4.0]
+
+
+def test_mixed_runs_are_named_by_the_fewest_options_that_tell_them_apart():
+    from pglab.experiments.report import RunRecord, distinguishing_options, varying_options
+
+    def record(env, lr, gamma):
+        options = {"env.id": env, "algo.lr": lr, "algo.gamma": gamma}
+        return RunRecord(Path("."), options, {}, np.zeros(0), np.zeros(0))
+
+    records = [record("A", 0.1, 0.9), record("B", 0.2, 0.99), record("A", 0.1, 0.9)]
+    keys = varying_options(records)
+    assert len(keys) == 3 and distinguishing_options(records, keys) == ["env.id"]
 
 
 def test_iqm_and_bootstrap():
@@ -208,3 +231,10 @@ def test_report_of_nothing_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path)])
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_out_on_the_command_line_replaces_the_specs_folder(tmp_path, capsys):
+    spec = write_spec(tmp_path, updates=1)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert len(summaries(tmp_path / "elsewhere" / "grid")) == len(load_spec(spec).runs)
+    assert not (tmp_path / "runs").exists()

@@ -1,7 +1,8 @@
 """pglab: policy-gradient reinforcement learning you can read, trust and run fast.
 
->>> import pglab
+>>> import gymnasium, pglab
 >>> run = pglab.train("CartPole-v1", algo="reinforce", weights="gae", total_steps=100_000)
+>>> obs, _ = gymnasium.make("CartPole-v1").reset(seed=0)
 >>> action = run.agent.act(obs, deterministic=True)
 >>> pglab.evaluate(run.agent, "CartPole-v1", episodes=100).mean
 """
@@ -32,30 +33,44 @@ def _run_as_module() -> bool:
 if _run_as_module() and _sys.path and _sys.path[0] in ("", _os.getcwd()):
     del _sys.path[0]
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pglab.agent import Agent, load
+from pglab.callbacks import (
+    Callback,
+    CallbackLike,
+    CheckpointEvery,
+    EarlyStopping,
+    EvaluateEvery,
+    Event,
+    check_callbacks,
+)
 from pglab.config import Config, build_config
 from pglab.envs import describe_env
 from pglab.errors import CheckpointError, ConfigError, EnvError, PglabError, TrainingError
 from pglab.evaluate import EvalResult, evaluate
 from pglab.export import export
+from pglab.member import Run
 from pglab.population import member_configs, train_many
-from pglab.train import Run
-from pglab.train import resume as _resume
-from pglab.train import train as _train
+from pglab.population import resume as _resume
+from pglab.population import train as _train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "Callback",
     "CheckpointError",
+    "CheckpointEvery",
     "Config",
     "ConfigError",
+    "EarlyStopping",
     "EnvError",
     "EvalResult",
+    "EvaluateEvery",
+    "Event",
     "PglabError",
     "Run",
     "TrainingError",
@@ -74,6 +89,7 @@ def train(
     config: str | Path | Config | None = None,
     seeds: Iterable[int] | None = None,
     jobs: int = 1,
+    callbacks: Sequence[CallbackLike] | None = None,
     **options: Any,
 ) -> Run | list[Run]:
     """Train an agent and return the :class:`Run` (``.agent``, ``.summary``, ``.path``).
@@ -94,12 +110,18 @@ def train(
     in this process (see :mod:`pglab.population`; TRPO's members update one after
     another); ``jobs`` > 1 spreads them over that many processes.
 
+    ``callbacks`` are :class:`Callback` objects or functions of an :class:`Event`,
+    called after each update and each evaluation; ``event.stop("why")`` ends the run
+    cleanly (see :mod:`pglab.callbacks`; built-ins :class:`EarlyStopping`,
+    :class:`CheckpointEvery`, :class:`EvaluateEvery`).
+
     Example::
 
         run = pglab.train("CartPole-v1", algo="reinforce", weights="fr", lr=0.01,
                           policy={"hidden": [8]}, seed=0)
         run = pglab.train(gymnasium.make("LunarLander-v3", continuous=True), "ppo")
     """
+    hooks = check_callbacks(callbacks)
     values: dict[str, Any] = {}
     given = None
     if env is not None:
@@ -124,21 +146,30 @@ def train(
             f"{given.vector.num_envs} envs; leave num_envs out"
         )
     if seeds is None:
-        return _train(built, given)
+        return _train(built, given, hooks)
     if jobs < 1:
         raise ConfigError(f"jobs must be an integer >= 1; got {jobs!r}")
-    return train_many(member_configs(built, list(seeds)), jobs, given=given)
+    return train_many(member_configs(built, list(seeds)), jobs, given=given, callbacks=hooks)
 
 
-def resume(run_dir: str | Path, *, allow_import: Iterable[str] = (), env: Any = None) -> Run:
-    """Continue an interrupted run from its last checkpoint, in the same folder.
+def resume(
+    run_dir: str | Path,
+    *,
+    allow_import: Iterable[str] = (),
+    env: Any = None,
+    total_steps: int | None = None,
+    callbacks: Sequence[CallbackLike] | None = None,
+) -> Run:
+    """Continue a run from its last checkpoint, in the same folder: an interrupted
+    one, or, with ``total_steps`` (a larger budget), a finished one.
 
     ``allow_import`` names the modules the run's env id or wrappers may import
     (``package.module:Class`` ids), as for :func:`load`; without it such an id is
     refused. ``env`` is the env object a run was given (when its config's
-    ``env.object`` is set), passed again.
+    ``env.object`` is set), passed again. ``callbacks`` as for :func:`train`.
     """
+    hooks = check_callbacks(callbacks)
     given = None
     if env is not None:
         _, given = describe_env(env)
-    return _resume(run_dir, allow_import, given=given)
+    return _resume(run_dir, allow_import, given=given, callbacks=hooks, total_steps=total_steps)

@@ -287,13 +287,14 @@ def _as_batch(obs: Any) -> Any:
     return np.asarray(obs)[None]
 
 
-def load(path: str | Path, *, allow_import: Iterable[str] = ()) -> Agent:
-    """The agent saved in a run folder or a checkpoint file.
+def load(path: str | Path, *, allow_import: Iterable[str] = (), checkpoint: str = "last") -> Agent:
+    """The agent saved in a run folder (its ``checkpoint``: ``last``, or ``best``, the
+    weights of its best evaluation) or a checkpoint file.
 
     Loading runs no code from the file: the checkpoint is read with
     ``torch.load(weights_only=True)``, and an env id of the form
     ``package.module:Class`` is refused unless its module is named in
     ``allow_import`` (``pglab.load(path, allow_import=["my_envs"])``).
     """
-    file = checkpoint_path(path)
+    file = checkpoint_path(path, checkpoint)
     return Agent.from_checkpoint(load_checkpoint(file), str(file), allow_import)

@@ -24,6 +24,8 @@ FORMAT = "pglab-checkpoint"
 VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
+#: The checkpoint of the run's best evaluation so far (by its mean).
+BEST = "best.pt"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -46,16 +48,30 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def checkpoint_path(path: str | Path) -> Path:
-    """The checkpoint file for a run folder or a checkpoint file path."""
+#: The checkpoints of a run folder that ``--checkpoint`` names.
+CHOICES: dict[str, str] = {"last": LAST, "best": BEST}
+
+
+def checkpoint_path(path: str | Path, which: str = "last") -> Path:
+    """The checkpoint file for a run folder (its ``which`` checkpoint: ``last`` or
+    ``best``, the best evaluation's) or a checkpoint file path."""
     path = Path(path)
+    if which not in CHOICES:
+        raise CheckpointError(f"--checkpoint is one of {', '.join(CHOICES)}; got {which!r}")
     if path.is_dir():
-        candidate = path / CHECKPOINT_DIR / LAST
+        candidate = path / CHECKPOINT_DIR / CHOICES[which]
         if not candidate.exists():
-            raise CheckpointError(f"run folder {str(path)!r} has no {CHECKPOINT_DIR}/{LAST}")
+            raise CheckpointError(
+                f"run folder {str(path)!r} has no {CHECKPOINT_DIR}/{CHOICES[which]}"
+                + (" (it is written at the first evaluation)" if which == "best" else "")
+            )
         return candidate
     if not path.exists():
         raise CheckpointError(f"no run folder or checkpoint at {str(path)!r}")
+    if which != "last":
+        raise CheckpointError(
+            f"--checkpoint {which} goes with a run folder; got the file {str(path)!r}"
+        )
     return path
 
 

@@ -23,7 +23,7 @@ from pglab.errors import PglabError
 from pglab.paths import safe_name
 
 if TYPE_CHECKING:
-    from pglab.train import Run
+    from pglab.member import Run
 
 #: Named flags of ``pglab train`` and the option each one sets.
 TRAIN_FLAGS = {
@@ -141,7 +141,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "or ALGO/ENV_ID to borrow one (default: auto)",
     )
     train.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue an interrupted run in its own folder"
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run in its own folder; with --steps N, extend a "
+        "finished one to N steps",
     )
     _allow_import(train)
 
@@ -153,6 +156,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("spec", metavar="SPEC.toml", help="the sweep spec")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state")
+    sweep.add_argument("--out", help="folder for the run group (default: the spec's out, or runs)")
     sweep.add_argument(
         "--backend", default="local", help="local (a process pool) or ray (default: local)"
     )
@@ -179,6 +183,13 @@ def _build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="OPTION",
         help="group runs by these options (default: every option that varies but the seed)",
+    )
+    report.add_argument(
+        "--smooth",
+        type=int,
+        default=1,
+        metavar="K",
+        help="draw each run's curve as a moving average of K updates (default: 1, raw)",
     )
 
     rec = commands.add_parser(
@@ -233,6 +244,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="sample actions instead of taking the most likely (default: off)",
     )
     evaluate.add_argument("--seed", type=int, default=0, help="env seed (default: 0)")
+    evaluate.add_argument(
+        "--checkpoint",
+        choices=["last", "best"],
+        default="last",
+        help="a run folder's last checkpoint or its best evaluation's (default: last)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.add_argument(
         "--plot",
@@ -279,17 +296,26 @@ def _version() -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pglab.train import resume, train
+    from pglab.population import resume, train
 
     if args.resume:
-        given = [flag for flag in TRAIN_FLAGS if getattr(args, flag) is not None]
+        given = [f for f in TRAIN_FLAGS if getattr(args, f) is not None and f != "steps"]
         if given or args.overrides or args.config:
             _fail(
-                "--resume continues a run with its saved options; drop "
+                "--resume continues a run with its saved options (--steps N extends its "
+                "budget); drop "
                 + ", ".join(f"--{f.replace('_', '-')}" for f in given or ["set/--config"])
             )
         run_dir = args.resume
-        run = resume(run_dir, args.allow_import, lambda: _warn_if_config_edited(run_dir))
+        steps = None
+        if args.steps is not None:
+            steps = parse_override(f"{TRAIN_FLAGS['steps']}={args.steps}")[1]
+        run = resume(
+            run_dir,
+            args.allow_import,
+            lambda: _warn_if_config_edited(run_dir),
+            total_steps=steps,
+        )
     else:
         if args.allow_import:
             _fail("--allow-import goes with --resume (a new run imports what --env names)")
@@ -366,6 +392,7 @@ def _sweep(args: argparse.Namespace) -> int:
         workers=args.workers,
         address=args.address,
         dry_run=args.dry_run,
+        out=args.out,
     )
     return 0 if ok else 1
 
@@ -373,7 +400,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pglab.experiments.report import report
 
-    out = report(args.group, args.by)
+    out = report(args.group, args.by, args.smooth)
     print(f"{out / 'report.md'}\n{out / 'learning_curves.png'}")
     return 0
 
@@ -420,7 +447,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         _fail(f"--episodes must be an integer >= 1; got {args.episodes}")
-    agent = load(args.path, allow_import=args.allow_import)
+    agent = load(args.path, allow_import=args.allow_import, checkpoint=args.checkpoint)
     if args.plot is not None:
         from pglab.experiments.record import plot_lineworld
 

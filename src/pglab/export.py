@@ -32,14 +32,14 @@ from pathlib import Path
 import torch
 
 from pglab.agent import Agent, Policy, load
-from pglab.checkpoint import CHECKPOINT_DIR, checkpoint_path
-from pglab.errors import CheckpointError, ConfigError, PglabError
+from pglab.checkpoint import CHECKPOINT_DIR, CHOICES, checkpoint_path
+from pglab.errors import ConfigError, PglabError
 from pglab.paths import write_atomic
 
 #: The formats :func:`export` writes, and the extension of each one's default file name.
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 #: The checkpoints of a run folder that can be exported (``checkpoints/<name>.pt``).
-CHECKPOINTS: tuple[str, ...] = ("last", "best")
+CHECKPOINTS: tuple[str, ...] = tuple(CHOICES)
 #: The ONNX graph's input and output names.
 INPUT, OUTPUT = "obs", "action"
 #: The key of the description of the policy in a file's metadata (ONNX metadata props;
@@ -150,23 +150,12 @@ def _resolve(
             raise ConfigError("give the file to write (an agent has no run folder to write into)")
         return source, None, Path(path)
     folder = Path(source)
+    read = checkpoint_path(folder, checkpoint)  # one line when there is nothing there
     if folder.is_dir():
-        read = folder / CHECKPOINT_DIR / f"{checkpoint}.pt"
-        if not read.is_file():
-            raise CheckpointError(
-                f"run folder {str(folder)!r} has no {CHECKPOINT_DIR}/{checkpoint}.pt to export"
-            )
         out = Path(path) if path is not None else folder / f"policy-{checkpoint}{FORMATS[format]}"
+    elif path is None:
+        raise ConfigError(f"give the file to write (--out) for the checkpoint file {str(read)!r}")
     else:
-        read = checkpoint_path(folder)  # a one-line error when there is nothing there
-        if checkpoint != "last":
-            raise ConfigError(
-                f"--checkpoint {checkpoint} goes with a run folder; got the file {str(read)!r}"
-            )
-        if path is None:
-            raise ConfigError(
-                f"give the file to write (--out) for the checkpoint file {str(read)!r}"
-            )
         out = Path(path)
     if out.parent.name == CHECKPOINT_DIR and out.suffix == ".pt":
         raise PglabError(f"{str(out)!r} would replace a run's checkpoint; give another file")

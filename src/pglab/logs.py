@@ -87,52 +87,79 @@ def _format(value: Any) -> Any:
 
 
 class Progress:
-    """A progress bar on a terminal, plain lines otherwise (``mode``: auto|bar|plain|off)."""
+    """A progress bar on a terminal, plain lines otherwise (``mode``: auto|bar|plain|off).
 
-    def __init__(self, mode: str, total: int, title: str, start: int = 0) -> None:
+    ``total`` counts ``unit`` (steps of a run, runs of a sweep). The bar keeps its counter
+    and time left whole at any width (80 columns included): only the title and the info
+    text are cut, with an ellipsis. Plain lines (one every 5 seconds at most) carry the
+    time left, estimated from the rate since the start.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        total: int,
+        title: str,
+        start: int = 0,
+        unit: str = "steps",
+        console: Any = None,
+    ) -> None:
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "plain"
         self.mode = mode
         self.total = total
+        self.unit = unit
+        self._start, self._started = start, time.monotonic()
         self._last_line = 0.0
         self._bar = None
         if mode == "bar":
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import (
-                Progress as RichProgress,
-            )
+            from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+            from rich.table import Column
 
+            def cut(ratio: int) -> Column:
+                return Column(no_wrap=True, overflow="ellipsis", ratio=ratio)
+
+            whole = Column(no_wrap=True)
             self._bar = RichProgress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
+                TextColumn("[bold]{task.description}", table_column=cut(1)),
+                BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=6)),
+                TextColumn("{task.completed:,.0f}/{task.total:,.0f}", table_column=whole),
+                TextColumn("{task.fields[info]}", table_column=cut(2)),
+                TimeRemainingColumn(table_column=whole),
                 transient=False,
+                expand=True,
+                console=console,
             )
             self._task = self._bar.add_task(title, total=total, completed=start, info="")
             self._bar.start()
         elif mode == "plain":
-            print(f"{title}: training for {total:,} steps", file=sys.stderr, flush=True)
+            print(f"{title}: {total:,} {unit}", file=sys.stderr, flush=True)
 
-    def update(self, step: int, info: dict[str, float | None], force: bool = False) -> None:
+    def eta(self, done: int) -> float | None:
+        """Seconds left at the rate since the start (None before any progress)."""
+        elapsed, progressed = time.monotonic() - self._started, done - self._start
+        if progressed <= 0 or elapsed <= 0:
+            return None
+        return max(0, self.total - done) * elapsed / progressed
+
+    def update(self, done: int, info: dict[str, Any], force: bool = False) -> None:
+        """Show ``done`` of the total with ``info`` (``None`` values left out)."""
         text = "  ".join(
             f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v}"
             for k, v in info.items()
             if v is not None
         )
         if self._bar is not None:
-            self._bar.update(self._task, completed=min(step, self.total), info=text)
+            self._bar.update(self._task, completed=min(done, self.total), info=text)
         elif self.mode == "plain":
             now = time.monotonic()
             if force or now - self._last_line >= 5.0:
                 self._last_line = now
-                print(f"step {step:,}/{self.total:,}  {text}", file=sys.stderr, flush=True)
+                left = self.eta(done)
+                eta = "" if left is None or done >= self.total else f"  eta {left:,.0f}s"
+                line = f"{self.unit} {done:,}/{self.total:,}  {text}".rstrip()
+                print(line + eta, file=sys.stderr, flush=True)
 
     def warn(self, message: str) -> None:
         """One warning line on stderr (above the bar when there is one), in every mode."""

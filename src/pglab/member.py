@@ -31,7 +31,8 @@ from torch import Tensor
 
 from pglab.agent import Agent, build_models, build_normalizer
 from pglab.algos import chooses_weights
-from pglab.checkpoint import CHECKPOINT_DIR, LAST, save_checkpoint
+from pglab.callbacks import CallbackLike, Event, fire
+from pglab.checkpoint import BEST, CHECKPOINT_DIR, LAST, save_checkpoint
 from pglab.config import Config, resolve_device
 from pglab.diagnostics import HealthMonitor
 from pglab.envs import EnvObject, eval_num_envs, make_configured_env, reward_threshold
@@ -149,6 +150,8 @@ class Trainer:
         self.wall_before = float(counters.get("wall_seconds", 0.0))
         self.solved_at_step = counters.get("solved_at_step")
         self.last_eval: dict[str, Any] | None = counters.get("last_eval")
+        #: The evaluation with the highest mean so far (``checkpoints/best.pt`` holds it).
+        self.best_eval: dict[str, Any] | None = counters.get("best_eval")
 
         seed_shift = _RESUME_SEED_STRIDE * self.updates
         env = cfg.env
@@ -196,6 +199,9 @@ class Trainer:
         self.member = 0
         #: Put before warnings (a population names the member).
         self.warn_prefix = ""
+        #: This run's callbacks (see :mod:`pglab.callbacks`) and why one stopped it.
+        self.callbacks: list[CallbackLike] = []
+        self.stop_reason: str | None = None
 
     def attach(self, rule: Any, member: int = 0) -> None:
         """Train with ``rule`` (a learning rule of :mod:`pglab.algos`), as its member
@@ -257,12 +263,22 @@ class Trainer:
                 "wall_seconds": self.wall_seconds(),
                 "solved_at_step": self.solved_at_step,
                 "last_eval": self.last_eval,
+                "best_eval": self.best_eval,
             },
             "rng": {"torch": torch.get_rng_state()},
         }
 
     def save(self, run_dir: Path) -> None:
         save_checkpoint(run_dir / CHECKPOINT_DIR / LAST, self.state())
+
+    def _keep_if_best(self) -> None:
+        """After an evaluation: when its mean beats every earlier one, remember it and
+        write ``checkpoints/best.pt`` (the weights that scored it)."""
+        last = self.last_eval
+        if last is None or (self.best_eval is not None and last["mean"] <= self.best_eval["mean"]):
+            return
+        self.best_eval = dict(last)
+        save_checkpoint(self.run_dir / CHECKPOINT_DIR / BEST, self.state())
 
     def summary(self, stopped: str) -> dict[str, Any]:
         cfg = self.config
@@ -283,6 +299,8 @@ class Trainer:
             "eval_return_std": last.get("std"),
             "eval_success_rate": last.get("success_rate"),
             "eval_step": last.get("step"),
+            "best_eval_return_mean": (self.best_eval or {}).get("mean"),
+            "best_eval_step": (self.best_eval or {}).get("step"),
             "solved_at_step": self.solved_at_step,
             "solved_threshold": self.target,
             "stopped": stopped,
@@ -307,7 +325,7 @@ class Trainer:
             and self.last_eval is not None
             and (self.last_eval["mean"] >= self.stop_at)
         )
-        return self.budget_spent() or solved
+        return self.budget_spent() or solved or self.stop_reason is not None
 
     def budget_spent(self) -> bool:
         """``run.total_steps`` steps or ``run.total_updates`` updates (when set) are done."""
@@ -365,8 +383,10 @@ class Trainer:
         already ``played`` for it) and checkpointing when due."""
         cfg = self.config.run
         row = self._row(batch, metrics)
-        if self.evaluation_due():
+        evaluated = self.evaluation_due()
+        if evaluated:
             row.update(self._eval_row(played))
+            self._keep_if_best()
             self._next_eval = self._next_multiple(cfg.eval_every)
         row["steps_per_second"] = batch.num_steps / max(seconds, 1e-9)
         row["wall_seconds"] = self.wall_seconds()
@@ -380,7 +400,26 @@ class Trainer:
                     self.run_dir / CHECKPOINT_DIR / f"step-{self.steps}.pt", self.state()
                 )
             self._next_checkpoint = self._next_multiple(cfg.checkpoint_every)
+        if self.callbacks:
+            for kind in ("update", "evaluation") if evaluated else ("update",):
+                self._call_back(kind, row)
         self.progress.update(self.steps, self._progress_info(row))
+
+    def _call_back(self, kind: str, row: dict[str, Any]) -> None:
+        """Tell the callbacks of this ``kind`` of event; one may stop the run."""
+        event = Event(
+            kind=kind,
+            step=self.steps,
+            updates=self.updates,
+            metrics=dict(row),
+            agent=self.agent,
+            run_dir=self.run_dir,
+            config=self.config,
+            save=lambda path: save_checkpoint(path, self.state()),
+        )
+        reason = fire(self.callbacks, event)
+        if reason is not None and self.stop_reason is None:
+            self.stop_reason = reason
 
     def close_logs(self) -> None:
         """Flush and close the metrics files, the progress display and the envs."""
@@ -392,8 +431,11 @@ class Trainer:
 
     def close(self, stopped: str) -> Run:
         """Checkpoint and write ``summary.json``; ``stopped`` is ``budget`` or
-        ``interrupted`` (a budget run that reached ``stop_at_return`` becomes ``solved``)."""
-        if stopped != "interrupted" and self.stop_at is not None:
+        ``interrupted`` (a budget run that reached ``stop_at_return`` becomes ``solved``,
+        one a callback stopped ``callback: <its reason>``)."""
+        if stopped != "interrupted" and self.stop_reason is not None:
+            stopped = f"callback: {self.stop_reason}"
+        elif stopped != "interrupted" and self.stop_at is not None:
             stopped = "solved" if self.last_eval["mean"] >= self.stop_at else "budget"
         self.save(self.run_dir)
         summary = self.summary(stopped)
@@ -437,12 +479,8 @@ class Trainer:
     def _progress_info(self, row: dict[str, Any]) -> dict[str, Any]:
         recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
         sps = row.get("steps_per_second")
-        eta = None
-        if sps:
-            eta = f"{max(0, self.config.run.total_steps - self.steps) / sps:.0f}s"
         return {
             "return": recent,
             "eval": None if self.last_eval is None else float(self.last_eval["mean"]),
             "steps/s": None if sps is None else float(sps),
-            "eta": eta,
         }

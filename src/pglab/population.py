@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import multiprocessing
 import os
 import time
@@ -39,6 +40,7 @@ from torch import Tensor
 
 from pglab.agent import Agent
 from pglab.algos import make_algo, make_stacked, stacks
+from pglab.callbacks import CallbackLike, copies
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
 from pglab.config import Config
 from pglab.envs import EnvObject, reward_threshold, validate_env_id
@@ -94,8 +96,10 @@ class Population:
         configs: Sequence[Config],
         states: Sequence[dict[str, Any] | None] | None = None,
         given: EnvObject | None = None,
+        callbacks: Sequence[CallbackLike] = (),
     ) -> None:
-        """``given``: the members' env when it was passed as a Python object."""
+        """``given``: the members' env when it was passed as a Python object;
+        ``callbacks``: every member's (each its own copies, see :mod:`pglab.callbacks`)."""
         check_population(configs)
         self.configs = list(configs)
         self.trainers: list[Trainer] = []
@@ -119,6 +123,8 @@ class Population:
         else:
             for trainer in self.trainers:
                 trainer.attach(make_algo(trainer.config.algo, trainer.actor, trainer.critic))
+        for trainer, own in zip(self.trainers, copies(callbacks, len(self.trainers))):
+            trainer.callbacks = own
 
     @contextlib.contextmanager
     def _member_rng(self, member: int) -> Iterator[None]:
@@ -207,6 +213,7 @@ class Population:
             else:
                 run_dir = Path(run_dirs[m])
                 locks.enter_context(hold_lock(run_dir, "run folder"))
+                _record_config(run_dir, trainer.config)  # an extended budget
             trainer.open(run_dir, run_dirs is not None, progress if alone else "off")
             if not alone:
                 trainer.warn_prefix = f"{run_dir.name}: "
@@ -271,10 +278,21 @@ class Population:
         }
 
 
-def train(config: Config, given: EnvObject | None = None) -> Run:
+def _record_config(run_dir: Path, config: Config) -> None:
+    """Rewrite the run folder's ``config.toml`` when the config trained differs."""
+    path = run_dir / CONFIG_FILE
+    text = config.to_toml()
+    if not path.is_file() or path.read_text() != text:
+        write_text_atomic(path, text, run_dir)
+
+
+def train(
+    config: Config, given: EnvObject | None = None, callbacks: Sequence[CallbackLike] = ()
+) -> Run:
     """Train a new run described by ``config`` (``auto`` options are resolved here):
-    a population of one. ``given``: its env, when that was a Python object."""
-    return train_many([config], given=given)[0]
+    a population of one. ``given``: its env, when that was a Python object;
+    ``callbacks``: see :mod:`pglab.callbacks`."""
+    return train_many([config], given=given, callbacks=callbacks)[0]
 
 
 def resume(
@@ -282,23 +300,43 @@ def resume(
     allow_import: Iterable[str] = (),
     on_start: Callable[[], None] | None = None,
     given: EnvObject | None = None,
+    callbacks: Sequence[CallbackLike] = (),
+    total_steps: int | None = None,
 ) -> Run:
     """Continue the run in ``run_dir`` from its last checkpoint, in the same folder
     (``allow_import``: the modules its env id may import, as for :func:`pglab.load`;
     ``on_start`` is called once the checkpoint has passed its checks, before training;
-    ``given``: the env, for a run whose env was a Python object)."""
+    ``given``: the env, for a run whose env was a Python object).
+
+    ``total_steps`` extends the run's budget (a finished run trains on; one that had
+    stopped at ``run.stop_at_return`` no longer stops there); ``config.toml`` and the
+    checkpoint then record the new budget, and ``metrics.csv`` continues.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PglabError(f"--resume expects a run folder; {str(run_dir)!r} is not a folder")
     state = load_checkpoint(run_dir)
     source = f"{run_dir}/{CHECKPOINT_DIR}/{LAST}"  # checked: config, env import, weights
     config = Agent.from_checkpoint(state, source, allow_import).config
-    population = Population([config], [state], given)
+    steps = int(state.get("counters", {}).get("steps", 0))
+    if total_steps is not None:
+        if total_steps <= steps:
+            raise ConfigError(
+                f"--steps must exceed the steps run {str(run_dir)!r} has trained "
+                f"({steps:,}) to extend it; got {total_steps:,}"
+            )
+        run = dataclasses.replace(config.run, total_steps=total_steps, total_updates=0)
+        last = state.get("counters", {}).get("last_eval") or {}
+        stop = config.run.stop_at_return
+        if stop != "none" and last.get("mean", -math.inf) >= float(stop):
+            run = dataclasses.replace(run, stop_at_return="none")
+        config = dataclasses.replace(config, run=run)
+    population = Population([config], [state], given, callbacks)
     trainer = population.trainers[0]
     if trainer.finished():
         raise PglabError(
             f"run {str(run_dir)!r} already finished at step {trainer.steps:,} "
-            f"(budget {config.run.total_steps:,}); nothing to resume"
+            f"(budget {config.run.total_steps:,}); --steps N (more steps) extends it"
         )
     if on_start is not None:
         on_start()
@@ -343,6 +381,7 @@ def train_many(
     jobs: int = 1,
     progress: str | None = None,
     given: EnvObject | None = None,
+    callbacks: Sequence[CallbackLike] = (),
 ) -> list[Run]:
     """Train every config: as one population where they can form one (else one
     after another), spread over ``jobs`` processes when ``jobs`` > 1. Each run is the
@@ -352,6 +391,10 @@ def train_many(
     Ctrl-C stops every run at its next update with a checkpoint, then raises
     :class:`~pglab.errors.Interrupted` naming every interrupted run's folder.
     """
+    if callbacks and jobs > 1 and len(configs) > 1:
+        raise ConfigError(
+            "jobs must be 1 with callbacks (they run in this process, beside the training)"
+        )
     if given is not None and jobs > 1 and len(configs) > 1:
         raise ConfigError(
             f"jobs must be 1 for an env given as a Python object ({given.description})"
@@ -372,23 +415,34 @@ def train_many(
         ]
     if jobs > 1 and len(configs) > 1:
         return _train_in_processes(configs, jobs)
-    return _train_together(configs, given)
+    return _train_together(configs, given, callbacks)
 
 
-def _train_together(configs: list[Config], given: EnvObject | None = None) -> list[Run]:
-    """``configs`` as one population, or one after another when they cannot form one."""
+def _train_together(
+    configs: list[Config],
+    given: EnvObject | None = None,
+    callbacks: Sequence[CallbackLike] = (),
+) -> list[Run]:
+    """``configs`` as one population, or one after another when they cannot form one
+    (then each run gets its own copies of the callbacks too)."""
     try:
         check_population(configs)
     except ConfigError:
-        return [run for config in configs for run in Population([config], given=given).train()]
-    return Population(configs, given=given).train()
+        own = copies(callbacks, len(configs))
+        return [
+            run
+            for config, mine in zip(configs, own)
+            for run in Population([config], given=given, callbacks=mine).train()
+        ]
+    return Population(configs, given=given, callbacks=callbacks).train()
 
 
-def _worker(configs: list[Config]) -> list[tuple[str, dict, bool]]:
-    """Train a share of the runs in a child process; returns (folder, summary, interrupted)."""
+def _worker(configs: list[Config], progress: str = "off") -> list[tuple[str, dict, bool]]:
+    """Train a share of the runs (in a child process, silent; or in the parent, showing
+    its share's ``progress``); returns (folder, summary, interrupted) per run."""
     torch.set_num_threads(1)
     try:
-        runs = train_many(configs, jobs=1, progress="off")
+        runs = train_many(configs, jobs=1, progress="off" if progress == "off" else None)
     except Interrupted as interrupt:
         return [(path, {}, True) for path in interrupt.run_dirs]
     except KeyboardInterrupt:
@@ -407,7 +461,8 @@ def _train_in_processes(configs: list[Config], jobs: int) -> list[Run]:
     workers = context.Pool(len(shares) - 1, die_with_parent, (os.getpid(),))
     with StopRequest() as stop, workers as pool:
         others = pool.map_async(_worker, shares[1:])
-        results = [_worker(shares[0]), *others.get()]
+        shown = configs[0].run.progress  # this process's share stands for the whole
+        results = [_worker(shares[0], shown), *others.get()]
     interrupted = [path for result in results for path, _, flag in result if flag]
     if stop.requested or interrupted or any(not result for result in results):
         raise Interrupted(interrupted)

@@ -11,6 +11,7 @@ appears only once it is complete.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,10 @@ class Recording:
     path: Path
     frames: int
     returns: list[float]
+
+
+#: Where each frame goes as it is drawn.
+Sink = Callable[[np.ndarray], None]
 
 
 def render_env(agent: Agent) -> gym.Env:
@@ -89,46 +94,61 @@ def record(
         raise ConfigError(f"--episodes must be an integer >= 1; got {episodes}")
     if fps is not None and not 1 <= fps <= 1000:
         raise ConfigError(f"--fps must be an integer in [1, 1000]; got {fps}")
-    writer = _mp4_writer() if out.suffix.lower() == ".mp4" else None
+    mp4 = out.suffix.lower() == ".mp4"
+    if mp4:
+        _check_mp4_writer()
     env = render_env(agent)
-    frames: list[np.ndarray] = []
-    returns = []
+    frames = 0
+    returns: list[float] = []
+
+    def play(sink: Sink) -> None:
+        """Play the episodes, handing each frame to ``sink`` as it is drawn."""
+        nonlocal frames
+        for episode in range(episodes):
+            obs, info = env.reset(seed=seed + episode)
+            sink(env.render())
+            frames += 1
+            total, done = 0.0, False
+            while not done and frames < max_frames:
+                action = agent.act(obs, deterministic, info.get(MASK_KEY))
+                obs, reward, terminated, truncated, info = env.step(action)
+                sink(env.render())
+                frames += 1
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(float(info.get(SCORE_KEY, total)) if done else total)
+
     with import_path():  # rendering may import (pygame, say): never from the current folder
         try:
             env.reset(seed=seed)
             try:
                 env.render()
             except gym.error.DependencyNotInstalled as error:
-                raise EnvError(f"{agent.config.env.id} cannot render: {error}") from None
-            for episode in range(episodes):
-                obs, info = env.reset(seed=seed + episode)
-                frames.append(env.render())
-                total, done = 0.0, False
-                while not done and len(frames) < max_frames:
-                    action = agent.act(obs, deterministic, info.get(MASK_KEY))
-                    obs, reward, terminated, truncated, info = env.step(action)
-                    frames.append(env.render())
-                    total += float(reward)
-                    done = terminated or truncated
-                returns.append(float(info.get(SCORE_KEY, total)) if done else total)
+                raise EnvError(
+                    f"{agent.config.env.id} cannot render: {error} "
+                    "(pip install 'pglab[video]' installs pygame)"
+                ) from None
             rate = fps or int(env.metadata.get("render_fps") or 30)
+
+            def write(temp: Path) -> None:
+                if mp4:
+                    _write_mp4(temp, play, rate)
+                else:
+                    _write_gif(temp, play, rate)
+
+            write_atomic(out, write, out.parent)
         finally:
             env.close()
-
-    def write(temp: Path) -> None:
-        if writer is None:
-            _write_gif(temp, frames, rate)
-        else:
-            writer(str(temp), np.stack(frames), fps=rate)
-
-    write_atomic(out, write, out.parent)
-    return Recording(out, len(frames), returns)
+    return Recording(out, frames, returns)
 
 
-def _write_gif(path: Path, frames: list[np.ndarray], fps: int) -> None:
+def _write_gif(path: Path, play: Callable[[Sink], None], fps: int) -> None:
+    """A GIF of the frames ``play`` draws, each kept as a 256-colour image (a third of
+    its RGB size) until the file is written: for long recordings, write an MP4."""
     from PIL import Image
 
-    images = [Image.fromarray(np.asarray(frame, dtype=np.uint8)) for frame in frames]
+    images: list[Image.Image] = []
+    play(lambda frame: images.append(Image.fromarray(np.asarray(frame, np.uint8)).quantize()))
     images[0].save(
         path,
         format="GIF",
@@ -139,17 +159,24 @@ def _write_gif(path: Path, frames: list[np.ndarray], fps: int) -> None:
     )
 
 
-def _mp4_writer():
+def _check_mp4_writer() -> None:
     try:
-        import imageio.v2 as imageio
+        import imageio.v2  # noqa: F401
         import imageio_ffmpeg  # noqa: F401  (the plugin imageio uses for mp4)
     except ImportError:
         raise PglabError("writing .mp4 needs the video extra: pip install 'pglab[video]'") from None
 
-    def write(path: str, frames: np.ndarray, fps: int) -> None:
-        imageio.mimwrite(path, list(frames), fps=fps, format="FFMPEG", macro_block_size=1)
 
-    return write
+def _write_mp4(path: Path, play: Callable[[Sink], None], fps: int) -> None:
+    """An MP4 of the frames ``play`` draws, each encoded as it comes (memory stays
+    bounded, whatever the length)."""
+    import imageio.v2 as imageio
+
+    writer = imageio.get_writer(str(path), format="FFMPEG", mode="I", fps=fps, macro_block_size=1)
+    try:
+        play(writer.append_data)
+    finally:
+        writer.close()
 
 
 def plot_lineworld(

@@ -15,7 +15,12 @@ each configuration, over its seeds, of these figures per run:
 the table gives the mean, the standard deviation, the interquartile mean (IQM, the
 mean of the middle half of the sorted values; Agarwal et al. 2021) and a 95%
 percentile-bootstrap confidence interval of the mean. ``learning_curves.png`` draws
-each configuration's mean curve with its bootstrap 95% band. Everything goes to
+each configuration's mean curve with its bootstrap 95% band (each run's curve first
+smoothed by a moving average of ``smooth`` updates, when asked). The IQM of fewer than
+four values is their mean and a bootstrap CI from so few seeds is too narrow to trust:
+such cells are marked and the report says so. Legends and configuration names hold only
+the options needed to tell the configurations apart (each by its last name). Everything
+goes to
 ``runs/<group>/report/``. A run's options are those it trained with (its checkpoint's,
 as ``--resume`` uses them): a ``config.toml`` edited since gets a warning and is not used.
 """
@@ -48,6 +53,8 @@ REPORT_DIR = "report"
 _BOOTSTRAP = 2000
 _GRID = 200
 _SWEEP_NAME = re.compile(r"(.*?),?seed=\d+")
+#: Options that name a configuration best, preferred when they tell runs apart as well.
+_NAMED_FIRST = ("env.id", "algo.name", "algo.weights")
 _IGNORED = {"run.seed", "run.name", "run.out", "run.group", "run.progress"}
 
 
@@ -156,12 +163,20 @@ def bootstrap_ci(
     return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
 
 
-def curve_on_grid(record: RunRecord, grid: np.ndarray) -> np.ndarray:
-    """The run's learning curve at ``grid`` steps (its first value before its first
-    update, its last value after its last)."""
+def curve_on_grid(record: RunRecord, grid: np.ndarray, smooth: int = 1) -> np.ndarray:
+    r"""The run's learning curve at ``grid`` steps (its first value before its first
+    update, its last value after its last), after a trailing moving average of
+    ``smooth`` updates (:math:`k`): :math:`\bar R_i = \frac{1}{|W_i|} \sum_{j \in W_i} R_j`
+    with :math:`W_i = \{\max(0, i - k + 1), \dots, i\}`."""
     if len(record.steps) == 0:
         return np.full(len(grid), np.nan)
-    return np.interp(grid, record.steps, record.returns)
+    returns = np.asarray(record.returns, dtype=float)
+    if smooth > 1:
+        sums = np.concatenate([[0.0], np.cumsum(returns)])
+        ends = np.arange(1, len(returns) + 1)
+        starts = np.maximum(0, ends - smooth)
+        returns = (sums[ends] - sums[starts]) / (ends - starts)
+    return np.interp(grid, record.steps, returns)
 
 
 def _label(options: dict[str, Any], keys: Sequence[str]) -> str:
@@ -179,6 +194,23 @@ def varying_options(records: Sequence[RunRecord]) -> list[str]:
     return [k for k in keys if len({json.dumps(r.options.get(k)) for r in records}) > 1]
 
 
+def distinguishing_options(records: Sequence[RunRecord], keys: Sequence[str]) -> list[str]:
+    """The fewest of ``keys`` (chosen greedily, in their order) that split ``records``
+    into the same configurations as all of them: runs of different envs differ in
+    every option their presets set, yet ``env.id`` alone tells them apart."""
+
+    def split(chosen: Sequence[str]) -> int:
+        return len({tuple(json.dumps(r.options.get(k)) for k in chosen) for r in records})
+
+    def preference(key: str) -> tuple[int, int]:  # the most telling first, the env's id in ties
+        return split([*chosen, key]), -_NAMED_FIRST.index(key) if key in _NAMED_FIRST else -9
+
+    target, chosen = split(keys), []
+    while split(chosen) < target:
+        chosen.append(max((k for k in keys if k not in chosen), key=preference))
+    return [k for k in keys if k in chosen]
+
+
 def _known(values: Iterable[Any]) -> list[float]:
     return [float(v) for v in values if v is not None]
 
@@ -194,9 +226,9 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
-def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
+def report(group_dir: str | Path, by: Sequence[str] | None = None, smooth: int = 1) -> Path:
     """Write ``report.md``, ``report.csv`` and ``learning_curves.png`` for the runs in
-    ``group_dir``; returns the report folder."""
+    ``group_dir`` (curves smoothed over ``smooth`` updates); returns the report folder."""
     from pglab.config import qualify
 
     group_dir = Path(group_dir)
@@ -207,6 +239,8 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
         raise PglabError(
             f"no finished runs (readable folders with summary.json) in {str(group_dir)!r}"
         )
+    if not isinstance(smooth, int) or smooth < 1:
+        raise PglabError(f"--smooth must be an integer >= 1 (updates); got {smooth!r}")
     groups: dict[str, list[RunRecord]] = {}
     swept = [_SWEEP_NAME.fullmatch(r.path.name) for r in records]
     if by:
@@ -217,7 +251,7 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
         label = [m.group(1) or "all runs" for m in swept]
         grouping = "the options the sweep varied"
     else:
-        keys = varying_options(records)
+        keys = distinguishing_options(records, varying_options(records))
         label = [_label(r.options, keys) for r in records]
         grouping = ", ".join(keys) or "nothing"
     for record, name in zip(records, label):
@@ -229,7 +263,7 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
     for label, members in groups.items():
         finals = _known(m.summary.get("eval_return_mean") for m in members)
         successes = _known(m.summary.get("eval_success_rate") for m in members)
-        on_grid = np.array([curve_on_grid(m, grid) for m in members])
+        on_grid = np.array([curve_on_grid(m, grid, smooth) for m in members])
         aucs = [float(np.nanmean(c)) for c in on_grid if not np.isnan(c).all()]
         rows.append(
             {
@@ -247,19 +281,24 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None) -> Path:
     write_text_atomic(out / "report.csv", _csv(rows), out)
 
     def plot(temp: Path) -> None:
-        _plot(temp, grid, curves, group_dir.name)
+        _plot(temp, grid, curves, group_dir.name, smooth)
 
     write_atomic(out / "learning_curves.png", plot, out)
     return group_dir / REPORT_DIR
 
 
-def _cell(stats: dict[str, float] | None) -> list[str]:
+#: Below this many seeds the IQM is the mean and the bootstrap CI is too narrow to trust.
+FEW = 4
+
+
+def _cell(stats: dict[str, float] | None, runs: int) -> list[str]:
     if stats is None:
         return ["n/a"] * 3
+    mark = "†" if runs < FEW else ""
     return [
         f"{stats['mean']:.1f} ± {stats['std']:.1f}",
-        f"{stats['iqm']:.1f}",
-        f"[{stats['ci_low']:.1f}, {stats['ci_high']:.1f}]",
+        f"{stats['iqm']:.1f}{mark}",
+        f"[{stats['ci_low']:.1f}, {stats['ci_high']:.1f}]{mark}",
     ]
 
 
@@ -279,7 +318,8 @@ def _markdown(group_dir: Path, rows: list[dict], grouping: str, runs: int) -> st
     ]
     ordered = sorted(rows, key=lambda r: -(r["final"] or {"mean": -math.inf})["mean"])
     for row in ordered:
-        cells = [row["configuration"], str(row["runs"]), *_cell(row["final"]), *_cell(row["auc"])]
+        n = row["runs"]
+        cells = [row["configuration"], str(n), *_cell(row["final"], n), *_cell(row["auc"], n)]
         if success:
             rate = row["success"]
             cells.append(
@@ -288,6 +328,12 @@ def _markdown(group_dir: Path, rows: list[dict], grouping: str, runs: int) -> st
                 else f"{rate['mean']:.0%} [{rate['ci_low']:.0%}, {rate['ci_high']:.0%}]"
             )
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r["runs"] < FEW for r in rows):
+        lines += [
+            "",
+            f"† fewer than {FEW} runs: the IQM is their mean, and a bootstrap CI from so few "
+            "values is narrower than the truth; run more seeds before trusting it.",
+        ]
     lines += ["", "![learning curves](learning_curves.png)", ""]
     return "\n".join(lines)
 
@@ -310,7 +356,9 @@ def _csv(rows: list[dict]) -> str:
     return table.getvalue()
 
 
-def _plot(path: Path, grid: np.ndarray, curves: dict[str, np.ndarray], title: str) -> None:
+def _plot(
+    path: Path, grid: np.ndarray, curves: dict[str, np.ndarray], title: str, smooth: int = 1
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -329,7 +377,9 @@ def _plot(path: Path, grid: np.ndarray, curves: dict[str, np.ndarray], title: st
         (line,) = ax.plot(grid, mean, label=f"{label} (n={len(runs)})", linewidth=1.4)
         ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("environment steps")
-    ax.set_ylabel("training episode return")
+    ax.set_ylabel(
+        "training episode return" + (f" (moving average of {smooth} updates)" if smooth > 1 else "")
+    )
     ax.set_title(f"{title}: mean over seeds, 95% bootstrap band")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # runs too short for a curve draw none

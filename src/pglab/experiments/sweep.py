@@ -81,6 +81,7 @@ import numpy as np
 
 from pglab.config import SECTIONS, Config, build_config, qualify
 from pglab.errors import ConfigError, PglabError
+from pglab.logs import Progress
 from pglab.paths import safe_name
 from pglab.safety import atomic_write, die_with_parent, hold_lock
 
@@ -153,8 +154,9 @@ class Sweep:
         return "partial" if folder.exists() else "missing"
 
 
-def load_spec(path: str | Path) -> Sweep:
-    """Parse and check a sweep spec; every run's config is built once to catch bad options."""
+def load_spec(path: str | Path, out: str | Path | None = None) -> Sweep:
+    """Parse and check a sweep spec; every run's config is built once to catch bad options.
+    ``out`` (``pglab sweep --out``) replaces the spec's ``out`` folder."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep spec {str(path)!r} is not a file")
@@ -169,9 +171,11 @@ def load_spec(path: str | Path) -> Sweep:
             f"allowed: {', '.join(sorted(_SPEC_KEYS))}"
         )
     group = safe_name(spec.get("group", path.stem), "sweep spec: group")
-    out_value = spec.get("out", "runs")
+    out_value = str(out) if out is not None else spec.get("out", "runs")
     if not isinstance(out_value, str) or not out_value or not out_value.isprintable():
-        raise ConfigError(f"sweep spec: out must be a folder path (a string); got {out_value!r}")
+        raise ConfigError(
+            f"sweep spec: out (or --out) must be a folder path (a string); got {out_value!r}"
+        )
     out = Path(out_value).resolve()  # workers may start elsewhere (Ray)
     config_file = spec.get("config")
     if config_file is not None:
@@ -679,14 +683,16 @@ def run_sweep(
     address: str | None = None,
     dry_run: bool = False,
     echo: Callable[[str], None] = print,
+    out: str | Path | None = None,
 ) -> bool:
     """Run the missing runs of the sweep in ``spec``; True when every run has succeeded.
 
-    ``dry_run`` only lists the runs and whether each is done.
+    ``dry_run`` only lists the runs and whether each is done; ``out`` replaces the
+    spec's ``out`` folder.
     """
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend must be local or ray; got {backend!r}")
-    sweep = load_spec(spec)
+    sweep = load_spec(spec, out)
     status = {run.name: sweep.status(run) for run in sweep.runs}
     if dry_run:
         for run in sweep.runs:
@@ -706,8 +712,10 @@ def _run_locked(
     workers: int | None,
     address: str | None,
     echo: Callable[[str], None],
+    progress_mode: str = "auto",
 ) -> bool:
-    """:func:`run_sweep` once it holds the group folder's lock."""
+    """:func:`run_sweep` once it holds the group folder's lock (``progress_mode``: the
+    runs done, failed and the time left, as :class:`~pglab.logs.Progress` shows them)."""
     status = {run.name: sweep.status(run) for run in sweep.runs}
     pending = [run for run in sweep.runs if status[run.name] != "done"]
     _check_clearable(sweep, pending)
@@ -721,15 +729,25 @@ def _run_locked(
         f"{len(pending)} to run ({backend})"
     )
 
+    progress = Progress(progress_mode, len(pending), f"sweep {sweep.group_dir.name}", unit="runs")
+    counts = {"finished": 0, "failed": 0}
+
     def report(outcome: Outcome) -> None:
         if outcome.state == "failed":
             echo(f"failed: {outcome.name}: {outcome.error}")
+        if outcome.state in counts:
+            counts[outcome.state] += 1
+        done = counts["finished"] + counts["failed"]
+        progress.update(done, {"failed": counts["failed"]}, force=done == len(pending))
 
     tasks = population_tasks(sweep, pending)
-    if backend == "ray":
-        outcomes = _ray(sweep, tasks, address, report)
-    else:
-        outcomes = _local(sweep, tasks, workers, report)
+    try:
+        if backend == "ray":
+            outcomes = _ray(sweep, tasks, address, report)
+        else:
+            outcomes = _local(sweep, tasks, workers, report)
+    finally:
+        progress.close()
     if any(o.state == "interrupted" for o in outcomes):
         raise KeyboardInterrupt(f"sweep {spec}")
     failed = sum(o.state == "failed" for o in outcomes)
