@@ -1,11 +1,16 @@
-"""pglab's optimizers follow PyTorch's Adam, RMSprop and SGD step for step."""
+"""pglab's optimizers follow PyTorch's Adam, AdamW, RMSprop and SGD step for step."""
 
 import pytest
 import torch
 
 from pglab.optim import FlatOptimizer, StackedOptimizer
 
-TORCH = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+TORCH = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+    "sgd": torch.optim.SGD,
+}
 
 
 def _torch(name, params, lr, weight_decay):
@@ -116,3 +121,49 @@ def test_unknown_optimizer_is_refused():
 
     with pytest.raises(ConfigError, match="optimizer must be one of"):
         FlatOptimizer("lbfgs", [torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+def test_adamws_written_rule_is_its_fused_kernel():
+    torch.manual_seed(0)
+    start = torch.randn(2, 12)
+    fused, written = start.clone(), start.clone()
+    by_kernel = StackedOptimizer("adamw", fused, eps=1e-5, weight_decay=0.1)
+    by_rule = StackedOptimizer("adamw", written, eps=1e-5, weight_decay=0.1)
+    by_rule._fused = False
+    for _ in range(4):
+        grads = torch.randn(2, 12)
+        by_kernel.step(grads, [0, 1], [0.01, 0.03])
+        by_rule.step(grads, [0, 1], [0.01, 0.03])
+    torch.testing.assert_close(fused, written, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ("constant", [1.0, 1.0, 1.0, 1.0]),
+        ("linear", [1.0, 0.75, 0.5, 0.0]),
+        ("cosine", [1.0, 0.8535533905932737, 0.5, 0.0]),
+        ("step", [1.0, 0.5, 0.25, 0.0625]),
+    ],
+)
+def test_schedules_over_the_budget(schedule, expected):
+    from pglab.algos.base import scheduled_lr
+
+    got = [scheduled_lr(1.0, schedule, p, every=0.25, gamma=0.5) for p in (0, 0.25, 0.5, 1)]
+    assert got == pytest.approx(expected)
+
+
+def test_ppo_trains_with_adamw_and_a_step_schedule(tmp_path):
+    import csv
+
+    import pglab
+
+    run = pglab.train(
+        "CartPole-v1", "ppo", out=str(tmp_path), progress="off", checkpoint_every=0,
+        total_steps=1024, batch_size=256, num_envs=2, optimizer="adamw", weight_decay=0.01,
+        lr=0.01, lr_schedule="step", schedule_every=0.5, schedule_gamma=0.1,
+        stop_at_return="none",
+    )  # fmt: skip
+    with open(run.path / "metrics.csv", newline="") as handle:
+        rates = [float(row["lr"]) for row in csv.DictReader(handle)]
+    assert rates[0] == 0.01 and rates[-1] == pytest.approx(0.001)

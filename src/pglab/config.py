@@ -47,8 +47,8 @@ else:  # pragma: no cover
 
 #: The learning rules ``algo.name`` may name.
 ALGOS: tuple[str, ...] = tuple(ALGORITHMS)
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "rmsprop")
-LR_SCHEDULES: tuple[str, ...] = ("constant", "linear")
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine", "step")
 GRADIENTS: tuple[str, ...] = ("auto", "autograd")
 BATCH_MODES: tuple[str, ...] = ("auto", "episodes", "steps")
 PROGRESS: tuple[str, ...] = ("auto", "bar", "plain", "off")
@@ -313,10 +313,21 @@ class AlgoConfig:
     )
     entropy_coef: float = opt(0.0, "entropy bonus coefficient", NON_NEGATIVE)
     max_grad_norm: float = opt(0.0, "clip the global gradient norm; 0 = no clipping", NON_NEGATIVE)
-    weight_decay: float = opt(0.0, "L2 weight decay of the policy optimizer", NON_NEGATIVE)
-    lr_schedule: str = opt(
-        "constant", "learning-rate schedule (linear decays to 0)", Choice(LR_SCHEDULES)
+    weight_decay: float = opt(
+        0.0, "weight decay of the policy optimizer (L2; adamw: decoupled)", NON_NEGATIVE
     )
+    lr_schedule: str = opt(
+        "constant",
+        "learning-rate schedule over the budget: linear and cosine decay to 0, step "
+        "multiplies by schedule_gamma every schedule_every of it",
+        Choice(LR_SCHEDULES),
+    )
+    schedule_every: float = opt(
+        0.25,
+        "step schedules: the fraction of the budget between steps",
+        Range(0.0, 1.0, low_open=True),
+    )
+    schedule_gamma: float = opt(0.5, "step schedules: the factor at each step", Range(0.0, 1.0))
     optimizer: str = opt("adam", "optimizer of policy and critic", Choice(OPTIMIZERS))
     eps: float = opt(1e-8, "epsilon of adam / rmsprop", POSITIVE)
     value_lr: float = opt(0.01, "critic learning rate", POSITIVE)
@@ -336,7 +347,7 @@ class AlgoConfig:
     )
     clip_range: float = opt(0.2, "ppo: clip range epsilon of the ratio", POSITIVE)
     clip_schedule: str = opt(
-        "constant", "ppo: clip-range schedule (linear decays to 0)", Choice(LR_SCHEDULES)
+        "constant", "ppo: clip-range schedule (as lr_schedule)", Choice(LR_SCHEDULES)
     )
     value_clip: float = opt(0.0, "ppo: clip the value change to +-this; 0 = off", NON_NEGATIVE)
     target_kl: float = opt(

@@ -1,4 +1,4 @@
-r"""Adam, RMSprop and SGD with PyTorch's update rules, over parameters stacked in rows.
+r"""Adam, AdamW, RMSprop and SGD with PyTorch's update rules, over parameters stacked in rows.
 
 * :class:`ParameterStack`: the parameters of M members of one structure as the rows
   of one ``[M, P]`` tensor; each member's ``nn.Parameter`` becomes a view of its row.
@@ -14,6 +14,9 @@ The rules (:func:`step_direction`), with L2 weight decay :math:`g \leftarrow g +
   :math:`\theta \leftarrow \theta - \alpha \frac{m / (1-\beta_1^t)}{\sqrt{v / (1-\beta_2^t)} + \epsilon}`
   with :math:`\beta = (0.9, 0.999)`; where torch has a fused Adam kernel for the
   device, Adam runs as that kernel, one pass per row (the same rule, equal to rounding);
+* AdamW: Adam with the weight decay decoupled from the gradient (Loshchilov and Hutter
+  2019): :math:`\theta \leftarrow \theta (1 - \alpha w)` before the Adam step, whose
+  :math:`g` then carries no decay (torch's fused AdamW kernel where it has one);
 * RMSprop: :math:`v \leftarrow \rho v + (1-\rho) g^2`,
   :math:`\theta \leftarrow \theta - \alpha\, g / (\sqrt v + \epsilon)` with :math:`\rho = 0.99`;
 * SGD: :math:`\theta \leftarrow \theta - \alpha g`.
@@ -39,6 +42,7 @@ from pglab.errors import ConfigError, TrainingError
 #: Optimizer names (``algo.optimizer``) and the moments each keeps.
 MOMENTS: dict[str, tuple[str, ...]] = {
     "adam": ("exp_avg", "exp_avg_sq"),
+    "adamw": ("exp_avg", "exp_avg_sq"),
     "rmsprop": ("square_avg",),
     "sgd": (),
 }
@@ -56,7 +60,7 @@ def step_direction(
 ) -> Tensor:
     """Update ``moments`` in place with gradient ``g`` at step ``t`` (1 for the first)
     and return the step direction, before the learning rate."""
-    if name == "adam":
+    if name in ("adam", "adamw"):
         beta1, beta2 = BETAS
         m = moments["exp_avg"].lerp_(g, 1 - beta1)
         v = moments["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
@@ -160,7 +164,7 @@ class StackedOptimizer:
         self.weight_decay = weight_decay
         self.steps = torch.zeros(flat.shape[0], device=flat.device)
         self.state = {key: torch.zeros_like(flat) for key in MOMENTS[name]}
-        self._fused = name == "adam" and _fused_adam(flat)
+        self._fused = name in ("adam", "adamw") and _fused_adam(flat)
         self._everyone = list(range(flat.shape[0]))
         # Each member's row of every tensor the fused kernel takes (views, made once).
         self._rows = [list(t.unbind(0)) for t in (flat, *self.state.values(), self.steps)]
@@ -205,18 +209,23 @@ class StackedOptimizer:
         own when None), in place."""
         theta = self.flat if theta is None else theta
         moments = self.state if moments is None else moments
-        g = grads + self.weight_decay * theta if self.weight_decay else grads
+        if self.name == "adamw":  # decoupled: the parameters shrink, the gradient is kept
+            theta.mul_(1 - lr * self.weight_decay)
+            g = grads
+        else:
+            g = grads + self.weight_decay * theta if self.weight_decay else grads
         t = self.steps[rows].unsqueeze(1)
         theta.add_(step_direction(self.name, g, moments, t, self.eps), alpha=-lr)
 
     def _fused_step(self, grads: Tensor, members: list[int], lrs: list[float]) -> None:
-        """Adam by torch's fused kernel: one call per distinct learning rate, one pass
-        per row (each row is processed from its start, as a stack of one would)."""
+        """Adam (or AdamW) by torch's fused kernel: one call per distinct learning rate,
+        one pass per row (each row is processed from its start, as a stack of one would)."""
         params, exp_avgs, exp_avg_sqs, steps = self._rows
         rows = grads.unbind(0)
+        kernel = torch._fused_adamw_ if self.name == "adamw" else torch._fused_adam_
         for lr in dict.fromkeys(lrs):
             picked = [k for k, value in enumerate(lrs) if value == lr]
-            torch._fused_adam_(
+            kernel(
                 [params[members[k]] for k in picked],
                 [rows[k] for k in picked],
                 [exp_avgs[members[k]] for k in picked],

@@ -23,13 +23,22 @@ if TYPE_CHECKING:  # the config layer sits above; only its type is named here
     from pglab.config import AlgoConfig
 
 
-def scheduled_lr(base_lr: float, schedule: str, progress: float) -> float:
-    r"""Learning rate at ``progress`` in [0, 1] of the budget.
+def scheduled_lr(
+    base_lr: float, schedule: str, progress: float, every: float = 0.25, gamma: float = 0.5
+) -> float:
+    r"""Learning rate (or clip range) at ``progress`` :math:`p \in [0, 1]` of the budget.
 
-    ``constant``: :math:`\alpha_0`; ``linear``: :math:`\alpha_0 (1 - \text{progress})`.
+    ``constant``: :math:`\alpha_0`; ``linear``: :math:`\alpha_0 (1 - p)`; ``cosine``:
+    :math:`\alpha_0 \tfrac12 (1 + \cos \pi p)`; ``step``: :math:`\alpha_0
+    \gamma^{\lfloor p / e \rfloor}` (``every`` :math:`e`, ``gamma`` :math:`\gamma`).
     """
+    progress = min(max(progress, 0.0), 1.0)
     if schedule == "linear":
-        return base_lr * max(0.0, 1.0 - progress)
+        return base_lr * (1.0 - progress)
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return base_lr * gamma ** math.floor(progress / every + 1e-9)
     return base_lr
 
 
@@ -574,8 +583,20 @@ class JointOptimizer(StackedRule):
         """Learning rate, clip range (linearly annealed where configured) and the loss's
         coefficients at ``progress`` in [0, 1] of the budget."""
         return {
-            "lr": scheduled_lr(config.lr, config.lr_schedule, progress),
-            "clip_range": scheduled_lr(config.clip_range, config.clip_schedule, progress),
+            "lr": scheduled_lr(
+                config.lr,
+                config.lr_schedule,
+                progress,
+                config.schedule_every,
+                config.schedule_gamma,
+            ),
+            "clip_range": scheduled_lr(
+                config.clip_range,
+                config.clip_schedule,
+                progress,
+                config.schedule_every,
+                config.schedule_gamma,
+            ),
             "vf_coef": config.vf_coef,
             "entropy_coef": config.entropy_coef,
             "value_clip": config.value_clip,

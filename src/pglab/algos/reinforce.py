@@ -100,8 +100,20 @@ class Reinforce(StackedRule):
     @staticmethod
     def hyperparameters(config: AlgoConfig, progress: float) -> dict[str, Any]:
         return {
-            "lr": scheduled_lr(config.lr, config.lr_schedule, progress),
-            "value_lr": scheduled_lr(config.value_lr, config.lr_schedule, progress),
+            "lr": scheduled_lr(
+                config.lr,
+                config.lr_schedule,
+                progress,
+                config.schedule_every,
+                config.schedule_gamma,
+            ),
+            "value_lr": scheduled_lr(
+                config.value_lr,
+                config.lr_schedule,
+                progress,
+                config.schedule_every,
+                config.schedule_gamma,
+            ),
             "entropy_coef": config.entropy_coef,
         }
 

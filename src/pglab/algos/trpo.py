@@ -154,7 +154,9 @@ class TRPO:
             final_kl = self._mean_kl(data["obs"], old_params, old_log_std)
         kl_k1, kl_k3 = approx_kl(log_ratio)
 
-        value_lr = scheduled_lr(cfg.value_lr, cfg.lr_schedule, progress)
+        value_lr = scheduled_lr(
+            cfg.value_lr, cfg.lr_schedule, progress, cfg.schedule_every, cfg.schedule_gamma
+        )
         self.value_optimizer.lr = value_lr
         v_loss = fit_critic(
             self.critic,
