@@ -13,15 +13,16 @@ import torch
 from torch import Tensor, nn
 
 from pglab.checkpoint import checkpoint_path, load_checkpoint
-from pglab.config import Config
+from pglab.config import BODIES, Config
 from pglab.envs import check_env_import, make_configured_env
 from pglab.envs.normalize import Normalizer
 from pglab.envs.spaces import ActionAdapter, ObsEncoder, mask_source, space_from_data
-from pglab.envs.wrappers import check_wrapper_imports
+from pglab.envs.wrappers import check_import, check_wrapper_imports, import_named
 from pglab.errors import CheckpointError, PglabError
 from pglab.nets import ImagePart
 from pglab.policies import (
     Actor,
+    BodyFactory,
     Critic,
     TanhGaussianHead,
     make_actor,
@@ -69,6 +70,8 @@ def stored_config(state: dict[str, Any], source: str, allow_import: Iterable[str
         )
     check_env_import(config.env.id, allow_import, source)
     check_wrapper_imports(config.env.wrappers, allow_import, source)
+    if config.policy.body not in BODIES:
+        check_import(config.policy.body, "policy.body", allow_import, source, CheckpointError)
     return config
 
 
@@ -91,7 +94,7 @@ def _images(config: Config, observation_space: gym.Space, encoder: ObsEncoder) -
     ``auto`` for every uint8 image in the observations, ``cnn`` also for a float Box of
     image shape, ``mlp`` never)."""
     body = config.policy.body
-    if body == "mlp":
+    if body not in BODIES or body == "mlp":  # an MLP, or the user's own body
         return []
     images = encoder.images
     if body == "auto" or images:
@@ -113,6 +116,28 @@ def obs_encoder(
     return ObsEncoder(observation_space, source, action_space)
 
 
+def body_factory(config: Config) -> BodyFactory | None:
+    """How to make the user's own body (``policy.body = "package.module:Class"``, made
+    as ``Class(obs_dim, **policy.body_kwargs)``), or None for a built-in one. Callers
+    reading the config from a file check the import first (:func:`stored_config`)."""
+    p = config.policy
+    if p.body in BODIES:
+        return None
+    cls = import_named(p.body, "policy.body", PglabError)
+    if not callable(cls):
+        raise PglabError(f"policy.body {p.body!r} is not a class")
+
+    def make(obs_dim: int) -> nn.Module:
+        try:
+            return cls(obs_dim, **p.body_kwargs)
+        except TypeError as error:
+            raise PglabError(
+                f"policy.body {p.body!r} with body_kwargs {p.body_kwargs}: {error}"
+            ) from None
+
+    return make
+
+
 def build_models(
     config: Config, observation_space: gym.Space, action_space: gym.Space
 ) -> tuple[Actor, Critic | None]:
@@ -121,6 +146,7 @@ def build_models(
     obs_dim = encoder.dim
     p = config.policy
     images = _images(config, observation_space, encoder)
+    factory = body_factory(config)
     try:
         actor = make_actor(
             obs_dim,
@@ -133,15 +159,17 @@ def build_models(
             images=images,
             mask_dim=encoder.mask_dim,
             action_mask=encoder.mask,
+            factory=factory,
         )
     except ValueError as error:
-        raise PglabError(f"policy.head: {error}") from None
+        where = "policy.body" if factory is not None and "body" in str(error) else "policy.head"
+        raise PglabError(f"{where}: {error}") from None
     critic = None
     if config.algo.uses_critic:
         critic = (
             shared_critic(actor)
             if p.shared
-            else make_critic(obs_dim, p.value_hidden, p.activation, images)
+            else make_critic(obs_dim, p.value_hidden, p.activation, images, factory)
         )
     if p.ortho_init:
         orthogonal_init(actor, critic)

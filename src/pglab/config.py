@@ -33,7 +33,7 @@ from typing import Any
 from pglab.algos import ALGORITHMS, chooses_weights, critic_apart
 from pglab.envs.guard import DEFAULT_EPISODE_CAP, parse_max_episode_steps
 from pglab.envs.normalize import REWARD_METHODS
-from pglab.envs.wrappers import parse_wrappers
+from pglab.envs.wrappers import parse_wrappers, wrapper_module
 from pglab.errors import ConfigError
 from pglab.nets import ACTIVATIONS
 from pglab.paths import check_text, safe_name
@@ -175,6 +175,8 @@ def _validate(section: Any) -> None:
             value = parse_max_episode_steps(value, key)
         elif f.name == "wrappers":  # import paths, or {name, kwargs} tables
             value = parse_wrappers(value, key)
+        elif f.name == "body":  # a built-in body, or a class of the user's (its import path)
+            value = _body(value, key)
         else:
             value = _coerce(value, typ, key)
         rule = f.metadata.get("rule")
@@ -186,6 +188,22 @@ def _validate(section: Any) -> None:
     checker: Callable[[], None] | None = getattr(section, "check", None)
     if callable(checker):  # (env.check is an option, not a method)
         checker()
+
+
+def _body(value: Any, key: str) -> str:
+    if isinstance(value, type):  # a class given in Python: stored by its import path
+        if value.__module__ == "__main__" or "<locals>" in value.__qualname__:
+            raise ConfigError(
+                f"{key}: {value.__qualname__} must be defined at the top of a module other "
+                "than __main__ (runs store it by name and rebuild it on load)"
+            )
+        value = f"{value.__module__}:{value.__qualname__}"
+    if isinstance(value, str) and (value in BODIES or wrapper_module(value) is not None):
+        return value
+    raise ConfigError(
+        f"{key} must be one of {', '.join(BODIES)} or a class's import path "
+        f"(package.module:Class); got {value!r}"
+    )
 
 
 def _stop_at_return(value: Any, key: str) -> float | str:
@@ -282,7 +300,13 @@ class PolicyConfig:
     ortho_init: bool = opt(
         False, "orthogonal init: gains sqrt 2 (hidden), 0.01 (policy out), 1 (value out)"
     )
-    body: str = opt("auto", "network body; auto = cnn for image observations", Choice(BODIES))
+    body: str = opt(
+        "auto",
+        "network body: auto (cnn for image observations), mlp, cnn, or your own class "
+        "package.module:Class, made as Class(obs_dim, **body_kwargs) (a torch module from "
+        "[N, obs_dim] to [N, features]; from a file it is imported only with --allow-import)",
+    )
+    body_kwargs: dict = opt({}, "keyword arguments of a body class of your own")
 
     def __post_init__(self) -> None:
         _validate(self)

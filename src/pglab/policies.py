@@ -29,7 +29,7 @@ what was sampled.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -396,20 +396,42 @@ class Critic(nn.Module):
         return self.value(self.body(obs)).squeeze(-1)
 
 
+#: Makes a body of the user's own from the encoded observations' width.
+BodyFactory = Callable[[int], nn.Module]
+
+
+def custom_body(factory: BodyFactory, obs_dim: int) -> tuple[nn.Module, int]:
+    """A body of the user's own (``factory(obs_dim)``, a module from ``[N, obs_dim]`` to
+    ``[N, F]`` features) and its width ``F``, found by one forward pass of zeros."""
+    body = factory(obs_dim)
+    if not isinstance(body, nn.Module):
+        raise ValueError(f"a body must be a torch.nn.Module; the class made {type(body).__name__}")
+    with torch.no_grad():
+        features = body(torch.zeros(2, obs_dim))
+    if not isinstance(features, Tensor) or features.ndim != 2 or features.shape[0] != 2:
+        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+        raise ValueError(f"a body must map [N, {obs_dim}] to [N, features]; it gave {shape}")
+    return body, int(features.shape[1])
+
+
 def make_body(
     obs_dim: int,
     hidden: Sequence[int],
     activation: str = "tanh",
     dropout: float = 0.0,
     images: Sequence[ImagePart] = (),
+    factory: BodyFactory | None = None,
 ) -> tuple[nn.Module, int]:
     """A body for encoded observations of width ``obs_dim`` and the width of its features.
 
-    Without ``images``, an MLP. With one image that is the whole observation, an
+    A ``factory`` makes one of the user's own (:func:`custom_body`). Without ``images``,
+    an MLP. With one image that is the whole observation, an
     :class:`~pglab.nets.ImageCNN` of ``hidden[-1]`` units (512 when empty); with images
     among other values, a :class:`~pglab.nets.MultiInputBody` (a CNN per image, then an
     MLP of ``hidden``).
     """
+    if factory is not None:
+        return custom_body(factory, obs_dim)
     if len(images) == 1 and images[0].offset == 0 and images[0].size == obs_dim:
         units = hidden[-1] if hidden else 512
         return ImageCNN(images[0], units), units
@@ -431,6 +453,7 @@ def make_actor(
     images: Sequence[ImagePart] = (),
     mask_dim: int = 0,
     action_mask: str = "none",
+    factory: BodyFactory | None = None,
 ) -> Actor:
     """An actor for encoded observations of width ``obs_dim`` (``images``: where images
     lie in them, see :func:`make_body`; ``mask_dim``, ``action_mask``: its action
@@ -438,7 +461,7 @@ def make_actor(
 
     ``hidden=[]`` makes a linear policy (for a Discrete space: linear softmax).
     """
-    body, width = make_body(obs_dim, hidden, activation, dropout, images)
+    body, width = make_body(obs_dim, hidden, activation, dropout, images, factory)
     action_head = make_head(width, action_space, head, log_std_init)
     if mask_dim and not isinstance(action_head, (CategoricalHead, MultiCategoricalHead)):
         raise ValueError(f"an action mask needs a categorical head, not {head!r}")
@@ -450,9 +473,10 @@ def make_critic(
     hidden: Sequence[int],
     activation: str = "tanh",
     images: Sequence[ImagePart] = (),
+    factory: BodyFactory | None = None,
 ) -> Critic:
     """A critic with a body of its own."""
-    return Critic(*make_body(obs_dim, hidden, activation, 0.0, images))
+    return Critic(*make_body(obs_dim, hidden, activation, 0.0, images, factory))
 
 
 def shared_critic(actor: Actor) -> Critic:

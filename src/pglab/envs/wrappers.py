@@ -69,21 +69,47 @@ def wrapper_module(name: str) -> str | None:
     return module
 
 
+def check_import(
+    name: str, what: str, allowed: Iterable[str], source: str, error: type = EnvError
+) -> None:
+    """Refuse the import path ``name`` (a wrapper, a network class: ``what``) read from
+    a file (``source``) when its module is neither trusted (:data:`TRUSTED_PACKAGES`) nor
+    in ``allowed`` (a package allows its submodules)."""
+    module = wrapper_module(name) or ""
+    if any(module == m or module.startswith(f"{m}.") for m in (*TRUSTED_PACKAGES, *allowed)):
+        return
+    raise error(
+        f"{source!r} names {what} {name!r}, which would import module {module!r}; pglab "
+        f"imports no module named only in a file: if you trust it, pass --allow-import "
+        f"{module} (in Python: allow_import=[{module!r}])"
+    )
+
+
 def check_wrapper_imports(
     wrappers: Iterable[WrapperEntry], allowed: Iterable[str], source: str
 ) -> None:
     """Refuse wrappers read from a file (``source``) whose module is neither trusted
     (:data:`TRUSTED_PACKAGES`) nor in ``allowed`` (a package allows its submodules)."""
-    trusted = (*TRUSTED_PACKAGES, *allowed)
     for entry in wrappers:
-        module = wrapper_module(entry["name"]) or ""
-        if any(module == m or module.startswith(f"{m}.") for m in trusted):
-            continue
-        raise EnvError(
-            f"{source!r} names wrapper {entry['name']!r}, which would import module "
-            f"{module!r}; pglab imports no module named only in a file: if you trust it, "
-            f"pass --allow-import {module} (in Python: allow_import=[{module!r}])"
-        )
+        check_import(entry["name"], "wrapper", allowed, source)
+
+
+def import_named(name: str, what: str, error: type = EnvError) -> Any:
+    """The object the import path ``name`` names (``what`` it is, for messages); a
+    module that cannot be imported or a missing name is one ``error`` line."""
+    from pglab.envs import import_path
+
+    module_name = wrapper_module(name) or ""
+    attr = name.rpartition(":")[2] if ":" in name else name.rpartition(".")[2]
+    try:
+        with import_path(named=True):
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise error(f"{what} {name!r}: cannot import module {module_name!r} ({exc})") from None
+    target = getattr(module, attr, None)
+    if target is None:
+        raise error(f"{what} {name!r}: module {module_name!r} has no {attr!r}")
+    return target
 
 
 def resolve_wrappers(
@@ -92,25 +118,12 @@ def resolve_wrappers(
     """The wrappers as functions from an env to the wrapped env, in order; a wrapper
     that cannot be imported, or is not a ``gymnasium.Wrapper`` class, is an
     :class:`~pglab.errors.EnvError` naming it."""
-    from pglab.envs import import_path
-
     resolved = []
     for entry in wrappers:
         name, kwargs = entry["name"], entry["kwargs"]
-        module_name = wrapper_module(name) or ""
-        attr = name.rpartition(":")[2] if ":" in name else name.rpartition(".")[2]
-        try:
-            with import_path(named=True):
-                module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise EnvError(
-                f"wrapper {name!r}: cannot import module {module_name!r} ({error})"
-            ) from None
-        target = getattr(module, attr, None)
+        target = import_named(name, "wrapper")
         if not (isinstance(target, type) and issubclass(target, gym.Wrapper)):
-            raise EnvError(
-                f"wrapper {name!r}: {attr!r} in {module_name!r} is not a gymnasium.Wrapper class"
-            )
+            raise EnvError(f"wrapper {name!r} is not a gymnasium.Wrapper class")
         resolved.append(_bind(target, kwargs, name))
     return resolved
 
