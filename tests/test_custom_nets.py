@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from custom_nets import GatedBody
 
 import pglab
+from custom_nets import GatedBody
 from pglab.errors import CheckpointError, ConfigError, PglabError
 
 TINY = {
@@ -92,5 +92,7 @@ def test_a_member_with_a_body_class_trains_as_the_same_seed_alone(tmp_path):
     runs = pglab.train(
         "CartPole-v1", "ppo", out=str(tmp_path / "p"), seeds=[0, 1], policy=policy, **TINY
     )
-    alone = pglab.train("CartPole-v1", "ppo", out=str(tmp_path / "a"), seed=1, policy=policy, **TINY)
+    alone = pglab.train(
+        "CartPole-v1", "ppo", out=str(tmp_path / "a"), seed=1, policy=policy, **TINY
+    )
     assert numbers(runs[1]) == numbers(alone)
