@@ -84,7 +84,8 @@ def _options_help() -> str:
     return "\n".join(lines)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``pglab`` command (its help is the CLI reference of the docs)."""
     parser = _Parser(prog="pglab", description="Policy-gradient reinforcement learning.")
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -505,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bench(argv[1:])
         except PglabError as error:
             _fail(str(error))
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

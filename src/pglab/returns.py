@@ -8,16 +8,16 @@ and the choice of :math:`\Psi_t` sets its variance. This module computes every
 classic choice (Schulman et al. 2016, "High-Dimensional Continuous Control Using
 Generalized Advantage Estimation", section 2):
 
-====  ===========================  =================================================
-code  function                     :math:`\Psi_t`
-====  ===========================  =================================================
-r     :func:`total_return`         :math:`\sum_{t'=0}^{T_{ep}} r_{t'}` (whole episode)
-fr    :func:`reward_to_go`         :math:`\sum_{t' \ge t} r_{t'}`
+====  ===============================  ===================================================
+code  function                         :math:`\Psi_t`
+====  ===============================  ===================================================
+r     :func:`total_return`             :math:`\sum_{t'=0}^{T_{ep}} r_{t'}` (whole episode)
+fr    :func:`reward_to_go`             :math:`\sum_{t' \ge t} r_{t'}`
 dfr   :func:`discounted_reward_to_go`  :math:`\sum_{t' \ge t} \gamma^{t'-t} r_{t'}`
-dfrb  :func:`baseline_return`      the above (bootstrapped) minus :math:`V(s_t)`
-td    :func:`td_residual`          :math:`\delta_t = r_t + \gamma V(s_{t+1}) - V(s_t)`
-gae   :func:`gae`                  :math:`\sum_k (\gamma\lambda)^k \delta_{t+k}`
-====  ===========================  =================================================
+dfrb  :func:`baseline_return`          the above (bootstrapped) minus :math:`V(s_t)`
+td    :func:`td_residual`              :math:`\delta_t = r_t + \gamma V(s_{t+1}) - V(s_t)`
+gae   :func:`gae`                      :math:`\sum_k (\gamma\lambda)^k \delta_{t+k}`
+====  ===============================  ===================================================
 
 Conventions (shared by every function here):
 
