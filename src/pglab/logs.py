@@ -101,6 +101,7 @@ class Progress:
         total: int,
         title: str,
         start: int = 0,
+        *,
         unit: str = "steps",
         console: Any = None,
     ) -> None:

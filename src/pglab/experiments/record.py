@@ -24,6 +24,7 @@ from pglab.envs.scores import SCORE_KEY, GameScore
 from pglab.envs.spaces import MASK_KEY
 from pglab.envs.wrappers import resolve_wrappers
 from pglab.errors import ConfigError, EnvError, PglabError
+from pglab.logs import Progress
 from pglab.paths import write_atomic
 
 FORMATS = (".gif", ".mp4")
@@ -83,10 +84,12 @@ def record(
     fps: int | None = None,
     deterministic: bool = True,
     max_frames: int = 20_000,
+    progress_mode: str = "auto",
 ) -> Recording:
     """Play ``episodes`` episodes (env seeds ``seed``, ``seed + 1``, ...) and write them
     to ``out`` (.gif or .mp4), at most ``max_frames`` frames. The file is written whole
-    or not at all, replacing (never following) a link at ``out``."""
+    or not at all, replacing (never following) a link at ``out``; ``progress_mode`` shows
+    the episodes done (see :class:`~pglab.logs.Progress`)."""
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise ConfigError(f"--out must end in {' or '.join(FORMATS)}; got {str(out)!r}")
@@ -100,6 +103,7 @@ def record(
     env = render_env(agent)
     frames = 0
     returns: list[float] = []
+    progress = Progress(progress_mode, episodes, f"record {out.name}", unit="episodes")
 
     def play(sink: Sink) -> None:
         """Play the episodes, handing each frame to ``sink`` as it is drawn."""
@@ -117,6 +121,7 @@ def record(
                 total += float(reward)
                 done = terminated or truncated
             returns.append(float(info.get(SCORE_KEY, total)) if done else total)
+            progress.update(len(returns), {"frames": frames, "return": returns[-1]})
 
     with import_path():  # rendering may import (pygame, say): never from the current folder
         try:
@@ -138,6 +143,7 @@ def record(
 
             write_atomic(out, write, out.parent)
         finally:
+            progress.close()
             env.close()
     return Recording(out, frames, returns)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from pglab.agent import build_models, build_normalizer, load_weights, stored_con
 from pglab.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
 from pglab.envs import make_configured_env
 from pglab.errors import ConfigError, PglabError
+from pglab.logs import Progress
 from pglab.losses import policy_gradient_loss
 from pglab.paths import make_dirs, no_links_below, write_atomic, write_text_atomic
 from pglab.returns import (
@@ -99,9 +100,11 @@ def estimate(
     seed: int = 0,
     source: str = "checkpoint",
     allow_import: Iterable[str] = (),
+    tick: Callable[[], None] | None = None,
 ) -> dict[str, tuple[float, float, float, float]]:
     """``kind -> (trace, along_mean, mean_norm, weight_var)`` at the checkpoint ``state``
-    (read from ``source``; ``allow_import`` as for :func:`pglab.load`)."""
+    (read from ``source``; ``allow_import`` as for :func:`pglab.load`); ``tick`` is
+    called after each batch."""
     config = stored_config(state, source, allow_import)
     envs = make_configured_env(config.env, episodes)
     actor, critic = build_models(config, envs.single_observation_space, envs.single_action_space)
@@ -144,6 +147,8 @@ def estimate(
                 grads = torch.autograd.grad(loss, params, retain_graph=True)
                 gradients[kind].append(-torch.cat([g.flatten() for g in grads]).numpy())
                 weights[kind].append(psi[batch.valid].detach().numpy())
+            if tick is not None:
+                tick()
     finally:
         envs.close()
     results = {}
@@ -170,8 +175,10 @@ def study(
     which: str = "all",
     out: str | Path | None = None,
     allow_import: Iterable[str] = (),
+    progress_mode: str = "auto",
 ) -> Path:
-    """Estimate the variances at the run's snapshots; writes ``variance.md``,
+    """Estimate the variances at the run's snapshots (``progress_mode``: how the batches
+    done show, see :class:`~pglab.logs.Progress`); writes ``variance.md``,
     ``variance.csv`` and ``variance.png`` to ``out`` (default ``RUN/variance/``).
 
     ``allow_import`` names the modules the run's env id may import (see
@@ -206,6 +213,16 @@ def study(
     out = Path(out) if out is not None else run_dir / VARIANCE_DIR
     no_links_below(root, out)  # refused before any work: nothing is written through a link
     rows = []
+    progress = Progress(
+        progress_mode, len(found) * batches, f"variance {run_dir.name}", unit="batches"
+    )
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        progress.update(done, {})
+
     for step, file in found:
         figures = estimate(
             load_checkpoint(file),
@@ -217,9 +234,11 @@ def study(
             normalize=normalize,
             source=str(file),
             allow_import=allow_import,
+            tick=tick,
         )
         for kind, (trace, along, norm, weight_var) in figures.items():
             rows.append(Estimate(file.name, step, kind, trace, along, norm, weight_var))
+    progress.close()
     make_dirs(out, root)
     _write(out, root, rows, run_dir, batches, episodes, gamma, lam, normalize)
     write_atomic(out / "variance.png", lambda temp: _plot(temp, rows, wanted), root)
