@@ -12,7 +12,7 @@ ROOT = Path(__file__).parents[1]
 
 #: Run before the examples: every training gets a few hundred steps and short
 #: evaluations, so that the examples run as written in seconds.
-HARNESS = '''
+HARNESS = """
 import json, pathlib, pglab
 
 _train, _resume = pglab.train, pglab.resume
@@ -34,7 +34,7 @@ def resume(path, **kwargs):
     return _resume(path, **kwargs)
 
 pglab.train, pglab.resume = train, resume
-'''
+"""
 
 
 def examples(path: Path) -> str:

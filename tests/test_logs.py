@@ -6,12 +6,13 @@ import csv
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from pglab.loggers import TensorBoardLogger
 from pglab.logs import MetricsLogger
 
 
 def test_each_row_reaches_csv_and_tensorboard(tmp_path):
     columns = ["step", "policy_loss", "eval_return_mean", "episode_return_mean", "note"]
-    logger = MetricsLogger(tmp_path, columns)
+    logger = MetricsLogger(tmp_path, columns, loggers=[TensorBoardLogger(tmp_path, {}, None)])
     logger.log({"step": 100, "policy_loss": 0.5, "eval_return_mean": 9.0, "note": "x"})
     logger.log({"step": 200, "policy_loss": float("nan"), "episode_return_mean": 3})
     logger.close()

@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import importlib.util
 import math
 import os
 import re
@@ -48,6 +49,9 @@ else:  # pragma: no cover
 #: The learning rules ``algo.name`` may name.
 ALGOS: tuple[str, ...] = tuple(ALGORITHMS)
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
+#: Where metrics may go besides metrics.csv (``run.loggers``), and the extras they need.
+LOGGERS: tuple[str, ...] = ("tensorboard", "wandb", "mlflow")
+EXTRAS: dict[str, str] = {"wandb": "wandb", "mlflow": "mlflow"}
 LR_SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine", "step")
 GRADIENTS: tuple[str, ...] = ("auto", "autograd")
 BATCH_MODES: tuple[str, ...] = ("auto", "episodes", "steps")
@@ -147,6 +151,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         ok = isinstance(value, str)
     elif typ is dict:
         ok = isinstance(value, dict)
+    elif typ == list[str]:
+        if isinstance(value, str):  # one name: --set loggers=wandb
+            value = [value]
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     else:  # list[int]
         ok = isinstance(value, list) and all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
@@ -448,6 +456,19 @@ class RunConfig:
         "cpu", "where networks and updates run: cpu, cuda or cuda:N (envs stay on the CPU)"
     )
     progress: str = opt("auto", "progress display (auto: a bar on a terminal)", Choice(PROGRESS))
+    loggers: list[str] = opt(
+        ["tensorboard"],
+        "where the metrics go besides metrics.csv: any of " + ", ".join(LOGGERS),
+    )
+    wandb_project: str = opt("pglab", "wandb: the project")
+    wandb_mode: str = opt(
+        "offline",
+        "wandb: offline (files in the run folder only), online or disabled",
+        Choice(("offline", "online", "disabled")),
+    )
+    mlflow_uri: str = opt(
+        "", "mlflow: the tracking URI; empty = a file store in the run folder (mlruns/)"
+    )
     preset: str = opt(
         "auto", "tuned settings for the env and algo: auto = use them if shipped, none = don't"
     )
@@ -463,6 +484,14 @@ class RunConfig:
             safe_name(self.name, "run.name")
         if self.group:  # empty: named from the env id
             safe_name(self.group, "run.group")
+        for name in self.loggers:
+            if name not in LOGGERS:
+                raise ConfigError(f"run.loggers must be some of {', '.join(LOGGERS)}; got {name!r}")
+            if name in EXTRAS and importlib.util.find_spec(name) is None:
+                raise ConfigError(
+                    f"run.loggers {name} needs the package {name}: pip install "
+                    f"'pglab[{EXTRAS[name]}]'"
+                )
         if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
             raise ConfigError(f"run.device must be cpu, cuda or cuda:N; got {self.device!r}")
         if self.preset not in ("auto", "none") and preset_path(self.preset) is None:

@@ -1,4 +1,5 @@
-"""What a run writes while it trains: ``metrics.csv``, TensorBoard events, progress."""
+"""What a run writes while it trains: ``metrics.csv`` (and the same rows to the run's
+loggers, see :mod:`pglab.loggers`), and its progress."""
 
 from __future__ import annotations
 
@@ -6,25 +7,20 @@ import csv
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pglab.loggers import Logger
 from pglab.paths import no_links_below
 from pglab.safety import atomic_write, remove_stale_temps
 
 METRICS_FILE = "metrics.csv"
 
 
-def _tag(key: str) -> str:
-    if key.startswith("eval_"):
-        return f"eval/{key[5:]}"
-    if key.startswith("episode_") or key in ("steps_per_second", "episodes"):
-        return f"charts/{key}"
-    return f"train/{key}"
-
-
 class MetricsLogger:
-    """One row per update to ``metrics.csv`` and the same scalars to TensorBoard.
+    """One row per update to ``metrics.csv``, and its finite numbers to ``loggers``
+    (TensorBoard, W&B, MLflow: :func:`pglab.loggers.open_loggers`).
 
     On resume the CSV keeps only rows up to the checkpoint's step (rows written
     after the last checkpoint by a killed process are dropped, as they will be
@@ -32,7 +28,13 @@ class MetricsLogger:
     rewritten in place: the kept rows replace it atomically.
     """
 
-    def __init__(self, run_dir: Path, columns: list[str], resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        columns: list[str],
+        resume_step: int | None = None,
+        loggers: Sequence[Logger] = (),
+    ) -> None:
         self.path = no_links_below(run_dir, run_dir / METRICS_FILE)  # never written through
         self.columns = columns
         if resume_step is not None and self.path.exists():
@@ -42,9 +44,7 @@ class MetricsLogger:
         self._csv = csv.DictWriter(self._file, fieldnames=columns, extrasaction="ignore")
         if new:
             self._csv.writeheader()
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._tb = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step)
+        self.loggers = list(loggers)
 
     def _truncate_after(self, step: int) -> None:
         """Keep the rows up to ``step``: the kept rows go to a new file that replaces
@@ -66,20 +66,19 @@ class MetricsLogger:
     def log(self, row: dict[str, Any]) -> None:
         self._csv.writerow({k: _format(v) for k, v in row.items()})
         self._file.flush()
-        # One event per row: SummaryWriter.add_scalar builds and queues an event per
-        # scalar, which costs more than the update itself on small problems.
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        values = [
-            Summary.Value(tag=_tag(key), simple_value=value)
-            for key, value in row.items()
-            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)
-        ]
-        self._tb._get_file_writer().add_summary(Summary(value=values), int(row["step"]))
+        if self.loggers:
+            numbers = {
+                key: float(value)
+                for key, value in row.items()
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)
+            }
+            for logger in self.loggers:
+                logger.log(numbers, int(row["step"]))
 
     def close(self) -> None:
         self._file.close()
-        self._tb.close()
+        for logger in self.loggers:
+            logger.close()
 
 
 def _format(value: Any) -> Any:

@@ -39,6 +39,7 @@ from pglab.envs import EnvObject, eval_num_envs, make_configured_env, reward_thr
 from pglab.envs.spaces import space_to_data
 from pglab.errors import PglabError
 from pglab.evaluate import EvalResult
+from pglab.loggers import open_loggers
 from pglab.logs import MetricsLogger, Progress
 from pglab.paths import make_dirs, write_text_atomic
 from pglab.rollout import Batch, Collector, EpisodeStats
@@ -352,7 +353,9 @@ class Trainer:
             "eval_success_rate",
         ]
         self._start = time.perf_counter()
-        self.logger = MetricsLogger(run_dir, columns, self.steps if resumed else None)
+        resume_step = self.steps if resumed else None
+        loggers = open_loggers(cfg.loggers, run_dir, self.config.to_dict(), resume_step)
+        self.logger = MetricsLogger(run_dir, columns, resume_step, loggers)
         title = f"{run_label(self.config)} {self.config.env.id}"
         self.progress = Progress(progress or cfg.progress, cfg.total_steps, title, start=self.steps)
         self._next_eval = self._next_multiple(cfg.eval_every)
