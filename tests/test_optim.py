@@ -167,3 +167,58 @@ def test_ppo_trains_with_adamw_and_a_step_schedule(tmp_path):
     with open(run.path / "metrics.csv", newline="") as handle:
         rates = [float(row["lr"]) for row in csv.DictReader(handle)]
     assert rates[0] == 0.01 and rates[-1] == pytest.approx(0.001)
+
+
+def test_any_torch_optimizer_by_name_trains_members_as_alone_and_resumes(tmp_path):
+    import csv
+
+    import pglab
+
+    def numbers(run):
+        with open(run.path / "metrics.csv", newline="") as handle:
+            return [
+                {k: v for k, v in r.items() if "second" not in k} for r in csv.DictReader(handle)
+            ]
+
+    options = {
+        "progress": "off", "checkpoint_every": 0, "total_steps": 512, "batch_size": 128,
+        "num_envs": 2, "stop_at_return": "none", "optimizer": "nadam",
+        "optimizer_kwargs": {"momentum_decay": 0.002},
+    }  # fmt: skip
+    runs = pglab.train("CartPole-v1", "ppo", out=str(tmp_path / "p"), seeds=[0, 1], **options)
+    alone = pglab.train("CartPole-v1", "ppo", out=str(tmp_path / "a"), seed=1, **options)
+    assert runs[0].agent.config.algo.optimizer == "torch.optim.NAdam"
+    assert numbers(runs[1]) == numbers(alone)
+    longer = pglab.resume(alone.path, total_steps=768)  # the optimizer's state comes back
+    assert longer.summary["total_steps"] >= 768
+
+
+def test_a_torch_optimizer_steps_like_torch_itself():
+    from pglab.optim import make_optimizer
+
+    torch.manual_seed(0)
+    start = torch.randn(2, 6)
+    ours = start.clone()
+    stacked = make_optimizer("torch.optim.Adagrad", ours, weight_decay=0.01)
+    singles = [start[m].clone().requires_grad_() for m in range(2)]
+    theirs = [
+        torch.optim.Adagrad([p], lr=lr, weight_decay=0.01) for p, lr in zip(singles, (0.1, 0.2))
+    ]
+    for _ in range(3):
+        grads = torch.randn(2, 6)
+        stacked.step(grads, [0, 1], [0.1, 0.2])
+        for p, g, optimizer in zip(singles, grads, theirs):
+            p.grad = g.clone()
+            optimizer.step()
+    assert torch.equal(ours, torch.stack([p.detach() for p in singles]))
+
+
+def test_unknown_optimizers_and_misplaced_kwargs_are_one_line():
+    from pglab.config import build_config
+    from pglab.errors import ConfigError
+    from pglab.optim import make_optimizer
+
+    with pytest.raises(ConfigError, match="torch.optim optimizer"):
+        build_config(overrides=["optimizer=lbfgs"])
+    with pytest.raises(ConfigError, match="optimizer_kwargs go with a torch.optim"):
+        make_optimizer("adam", torch.zeros(1, 3), kwargs={"betas": (0.8, 0.9)})

@@ -185,6 +185,8 @@ def _validate(section: Any) -> None:
             value = parse_wrappers(value, key)
         elif f.name == "body":  # a built-in body, or a class of the user's (its import path)
             value = _body(value, key)
+        elif f.name == "optimizer":  # pglab's own, or one of torch.optim's by name
+            value = _optimizer(value, key)
         else:
             value = _coerce(value, typ, key)
         rule = f.metadata.get("rule")
@@ -212,6 +214,20 @@ def _body(value: Any, key: str) -> str:
         f"{key} must be one of {', '.join(BODIES)} or a class's import path "
         f"(package.module:Class); got {value!r}"
     )
+
+
+def _optimizer(value: Any, key: str) -> str:
+    from pglab.optim import torch_optimizer
+
+    if isinstance(value, str) and value in OPTIMIZERS:
+        return value
+    cls = torch_optimizer(value) if isinstance(value, str) else None
+    if cls is None:
+        raise ConfigError(
+            f"{key} must be one of {', '.join(OPTIMIZERS)} or a torch.optim optimizer "
+            f"(torch.optim.NAdam, nadam); got {value!r}"
+        )
+    return f"torch.optim.{cls.__name__}"
 
 
 def _stop_at_return(value: Any, key: str) -> float | str:
@@ -360,7 +376,12 @@ class AlgoConfig:
         Range(0.0, 1.0, low_open=True),
     )
     schedule_gamma: float = opt(0.5, "step schedules: the factor at each step", Range(0.0, 1.0))
-    optimizer: str = opt("adam", "optimizer of policy and critic", Choice(OPTIMIZERS))
+    optimizer: str = opt(
+        "adam",
+        "optimizer of policy and critic: " + ", ".join(OPTIMIZERS) + " (pglab's, stacked), "
+        "or any torch.optim optimizer by name (torch.optim.NAdam, nadam)",
+    )
+    optimizer_kwargs: dict = opt({}, "a torch.optim optimizer's other arguments")
     eps: float = opt(1e-8, "epsilon of adam / rmsprop", POSITIVE)
     value_lr: float = opt(0.01, "critic learning rate", POSITIVE)
     value_epochs: int = opt(25, "critic gradient steps on each batch", Range(1, None))

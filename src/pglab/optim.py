@@ -24,6 +24,10 @@ The rules (:func:`step_direction`), with L2 weight decay :math:`g \leftarrow g +
 Every rule is elementwise and every row is stepped on its own, so a member's row
 evolves bit for bit as it would in a stack of any other size.
 
+Any other ``torch.optim`` optimizer, named ``torch.optim.NAdam`` (or ``nadam``), runs as
+:class:`TorchOptimizers`: one instance of it per member, over that member's row, with
+the member's learning rate (:func:`make_optimizer` picks).
+
 Why not ``torch.optim``: creating the first torch optimizer imports
 ``torch._dynamo``, about 1.8 s here, which is half the time PPO takes to solve
 CartPole.
@@ -31,6 +35,7 @@ CartPole.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -51,8 +56,51 @@ ALPHA = 0.99
 
 
 def _check_name(name: str) -> None:
-    if name not in MOMENTS:
-        raise ConfigError(f"optimizer must be one of {', '.join(MOMENTS)}; got {name!r}")
+    if name not in MOMENTS and torch_optimizer(name) is None:
+        raise ConfigError(
+            f"optimizer must be one of {', '.join(MOMENTS)} or a torch.optim optimizer "
+            f"(torch.optim.NAdam, nadam); got {name!r}"
+        )
+
+
+#: torch.optim optimizers that need more than a gradient per step (a closure, sparse
+#: gradients): not offered.
+_NOT_OFFERED = ("LBFGS", "SparseAdam", "Optimizer")
+
+
+def torch_optimizer(name: str) -> type[torch.optim.Optimizer] | None:
+    """The ``torch.optim`` class ``name`` names (``torch.optim.NAdam``, ``NAdam`` or
+    ``nadam``), or None."""
+    wanted = name.removeprefix("torch.optim.").lower()
+    for attr in dir(torch.optim):
+        cls = getattr(torch.optim, attr)
+        if (
+            attr.lower() == wanted
+            and attr not in _NOT_OFFERED
+            and isinstance(cls, type)
+            and issubclass(cls, torch.optim.Optimizer)
+        ):
+            return cls
+    return None
+
+
+def make_optimizer(
+    name: str,
+    flat: Tensor,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    kwargs: dict[str, Any] | None = None,
+) -> StackedOptimizer | TorchOptimizers:
+    """The optimizers of the rows of ``flat``: pglab's own for its rules (:data:`MOMENTS`),
+    else one ``torch.optim`` instance per row (``kwargs``: the class's other arguments)."""
+    if name in MOMENTS:
+        if kwargs:
+            raise ConfigError(
+                f"algo.optimizer_kwargs go with a torch.optim optimizer; {name} takes "
+                f"algo.eps and algo.weight_decay (got {kwargs})"
+            )
+        return StackedOptimizer(name, flat, eps, weight_decay)
+    return TorchOptimizers(name, flat, eps, weight_decay, kwargs or {})
 
 
 def step_direction(
@@ -283,6 +331,60 @@ def _from_torch(
     return {"steps": steps, **flat}
 
 
+class TorchOptimizers:
+    """One ``torch.optim`` optimizer per row of ``flat``, each over its row (a parameter
+    sharing the row's memory), with :class:`StackedOptimizer`'s interface. ``eps`` and
+    ``weight_decay`` go to the class where it takes them, then ``kwargs``."""
+
+    def __init__(
+        self,
+        name: str,
+        flat: Tensor,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        cls = torch_optimizer(name)
+        if cls is None:
+            _check_name(name)
+        self.name, self.cls, self.flat = name, cls, flat
+        taken = inspect.signature(cls).parameters
+        options = {"eps": eps, "weight_decay": weight_decay}
+        self.kwargs = {k: v for k, v in options.items() if k in taken} | dict(kwargs or {})
+        self.rows = [nn.Parameter(row, requires_grad=False) for row in flat]  # views
+        self.optimizers = [self._new(m) for m in range(len(self.rows))]
+
+    def _new(self, member: int) -> torch.optim.Optimizer:
+        try:
+            return self.cls([self.rows[member]], lr=1e-3, **self.kwargs)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"optimizer {self.name} with {self.kwargs}: {error}") from None
+
+    @torch.no_grad()
+    def step(self, grads: Tensor, members: Sequence[int], lrs: Sequence[float]) -> None:
+        """Step rows ``members`` with ``grads`` ``[K, P]``, each at its learning rate."""
+        for grad, member, lr in zip(grads, members, lrs):
+            optimizer, row = self.optimizers[member], self.rows[member]
+            for group in optimizer.param_groups:
+                group["lr"] = float(lr)
+            row.grad = grad
+            optimizer.step()
+            row.grad = None
+
+    def reset(self, members: Sequence[int]) -> None:
+        """New optimizers for ``members``."""
+        for member in members:
+            self.optimizers[member] = self._new(member)
+
+    def member_state(self, member: int) -> dict[str, Any]:
+        return {"name": self.name, "torch": self.optimizers[member].state_dict()}
+
+    def load_member_state(
+        self, member: int, state: dict[str, Any], params: Sequence[Tensor] = ()
+    ) -> None:
+        self.optimizers[member].load_state_dict(state["torch"])
+
+
 class FlatOptimizer:
     """The optimizer of one set of ``params``: a :class:`ParameterStack` of one member
     and its :class:`StackedOptimizer` (the parameters become views of :attr:`flat`)."""
@@ -294,12 +396,13 @@ class FlatOptimizer:
         lr: float,
         weight_decay: float = 0.0,
         eps: float = 1e-8,
+        kwargs: dict[str, Any] | None = None,
     ) -> None:
         _check_name(name)
         self.params = list(params)
         self.lr = lr
         self.stack = ParameterStack([self.params])
-        self.optimizer = StackedOptimizer(name, self.stack.flat, eps, weight_decay)
+        self.optimizer = make_optimizer(name, self.stack.flat, eps, weight_decay, kwargs)
 
     @property
     def flat(self) -> Tensor:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from pglab.dense import DenseActorCritic
 from pglab.errors import TrainingError
 from pglab.losses import explained_variance, value_loss
-from pglab.optim import FlatOptimizer, ParameterStack, StackedOptimizer
+from pglab.optim import FlatOptimizer, ParameterStack, make_optimizer
 from pglab.policies import Actor, Critic, GaussianHead, unique_parameters
 from pglab.returns import gae, masked_mean, masked_var
 from pglab.rollout import Batch
@@ -230,7 +230,9 @@ class StackedRule:
         ]
         self.stack = ParameterStack(trained)
         cfg = self.config
-        self.optimizer = StackedOptimizer(cfg.optimizer, self.stack.flat, cfg.eps, cfg.weight_decay)
+        self.optimizer = make_optimizer(
+            cfg.optimizer, self.stack.flat, cfg.eps, cfg.weight_decay, cfg.optimizer_kwargs
+        )
         #: Each member's minibatch sampler, seeded by its run's seed.
         self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
         #: The networks, where the loss's gradient is taken without autograd (else None).

@@ -37,7 +37,7 @@ from pglab.losses import (
     policy_gradient_loss,
     value_loss,
 )
-from pglab.optim import ParameterStack, StackedOptimizer
+from pglab.optim import ParameterStack, make_optimizer
 from pglab.policies import Actor, Critic
 from pglab.returns import masked_mean, masked_var, policy_gradient_weights, standardize
 from pglab.rollout import Batch
@@ -71,8 +71,9 @@ class Reinforce(StackedRule):
         self.value_stack: ParameterStack | None = None
         if self.critic is not None:
             self.value_stack = ParameterStack([list(c.parameters()) for c in self.critics])
-            self.value_optimizer = StackedOptimizer(
-                self.config.optimizer, self.value_stack.flat, self.config.eps
+            cfg = self.config
+            self.value_optimizer = make_optimizer(
+                cfg.optimizer, self.value_stack.flat, cfg.eps, 0.0, cfg.optimizer_kwargs
             )
 
     @staticmethod

@@ -94,7 +94,11 @@ class TRPO:
         self.config = config
         self.params = list(actor.parameters())
         self.value_optimizer = FlatOptimizer(
-            config.optimizer, critic.parameters(), config.value_lr, eps=config.eps
+            config.optimizer,
+            critic.parameters(),
+            config.value_lr,
+            eps=config.eps,
+            kwargs=config.optimizer_kwargs,
         )
 
     def _surrogate(self, data: dict[str, Tensor], adv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
