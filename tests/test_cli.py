@@ -15,18 +15,10 @@ import pytest
 import torch
 
 import pglab
+from cli_run import run_cli
 from pglab.cli import main
 
 QUICK = ["--set", "progress=off", "--set", "eval_every=2000", "--set", "eval_episodes=3"]
-
-
-def run_cli(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_train_writes_a_complete_run_folder(tmp_path, capsys):

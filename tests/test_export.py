@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import pglab
-from pglab.cli import main
+from cli_run import run_cli
 from space_envs import MaskedEnv, SpacesEnv
 
 TINY = {
@@ -31,15 +31,6 @@ TINY = {
 BATCH = 64
 # torch 2.13 marks TorchScript deprecated; loading the file is what a user of it does.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
-
-
-def run_cli(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def act_onnx(path, obs):

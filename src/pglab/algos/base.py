@@ -42,6 +42,11 @@ def scheduled_lr(
     return base_lr
 
 
+def scheduled(config: AlgoConfig, base: float, schedule: str, progress: float) -> float:
+    """:func:`scheduled_lr` with the config's step-schedule settings."""
+    return scheduled_lr(base, schedule, progress, config.schedule_every, config.schedule_gamma)
+
+
 def gradient_step(
     optimizer: FlatOptimizer,
     loss: Tensor,
@@ -585,20 +590,8 @@ class JointOptimizer(StackedRule):
         """Learning rate, clip range (linearly annealed where configured) and the loss's
         coefficients at ``progress`` in [0, 1] of the budget."""
         return {
-            "lr": scheduled_lr(
-                config.lr,
-                config.lr_schedule,
-                progress,
-                config.schedule_every,
-                config.schedule_gamma,
-            ),
-            "clip_range": scheduled_lr(
-                config.clip_range,
-                config.clip_schedule,
-                progress,
-                config.schedule_every,
-                config.schedule_gamma,
-            ),
+            "lr": scheduled(config, config.lr, config.lr_schedule, progress),
+            "clip_range": scheduled(config, config.clip_range, config.clip_schedule, progress),
             "vf_coef": config.vf_coef,
             "entropy_coef": config.entropy_coef,
             "value_clip": config.value_clip,

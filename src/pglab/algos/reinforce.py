@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from pglab.algos.base import StackedRule, clip_rows, scheduled_lr, valid_samples
+from pglab.algos.base import StackedRule, clip_rows, scheduled, valid_samples
 from pglab.losses import (
     approx_kl,
     entropy_loss,
@@ -101,20 +101,8 @@ class Reinforce(StackedRule):
     @staticmethod
     def hyperparameters(config: AlgoConfig, progress: float) -> dict[str, Any]:
         return {
-            "lr": scheduled_lr(
-                config.lr,
-                config.lr_schedule,
-                progress,
-                config.schedule_every,
-                config.schedule_gamma,
-            ),
-            "value_lr": scheduled_lr(
-                config.value_lr,
-                config.lr_schedule,
-                progress,
-                config.schedule_every,
-                config.schedule_gamma,
-            ),
+            "lr": scheduled(config, config.lr, config.lr_schedule, progress),
+            "value_lr": scheduled(config, config.value_lr, config.lr_schedule, progress),
             "entropy_coef": config.entropy_coef,
         }
 

@@ -31,7 +31,7 @@ from pglab.algos.base import (
     advantage_metrics,
     fit_critic,
     gae_advantages,
-    scheduled_lr,
+    scheduled,
     valid_samples,
 )
 from pglab.errors import TrainingError
@@ -158,9 +158,7 @@ class TRPO:
             final_kl = self._mean_kl(data["obs"], old_params, old_log_std)
         kl_k1, kl_k3 = approx_kl(log_ratio)
 
-        value_lr = scheduled_lr(
-            cfg.value_lr, cfg.lr_schedule, progress, cfg.schedule_every, cfg.schedule_gamma
-        )
+        value_lr = scheduled(cfg, cfg.value_lr, cfg.lr_schedule, progress)
         self.value_optimizer.lr = value_lr
         v_loss = fit_critic(
             self.critic,
