@@ -1,6 +1,10 @@
 """A network body of a user's own, for the tests of ``policy.body = "custom_nets:..."``."""
 
+import gymnasium as gym
+import torch
 from torch import Tensor, nn
+
+from pglab.policies import Actor, make_head
 
 
 class GatedBody(nn.Module):
@@ -13,3 +17,31 @@ class GatedBody(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.value(obs).tanh() * self.gate(obs).sigmoid()
+
+
+class WideActor(Actor):
+    """A whole actor of the user's own: a ReLU body of ``width`` and pglab's head for the
+    action space."""
+
+    def __init__(self, obs_dim: int, action_space: gym.Space, width: int = 24) -> None:
+        body = nn.Sequential(nn.Linear(obs_dim, width), nn.ReLU())
+        super().__init__(body, make_head(width, action_space))
+
+
+class TwoTowerCritic(nn.Module):
+    """A whole critic of the user's own: the mean of two small value towers."""
+
+    def __init__(self, obs_dim: int) -> None:
+        super().__init__()
+        self.towers = nn.ModuleList([nn.Linear(obs_dim, 1) for _ in range(2)])
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return torch.stack([tower(obs).squeeze(-1) for tower in self.towers]).mean(0)
+
+
+class NotAnActor(nn.Module):
+    """Takes an actor's arguments but is a plain module: refused as an actor."""
+
+    def __init__(self, obs_dim: int, action_space: gym.Space) -> None:
+        super().__init__()
+        self.linear = nn.Linear(obs_dim, 2)

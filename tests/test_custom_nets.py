@@ -96,3 +96,33 @@ def test_a_member_with_a_body_class_trains_as_the_same_seed_alone(tmp_path):
         "CartPole-v1", "ppo", out=str(tmp_path / "a"), seed=1, policy=policy, **TINY
     )
     assert numbers(runs[1]) == numbers(alone)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "trpo", "reinforce"])
+def test_a_whole_actor_and_critic_of_ones_own_train_save_and_load(algo, tmp_path):
+    from custom_nets import TwoTowerCritic, WideActor
+
+    policy = {"actor": WideActor, "actor_kwargs": {"width": 20}, "critic": TwoTowerCritic}
+    options = {**TINY, "weights": "gae"} if algo == "reinforce" else TINY
+    run = pglab.train("CartPole-v1", algo, out=str(tmp_path), policy=policy, **options)
+    assert type(run.agent.actor) is WideActor and run.agent.config.policy.actor.endswith(
+        "custom_nets:WideActor"
+    )
+    agent = pglab.load(run.path, allow_import=["custom_nets"])
+    assert agent.actor.body[0].out_features == 20
+    assert (
+        pglab.evaluate(agent, episodes=2, seed=3).mean
+        == pglab.evaluate(run.agent, episodes=2, seed=3).mean
+    )
+
+
+def test_an_actor_class_that_makes_something_else_is_one_line(tmp_path):
+    for wrong, says in [
+        ("NotAnActor", "must make a pglab.policies.Actor"),
+        ("GatedBody", "Discrete"),
+    ]:
+        with pytest.raises(PglabError, match=says):
+            pglab.train(
+                "CartPole-v1", "ppo", out=str(tmp_path), policy={"actor": f"custom_nets:{wrong}"},
+                **TINY,
+            )  # fmt: skip

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -70,8 +70,11 @@ def stored_config(state: dict[str, Any], source: str, allow_import: Iterable[str
         )
     check_env_import(config.env.id, allow_import, source)
     check_wrapper_imports(config.env.wrappers, allow_import, source)
-    if config.policy.body not in BODIES:
-        check_import(config.policy.body, "policy.body", allow_import, source, CheckpointError)
+    p = config.policy
+    own = {"body": p.body if p.body not in BODIES else "", "actor": p.actor, "critic": p.critic}
+    for option, name in own.items():
+        if name:
+            check_import(name, f"policy.{option}", allow_import, source, CheckpointError)
     return config
 
 
@@ -116,26 +119,57 @@ def obs_encoder(
     return ObsEncoder(observation_space, source, action_space)
 
 
-def body_factory(config: Config) -> BodyFactory | None:
-    """How to make the user's own body (``policy.body = "package.module:Class"``, made
-    as ``Class(obs_dim, **policy.body_kwargs)``), or None for a built-in one. Callers
-    reading the config from a file check the import first (:func:`stored_config`)."""
-    p = config.policy
-    if p.body in BODIES:
-        return None
-    cls = import_named(p.body, "policy.body", PglabError)
+def user_class(option: str, name: str, kwargs: dict[str, Any]) -> Callable[..., Any]:
+    """The user's class ``name`` (``policy.<option>``), as a function of its leading
+    arguments that adds ``kwargs``; a class that cannot be imported or made is one
+    :class:`PglabError` line. Callers reading the config from a file check the import
+    first (:func:`stored_config`)."""
+    cls = import_named(name, f"policy.{option}", PglabError)
     if not callable(cls):
-        raise PglabError(f"policy.body {p.body!r} is not a class")
+        raise PglabError(f"policy.{option} {name!r} is not a class")
 
-    def make(obs_dim: int) -> nn.Module:
+    def make(*args: Any) -> Any:
         try:
-            return cls(obs_dim, **p.body_kwargs)
+            return cls(*args, **kwargs)
         except TypeError as error:
             raise PglabError(
-                f"policy.body {p.body!r} with body_kwargs {p.body_kwargs}: {error}"
+                f"policy.{option} {name!r} with {option}_kwargs {kwargs}: {error}"
             ) from None
 
     return make
+
+
+def body_factory(config: Config) -> BodyFactory | None:
+    """How to make the user's own body (``policy.body = "package.module:Class"``, made
+    as ``Class(obs_dim, **policy.body_kwargs)``), or None for a built-in one."""
+    p = config.policy
+    return None if p.body in BODIES else user_class("body", p.body, p.body_kwargs)
+
+
+def _own_actor(config: Config, obs_dim: int, action_space: gym.Space) -> Actor:
+    """The user's actor (``policy.actor``): it must be a :class:`~pglab.policies.Actor`."""
+    p = config.policy
+    actor = user_class("actor", p.actor, p.actor_kwargs)(obs_dim, action_space)
+    if not isinstance(actor, Actor):
+        raise PglabError(
+            f"policy.actor {p.actor!r} must make a pglab.policies.Actor (or a subclass); "
+            f"it made {type(actor).__name__}"
+        )
+    return actor
+
+
+def _own_critic(config: Config, obs_dim: int) -> nn.Module:
+    """The user's critic (``policy.critic``): a module from ``[N, obs_dim]`` to ``[N]``."""
+    p = config.policy
+    critic = user_class("critic", p.critic, p.critic_kwargs)(obs_dim)
+    values = critic(torch.zeros(2, obs_dim)) if isinstance(critic, nn.Module) else None
+    if not isinstance(values, Tensor) or tuple(values.shape) != (2,):
+        shape = tuple(values.shape) if isinstance(values, Tensor) else type(critic).__name__
+        raise PglabError(
+            f"policy.critic {p.critic!r} must make a torch module from [N, {obs_dim}] to "
+            f"values [N]; got {shape}"
+        )
+    return critic
 
 
 def build_models(
@@ -148,30 +182,36 @@ def build_models(
     images = _images(config, observation_space, encoder)
     factory = body_factory(config)
     try:
-        actor = make_actor(
-            obs_dim,
-            action_space,
-            p.hidden,
-            activation=p.activation,
-            dropout=p.dropout,
-            head=p.head,
-            log_std_init=p.log_std_init,
-            images=images,
-            mask_dim=encoder.mask_dim,
-            action_mask=encoder.mask,
-            factory=factory,
+        actor = (
+            _own_actor(config, obs_dim, action_space)
+            if p.actor
+            else make_actor(
+                obs_dim,
+                action_space,
+                p.hidden,
+                activation=p.activation,
+                dropout=p.dropout,
+                head=p.head,
+                log_std_init=p.log_std_init,
+                images=images,
+                mask_dim=encoder.mask_dim,
+                action_mask=encoder.mask,
+                factory=factory,
+            )
         )
     except ValueError as error:
         where = "policy.body" if factory is not None and "body" in str(error) else "policy.head"
         raise PglabError(f"{where}: {error}") from None
     critic = None
-    if config.algo.uses_critic:
+    if config.algo.uses_critic and p.critic:
+        critic = _own_critic(config, obs_dim)
+    elif config.algo.uses_critic:
         critic = (
             shared_critic(actor)
             if p.shared
             else make_critic(obs_dim, p.value_hidden, p.activation, images, factory)
         )
-    if p.ortho_init:
+    if p.ortho_init and not (p.actor or p.critic):  # a user's own networks keep their init
         orthogonal_init(actor, critic)
     return actor, critic
 

@@ -184,7 +184,9 @@ def _validate(section: Any) -> None:
         elif f.name == "wrappers":  # import paths, or {name, kwargs} tables
             value = parse_wrappers(value, key)
         elif f.name == "body":  # a built-in body, or a class of the user's (its import path)
-            value = _body(value, key)
+            value = _class_path(value, key, BODIES)
+        elif f.name in ("actor", "critic"):  # empty (built), or a class of the user's
+            value = _class_path(value, key, ("",))
         elif f.name == "optimizer":  # pglab's own, or one of torch.optim's by name
             value = _optimizer(value, key)
         else:
@@ -200,7 +202,9 @@ def _validate(section: Any) -> None:
         checker()
 
 
-def _body(value: Any, key: str) -> str:
+def _class_path(value: Any, key: str, builtins: tuple[str, ...]) -> str:
+    """A class of the user's as its import path (a class given in Python is stored by
+    name), or one of ``builtins``; anything else is one :class:`ConfigError` line."""
     if isinstance(value, type):  # a class given in Python: stored by its import path
         if value.__module__ == "__main__" or "<locals>" in value.__qualname__:
             raise ConfigError(
@@ -208,11 +212,12 @@ def _body(value: Any, key: str) -> str:
                 "than __main__ (runs store it by name and rebuild it on load)"
             )
         value = f"{value.__module__}:{value.__qualname__}"
-    if isinstance(value, str) and (value in BODIES or wrapper_module(value) is not None):
+    if isinstance(value, str) and (value in builtins or wrapper_module(value) is not None):
         return value
+    named = ", ".join(b or repr(b) for b in builtins)
     raise ConfigError(
-        f"{key} must be one of {', '.join(BODIES)} or a class's import path "
-        f"(package.module:Class); got {value!r}"
+        f"{key} must be one of {named} or a class's import path (package.module:Class); "
+        f"got {value!r}"
     )
 
 
@@ -331,6 +336,19 @@ class PolicyConfig:
         "[N, obs_dim] to [N, features]; from a file it is imported only with --allow-import)",
     )
     body_kwargs: dict = opt({}, "keyword arguments of a body class of your own")
+    actor: str = opt(
+        "",
+        "your own actor class package.module:Class, made as Class(obs_dim, action_space, "
+        "**actor_kwargs): a pglab.policies.Actor (a subclass); empty = built from the "
+        "options above",
+    )
+    actor_kwargs: dict = opt({}, "keyword arguments of an actor class of your own")
+    critic: str = opt(
+        "",
+        "your own critic class, made as Class(obs_dim, **critic_kwargs): a torch module "
+        "from [N, obs_dim] to values [N]; empty = built from value_hidden",
+    )
+    critic_kwargs: dict = opt({}, "keyword arguments of a critic class of your own")
 
     def __post_init__(self) -> None:
         _validate(self)
