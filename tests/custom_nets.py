@@ -45,3 +45,8 @@ class NotAnActor(nn.Module):
     def __init__(self, obs_dim: int, action_space: gym.Space) -> None:
         super().__init__()
         self.linear = nn.Linear(obs_dim, 2)
+
+
+def warm_up(progress: float) -> float:
+    """A learning-rate schedule of the user's own: a tenth at the start, whole from 50%."""
+    return min(1.0, 0.1 + 1.8 * progress)

@@ -126,3 +126,22 @@ def test_an_actor_class_that_makes_something_else_is_one_line(tmp_path):
                 "CartPole-v1", "ppo", out=str(tmp_path), policy={"actor": f"custom_nets:{wrong}"},
                 **TINY,
             )  # fmt: skip
+
+
+def test_a_schedule_of_ones_own_sets_the_learning_rate_and_is_checked_on_load(tmp_path):
+    import csv
+
+    from custom_nets import warm_up
+
+    options = {**TINY, "total_steps": 512, "lr": 0.01}
+    run = pglab.train("CartPole-v1", "ppo", out=str(tmp_path), lr_schedule=warm_up, **options)
+    assert run.agent.config.algo.lr_schedule.endswith("custom_nets:warm_up")
+    with open(run.path / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    before = [0] + [int(row["step"]) for row in rows[:-1]]  # the steps before each update
+    rates = [float(row["lr"]) for row in rows]
+    assert rates == pytest.approx([0.01 * warm_up(b / 512) for b in before], rel=1e-4)
+    with pytest.raises(CheckpointError, match="--allow-import custom_nets"):
+        pglab.load(run.path)
+    with pytest.raises(ConfigError, match="top of a module"):
+        pglab.train("CartPole-v1", "ppo", out=str(tmp_path), lr_schedule=lambda p: 1.0, **TINY)

@@ -71,10 +71,16 @@ def stored_config(state: dict[str, Any], source: str, allow_import: Iterable[str
     check_env_import(config.env.id, allow_import, source)
     check_wrapper_imports(config.env.wrappers, allow_import, source)
     p = config.policy
-    own = {"body": p.body if p.body not in BODIES else "", "actor": p.actor, "critic": p.critic}
+    own = {
+        "policy.body": p.body if p.body not in BODIES else "",
+        "policy.actor": p.actor,
+        "policy.critic": p.critic,
+        "algo.lr_schedule": config.algo.lr_schedule,
+        "algo.clip_schedule": config.algo.clip_schedule,
+    }
     for option, name in own.items():
-        if name:
-            check_import(name, f"policy.{option}", allow_import, source, CheckpointError)
+        if ":" in name or "." in name:  # a user's class or function, by its import path
+            check_import(name, option, allow_import, source, CheckpointError)
     return config
 
 

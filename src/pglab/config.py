@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import functools
 import importlib.util
+import inspect
 import math
 import os
 import re
@@ -187,6 +188,8 @@ def _validate(section: Any) -> None:
             value = _class_path(value, key, BODIES)
         elif f.name in ("actor", "critic"):  # empty (built), or a class of the user's
             value = _class_path(value, key, ("",))
+        elif f.name in ("lr_schedule", "clip_schedule"):  # built in, or a user's function
+            value = _class_path(value, key, LR_SCHEDULES)
         elif f.name == "optimizer":  # pglab's own, or one of torch.optim's by name
             value = _optimizer(value, key)
         else:
@@ -203,9 +206,12 @@ def _validate(section: Any) -> None:
 
 
 def _class_path(value: Any, key: str, builtins: tuple[str, ...]) -> str:
-    """A class of the user's as its import path (a class given in Python is stored by
-    name), or one of ``builtins``; anything else is one :class:`ConfigError` line."""
-    if isinstance(value, type):  # a class given in Python: stored by its import path
+    """A class (or function) of the user's as its import path (one given in Python is
+    stored by name), or one of ``builtins``; anything else is one :class:`ConfigError`
+    line."""
+    if isinstance(value, type) or inspect.isfunction(
+        value
+    ):  # a class given in Python: stored by its import path
         if value.__module__ == "__main__" or "<locals>" in value.__qualname__:
             raise ConfigError(
                 f"{key}: {value.__qualname__} must be defined at the top of a module other "
@@ -385,8 +391,8 @@ class AlgoConfig:
     lr_schedule: str = opt(
         "constant",
         "learning-rate schedule over the budget: linear and cosine decay to 0, step "
-        "multiplies by schedule_gamma every schedule_every of it",
-        Choice(LR_SCHEDULES),
+        "multiplies by schedule_gamma every schedule_every of it; or your own function "
+        "package.module:name of the progress in [0, 1], giving the factor of lr",
     )
     schedule_every: float = opt(
         0.25,
@@ -417,9 +423,7 @@ class AlgoConfig:
         Range(1, None),
     )
     clip_range: float = opt(0.2, "ppo: clip range epsilon of the ratio", POSITIVE)
-    clip_schedule: str = opt(
-        "constant", "ppo: clip-range schedule (as lr_schedule)", Choice(LR_SCHEDULES)
-    )
+    clip_schedule: str = opt("constant", "ppo: clip-range schedule (as lr_schedule)")
     value_clip: float = opt(0.0, "ppo: clip the value change to +-this; 0 = off", NON_NEGATIVE)
     target_kl: float = opt(
         0.0, "ppo, reinforce: stop the epochs once approx KL exceeds this; 0 = off", NON_NEGATIVE

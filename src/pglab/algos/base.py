@@ -4,15 +4,16 @@ every stacking rule (:class:`StackedRule`), for one run or a population of runs 
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from pglab.dense import DenseActorCritic
-from pglab.errors import TrainingError
+from pglab.errors import PglabError, TrainingError
 from pglab.losses import explained_variance, value_loss
 from pglab.optim import FlatOptimizer, ParameterStack, make_optimizer
 from pglab.policies import Actor, Critic, GaussianHead, unique_parameters
@@ -28,11 +29,14 @@ def scheduled_lr(
 ) -> float:
     r"""Learning rate (or clip range) at ``progress`` :math:`p \in [0, 1]` of the budget.
 
+    A user's function :math:`f` (``package.module:name``): :math:`\alpha_0 f(p)`.
     ``constant``: :math:`\alpha_0`; ``linear``: :math:`\alpha_0 (1 - p)`; ``cosine``:
     :math:`\alpha_0 \tfrac12 (1 + \cos \pi p)`; ``step``: :math:`\alpha_0
     \gamma^{\lfloor p / e \rfloor}` (``every`` :math:`e`, ``gamma`` :math:`\gamma`).
     """
     progress = min(max(progress, 0.0), 1.0)
+    if ":" in schedule or "." in schedule:  # the user's function of the progress
+        return base_lr * float(user_schedule(schedule)(progress))
     if schedule == "linear":
         return base_lr * (1.0 - progress)
     if schedule == "cosine":
@@ -40,6 +44,19 @@ def scheduled_lr(
     if schedule == "step":
         return base_lr * gamma ** math.floor(progress / every + 1e-9)
     return base_lr
+
+
+@functools.cache
+def user_schedule(name: str) -> Callable[[float], float]:
+    """The user's schedule ``package.module:name``: a function of the progress in
+    [0, 1] that gives the factor of the base value (imported once; a run read from a
+    file has had the import checked, see :func:`pglab.agent.stored_config`)."""
+    from pglab.envs.wrappers import import_named
+
+    function = import_named(name, "schedule", PglabError)
+    if not callable(function):
+        raise PglabError(f"schedule {name!r} is not a function of the progress")
+    return function
 
 
 def scheduled(config: AlgoConfig, base: float, schedule: str, progress: float) -> float:
