@@ -171,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="local processes (default: one per core)"
     )
 
+    tune = commands.add_parser(
+        "tune",
+        help="search for good settings with Optuna (TPE, pruning), resumable",
+        description="Run the missing trials of a tuning spec (see pglab.experiments.tune); "
+        "writes GROUP/tune/: trials.csv, best.toml, history.png, importance.png, curves.png. "
+        "Needs pip install 'pglab[tune]'.",
+    )
+    tune.add_argument("spec", metavar="SPEC.toml", help="the tuning spec")
+    tune.add_argument("--out", help="folder for the run group (default: the spec's out, or runs)")
+
     report = commands.add_parser(
         "report",
         help="tables and learning curves of a run group",
@@ -398,6 +408,14 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from pglab.experiments.tune import run_tune
+
+    tune_dir = run_tune(args.spec, out=args.out)
+    print(f"{tune_dir / 'trials.csv'}\n{tune_dir / 'best.toml'}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pglab.experiments.report import report
 
@@ -516,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train": _train,
             "eval": _eval,
             "sweep": _sweep,
+            "tune": _tune,
             "report": _report,
             "record": _record,
             "variance": _variance,
@@ -529,10 +548,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(f"cannot access{where}: {error.strerror or error}", 1)
     except KeyboardInterrupt as interrupt:
         where = getattr(interrupt, "run_dirs", None)
-        if args.command == "sweep":
+        if args.command in ("sweep", "tune"):
             print(
-                f"pglab: interrupted; run 'pglab sweep {args.spec}' again to finish the "
-                "missing runs",
+                f"pglab: interrupted; run 'pglab {args.command} {args.spec}' again to finish "
+                "what is missing",
                 file=sys.stderr,
             )
         elif where:

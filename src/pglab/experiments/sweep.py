@@ -184,17 +184,17 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> Sweep:
                 f"sweep spec: config must be the path of a TOML file; got {config_file!r}"
             )
         config_file = (path.parent / config_file).resolve()
-    seeds = _seeds(spec.get("seeds", 1), spec.get("base_seed", 0))
+    seeds = spec_seeds(spec.get("seeds", 1), spec.get("base_seed", 0))
     sample_seed = spec.get("sample_seed", 0)
     if not _is_int(sample_seed):
         raise ConfigError(f"sweep spec: sample_seed must be an integer; got {sample_seed!r}")
-    fixed, _ = _options(spec.get("set", {}), "set")
-    grid, written = _options(spec.get("grid", {}), "grid")
+    fixed, _ = spec_options(spec.get("set", {}), "set")
+    grid, written = spec_options(spec.get("grid", {}), "grid")
     grid = {k: _values(written[k], v) for k, v in grid.items()}
-    random = _table(spec.get("random", {}), "random")
+    random = spec_table(spec.get("random", {}), "random")
     samples = random.pop("samples", 1 if random else 0)
-    distributions, written = _options(random, "random", distributions=True)
-    distributions = {k: _distribution(written[k], v) for k, v in distributions.items()}
+    distributions, written = spec_options(random, "random", distributions=True)
+    distributions = {k: spec_distribution(written[k], v) for k, v in distributions.items()}
     draws = _draws(distributions, samples, sample_seed)
     variants = _variants(spec.get("variants", []))
     _check_overlaps(
@@ -240,21 +240,21 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _table(value: Any, where: str) -> dict[str, Any]:
+def spec_table(value: Any, where: str, label: str = "sweep spec") -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ConfigError(f"sweep spec: {where} must be a table of options; got {value!r}")
+        raise ConfigError(f"{label}: {where} must be a table of options; got {value!r}")
     return dict(value)
 
 
-def _options(
-    table: Any, where: str, distributions: bool = False
+def spec_options(
+    table: Any, where: str, distributions: bool = False, label: str = "sweep spec"
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The table's options by their full names (``lr`` -> ``algo.lr``; a TOML dotted key
     ``algo.lr = ...`` reads as a section table), and the name each was written with.
     Two names of one option, and the options the sweep sets itself, are refused."""
     given: dict[str, str] = {}
     options: dict[str, Any] = {}
-    for key, value in _table(table, where).items():
+    for key, value in spec_table(table, where, label).items():
         nested = key in SECTIONS and isinstance(value, dict)
         if nested and distributions:  # `algo.lr = { uniform = [...] }` vs `lr = {...}`
             nested = not set(value) & set(DISTRIBUTIONS)
@@ -263,12 +263,12 @@ def _options(
             option = _key(written)
             if option in _OWNED:
                 raise ConfigError(
-                    f"sweep spec: {where}.{written} sets {option}, which a sweep sets from "
+                    f"{label}: {where}.{written} sets {option}, which a sweep sets from "
                     f"{_OWNED[option]}"
                 )
             if option in given:
                 raise ConfigError(
-                    f"sweep spec: {where} names {option} twice, as {given[option]!r} and "
+                    f"{label}: {where} names {option} twice, as {given[option]!r} and "
                     f"{written!r}; keep one"
                 )
             given[option] = written
@@ -337,22 +337,20 @@ def _key(key: str) -> str:
     return qualify(key, "sweep spec")
 
 
-def _seeds(seeds: Any, base: Any) -> list[int]:
+def spec_seeds(seeds: Any, base: Any, label: str = "sweep spec") -> list[int]:
     if _is_int(seeds) and seeds >= 1:
         if not _is_int(base) or base < 0:
-            raise ConfigError(f"sweep spec: base_seed must be an integer >= 0; got {base!r}")
+            raise ConfigError(f"{label}: base_seed must be an integer >= 0; got {base!r}")
         return [base + i for i in range(seeds)]
     if isinstance(seeds, list) and seeds and all(_is_int(s) and s >= 0 for s in seeds):
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         if repeated:
             raise ConfigError(
-                f"sweep spec: seeds must be different from each other; {repeated[0]} is "
+                f"{label}: seeds must be different from each other; {repeated[0]} is "
                 f"given more than once in {seeds!r}"
             )
         return list(seeds)
-    raise ConfigError(
-        f"sweep spec: seeds must be a count >= 1 or a list of seeds >= 0; got {seeds!r}"
-    )
+    raise ConfigError(f"{label}: seeds must be a count >= 1 or a list of seeds >= 0; got {seeds!r}")
 
 
 def _variants(variants: Any) -> list[tuple[str, dict]]:
@@ -365,7 +363,7 @@ def _variants(variants: Any) -> list[tuple[str, dict]]:
         )
     labelled = []
     for variant in variants:
-        options, _ = _options({k: v for k, v in variant.items() if k != "name"}, "variants")
+        options, _ = spec_options({k: v for k, v in variant.items() if k != "name"}, "variants")
         name = variant.get("name")
         if name is None:
             label = _label(options)
@@ -392,17 +390,20 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _distribution(key: str, value: Any) -> tuple[str, list]:
+def spec_distribution(
+    key: str, value: Any, label: str = "sweep spec", section: str = "random"
+) -> tuple[str, list]:
+    """One search distribution ``{uniform|log_uniform|int_uniform|choice = [...]}``, checked."""
     if not (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
         raise ConfigError(
-            f"sweep spec: random.{key} must be one of {{{', '.join(DISTRIBUTIONS)} = [...]}}; "
+            f"{label}: {section}.{key} must be one of {{{', '.join(DISTRIBUTIONS)} = [...]}}; "
             f"got {value!r}"
         )
     kind, args = next(iter(value.items()))
     if kind == "choice":
         if not (isinstance(args, list) and args):
             raise ConfigError(
-                f"sweep spec: random.{key}.choice needs a non-empty list; got {args!r}"
+                f"{label}: {section}.{key}.choice needs a non-empty list; got {args!r}"
             )
         return kind, args
     kinds = "integers" if kind == "int_uniform" else "numbers"
@@ -413,11 +414,11 @@ def _distribution(key: str, value: Any) -> tuple[str, list]:
         and args[0] <= args[1]
     ):
         raise ConfigError(
-            f"sweep spec: random.{key}.{kind} needs [low, high], two {kinds} with "
+            f"{label}: {section}.{key}.{kind} needs [low, high], two {kinds} with "
             f"low <= high; got {args!r}"
         )
     if kind == "log_uniform" and args[0] <= 0:
-        raise ConfigError(f"sweep spec: random.{key}.log_uniform needs low > 0; got {args!r}")
+        raise ConfigError(f"{label}: {section}.{key}.log_uniform needs low > 0; got {args!r}")
     return kind, args
 
 
