@@ -174,7 +174,7 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> Sweep:
     out_value = str(out) if out is not None else spec.get("out", "runs")
     if not isinstance(out_value, str) or not out_value or not out_value.isprintable():
         raise ConfigError(
-            f"sweep spec: out (or --out) must be a folder path (a string); got {out_value!r}"
+            f"sweep spec: out must be a folder path (a string; or give --out); got {out_value!r}"
         )
     out = Path(out_value).resolve()  # workers may start elsewhere (Ray)
     config_file = spec.get("config")
