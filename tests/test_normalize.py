@@ -126,3 +126,20 @@ def test_standardised_constant_rewards_vanish(tmp_path):
 def test_an_unknown_reward_method_is_one_clear_line():
     with pytest.raises(pglab.errors.ConfigError, match="reward_norm.*standardize.*'median'"):
         pglab.config.Config.from_dict({"env": {"reward_norm": "median"}})
+
+
+def test_one_row_at_a_time_folds_in_exactly_as_numpys_reductions_would():
+    import numpy as np
+
+    from pglab.envs.normalize import RunningMeanStd
+
+    rows = np.random.default_rng(0).normal(3.0, 2.0, size=(50, 4))
+    fast, reference = RunningMeanStd((4,)), RunningMeanStd((4,))
+    for row in rows:
+        fast.update(row[None])
+        mean, var, n = row, np.zeros(4), 1  # numpy's mean and var of a single row
+        delta, total = mean - reference.mean, reference.count + n
+        m2 = reference.var * reference.count + var * n + delta**2 * reference.count * n / total
+        reference.mean, reference.var = reference.mean + delta * n / total, m2 / total
+        reference.count = total
+    assert np.array_equal(fast.mean, reference.mean) and np.array_equal(fast.var, reference.var)

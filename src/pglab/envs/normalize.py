@@ -41,7 +41,11 @@ class RunningMeanStd:
         """Fold in a batch ``[B, *shape]``."""
         if len(batch) == 0:
             return
-        batch_mean, batch_var, n = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        n = batch.shape[0]
+        if n == 1:  # one env: the row is its mean and 0 its variance, as numpy would give
+            batch_mean, batch_var = batch[0], 0.0
+        else:
+            batch_mean, batch_var = batch.mean(axis=0), batch.var(axis=0)
         delta = batch_mean - self.mean
         total = self.count + n
         self.mean = self.mean + delta * n / total
