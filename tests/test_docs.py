@@ -67,3 +67,84 @@ def test_the_site_builds_strictly(tmp_path):
     assert "arithmatex" in concepts and "pglab.returns.gae" in concepts  # formula, its code
     cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
     assert "--resume" in cli and "pglab export" in cli
+
+
+#: Files the shell examples name, made small in the folder they run in.
+SHELL_FILES = {
+    "my_run.toml": '[env]\nid = "CartPole-v1"\n[algo]\nname = "reinforce"\nweights = "fr"\n',
+    "experiments/my-sweep.toml": (
+        'seeds = 1\n[set]\nenv = "CartPole-v1"\nalgo = "reinforce"\nweights = "fr"\n'
+        "total_steps = 300\neval_episodes = 1\ncheckpoint_every = 0\n[grid]\nlr = [0.001, 0.01]\n"
+    ),
+}
+SHELL_FILES["experiments/seed-grid.toml"] = SHELL_FILES["experiments/my-sweep.toml"]
+#: Shell examples not run here, and why.
+NOT_RUN = {
+    "--backend ray": "starts a Ray instance (tests/test_sweep.py runs the Ray backend)",
+    "LineWorld-v0/<run>": "needs a line-world run, which no shell example trains",
+}
+SMALL = ["--set", "run.progress=off", "--set", "run.eval_episodes=1",
+         "--set", "run.checkpoint_every=100"]  # fmt: skip
+
+
+def shell_examples(path: Path) -> list[str]:
+    """The ``pglab ...`` lines of a markdown file's bash blocks (not the install lines),
+    without their comments and optional ``[--...]`` parts."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", path.read_text(), re.S):
+        for line in block.splitlines():
+            line = re.sub(r"\s\[--[^\]]*\]", "", line.split("  #")[0]).strip()
+            lines += [
+                part.strip() for part in line.split("&&") if part.strip().startswith("pglab ")
+            ]
+    return lines
+
+
+def _latest(folder: Path) -> str:
+    runs = [p for p in folder.iterdir() if p.is_dir() and (p / "summary.json").exists()]
+    return str(max(runs, key=lambda p: p.stat().st_mtime))
+
+
+def _prepare(line: str, cwd: Path) -> list[str] | None:
+    """The example as arguments with a small budget, its run placeholders filled."""
+    import json
+    import shlex
+
+    if any(marker in line for marker in NOT_RUN):
+        return None
+    args = shlex.split(line)[1:]
+    for i, arg in enumerate(args):
+        match = re.fullmatch(r"runs/([^/]+)/[^/]+", arg)
+        if match and not (cwd / arg).exists():  # <run>, or a run named for the reader
+            args[i] = _latest(cwd / "runs" / match.group(1))
+    if args[0] == "train":
+        args = [re.sub(r"run.total_steps=\d+", "run.total_steps=300", a) for a in args]
+        if "--resume" in args:
+            run = Path(args[args.index("--resume") + 1])
+            done = json.loads((run / "summary.json").read_text())["total_steps"]
+            if "--steps" in args:
+                args[args.index("--steps") + 1] = str(done + 64)
+            else:  # an interrupted run's resume; here the runs finished: extend it a little
+                args += ["--steps", str(done + 64)]
+        else:
+            args += ["--steps", "300", *SMALL]
+    return args
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
+def test_the_shell_examples_run(page, tmp_path, monkeypatch, capsys):
+    from cli_run import run_cli
+
+    monkeypatch.chdir(tmp_path)  # in this process: each example as `pglab.cli.main(args)`
+    for name, text in SHELL_FILES.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    ran = 0
+    for line in shell_examples(ROOT / page):
+        args = _prepare(line, tmp_path)
+        if args is None:
+            continue
+        code, _, err = run_cli(args, capsys)
+        assert code in (0, None), f"{line}\n{args}\n{err[-2000:]}"
+        ran += 1
+    assert ran >= (15 if page == "README.md" else 4)
