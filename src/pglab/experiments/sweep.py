@@ -154,22 +154,28 @@ class Sweep:
         return "partial" if folder.exists() else "missing"
 
 
+def read_spec(path: Path, keys: set[str], label: str = "sweep spec") -> dict[str, Any]:
+    """The TOML table of a spec file, its top-level keys checked against ``keys``; a
+    missing file, bad TOML or an unknown key is one :class:`ConfigError` line."""
+    if not path.is_file():
+        raise ConfigError(f"{label} {str(path)!r} is not a file")
+    try:
+        spec = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{label} {str(path)!r} is not valid TOML: {error}") from None
+    unknown = sorted(set(spec) - keys)
+    if unknown:
+        raise ConfigError(
+            f"{label} {str(path)!r}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(keys))}"
+        )
+    return spec
+
+
 def load_spec(path: str | Path, out: str | Path | None = None) -> Sweep:
     """Parse and check a sweep spec; every run's config is built once to catch bad options.
     ``out`` (``pglab sweep --out``) replaces the spec's ``out`` folder."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep spec {str(path)!r} is not a file")
-    try:
-        spec = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"sweep spec {str(path)!r} is not valid TOML: {error}") from None
-    unknown = sorted(set(spec) - _SPEC_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"sweep spec {str(path)!r}: unknown key {unknown[0]!r}; "
-            f"allowed: {', '.join(sorted(_SPEC_KEYS))}"
-        )
+    spec = read_spec(path, _SPEC_KEYS)
     group = safe_name(spec.get("group", path.stem), "sweep spec: group")
     out_value = str(out) if out is not None else spec.get("out", "runs")
     if not isinstance(out_value, str) or not out_value or not out_value.isprintable():

@@ -48,7 +48,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +57,7 @@ from pglab.config import build_config
 from pglab.errors import ConfigError, PglabError
 from pglab.experiments.sweep import (
     inside,
+    read_spec,
     spec_distribution,
     spec_options,
     spec_seeds,
@@ -65,11 +65,6 @@ from pglab.experiments.sweep import (
 )
 from pglab.paths import make_dirs, safe_name, write_atomic, write_text_atomic
 from pglab.safety import hold_lock
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 TUNE_DIR = "tune"
 OBJECTIVES = ("final", "best", "auc")
@@ -109,17 +104,7 @@ def load_tune_spec(path: str | Path, out: str | Path | None = None) -> TuneSpec:
     """Parse and check a tuning spec (``out`` replaces its ``out``); a bad one is one
     :class:`ConfigError` line, before anything is written."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"tune spec {str(path)!r} is not a file")
-    try:
-        spec = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"tune spec {str(path)!r} is not valid TOML: {error}") from None
-    unknown = sorted(set(spec) - _KEYS)
-    if unknown:
-        raise ConfigError(
-            f"tune spec {str(path)!r}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_KEYS))}"
-        )
+    spec = read_spec(path, _KEYS, _LABEL)
     group = safe_name(spec.get("group", path.stem), "tune spec: group")
     out_value = str(out) if out is not None else spec.get("out", "runs")
     if not isinstance(out_value, str) or not out_value:
