@@ -121,6 +121,10 @@ SPACES = {
         lambda: SpacesEnv(Box(-1, 1, (3,)), Box(-2.0, 2.0, (2,), np.float32)),
         {"policy": {**TINY["policy"], "head": "tanh_gaussian"}},
     ),
+    "box/gsde": (
+        lambda: SpacesEnv(Box(-1, 1, (3,)), Box(-2.0, 2.0, (2,), np.float32)),
+        {"policy": {**TINY["policy"], "head": "gsde"}},
+    ),
     # (env.check off: Gymnasium's env checker steps with random, unmasked actions)
     "mask-in-obs/discrete": (lambda: MaskedEnv(in_obs=True), {"check": False}),
 }

@@ -13,6 +13,7 @@ from pglab.policies import (
     BernoulliHead,
     CategoricalHead,
     GaussianHead,
+    GSDEHead,
     TanhGaussianHead,
     make_actor,
     make_critic,
@@ -171,6 +172,69 @@ def test_tanh_gaussian_log_prob_is_a_change_of_variables():
     assert torch.allclose(log_prob, reference, atol=1e-5)
     actions = head.squash(u)
     assert (actions >= torch.as_tensor(low)).all() and (actions <= torch.as_tensor(high)).all()
+
+
+def _gsde_params(head, rows, generator):
+    mean = torch.randn(rows, head.action_dim, generator=generator, dtype=torch.float64)
+    z = torch.randn(rows, head.log_std.shape[0], generator=generator, dtype=torch.float64)
+    return torch.cat([mean, z], dim=-1), mean, z
+
+
+def test_gsde_log_prob_entropy_and_kl_are_a_gaussians_with_state_dependent_std():
+    generator = torch.Generator().manual_seed(0)
+    head = GSDEHead(5, 2, log_std_init=-0.7).double()
+    with torch.no_grad():
+        head.log_std.add_(0.3 * torch.randn(5, 2, generator=generator, dtype=torch.float64))
+    params, mean, z = _gsde_params(head, 6, generator)
+    std = (z.square() @ head.std().square() + GSDEHead.EPSILON).sqrt()
+    reference = torch.distributions.Normal(mean, std)
+    actions = mean + std * torch.randn(6, 2, generator=generator, dtype=torch.float64)
+    assert torch.allclose(head.log_prob(params, actions), reference.log_prob(actions).sum(-1))
+    assert torch.allclose(head.entropy(params), reference.entropy().sum(-1))
+    other, other_mean, other_z = _gsde_params(head, 6, generator)
+    other_std = (other_z.square() @ head.std().square() + GSDEHead.EPSILON).sqrt()
+    kl = torch.distributions.kl_divergence(
+        reference, torch.distributions.Normal(other_mean, other_std)
+    )
+    assert torch.allclose(head.kl(params, other), kl.sum(-1))
+    assert torch.allclose(head.kl(params, params), torch.zeros(6, dtype=torch.float64), atol=1e-12)
+
+
+def test_gsde_noise_is_held_for_a_batch_and_redrawn_after_it():
+    """Within a batch an env's noise weights stay: the same state gets the same action;
+    the next batch (or every ``sample_every`` steps) draws new ones; envs differ."""
+    torch.manual_seed(0)
+    head = GSDEHead(4, 2, log_std_init=0.0)
+    params = head(torch.randn(3, 4)).detach()
+    head.start_rollout()
+    first = head.sample(params)
+    assert torch.equal(head.sample(params), first)
+    assert not torch.allclose(first[0], first[1])  # each env its own weights
+    head.start_rollout()
+    assert not torch.allclose(head.sample(params), first)
+    every_two = GSDEHead(4, 2, sample_every=2)
+    every_two.start_rollout()
+    draws = [every_two.sample(params) for _ in range(4)]
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[2], draws[3])
+    assert not torch.allclose(draws[1], draws[2])
+    assert head.sample(params[:2]).shape == (2, 2)  # another batch size draws its own
+    assert torch.equal(head.mode(params), params[:, :2])
+
+
+def test_gsde_noise_does_not_train_the_body():
+    """The noise's features are detached: the log-probability's gradient reaches the body
+    only through the mean (as in the gSDE paper's default), so with the mean's weights at
+    zero the body gets none."""
+    torch.manual_seed(0)
+    actor = make_actor(3, gym.spaces.Box(-1, 1, (2,)), [8], head="gsde", log_std_init=-1.0)
+    obs = torch.randn(5, 3)
+    with torch.no_grad():
+        actions = actor.act(obs)
+        actor.head.linear.weight.zero_()
+    log_prob, entropy = actor.log_prob_entropy(obs, actions)
+    (log_prob + entropy).sum().backward()
+    assert all(not p.grad.any() for p in actor.body.parameters())
+    assert actor.head.log_std.grad.abs().sum() > 0
 
 
 def test_tanh_gaussian_needs_finite_bounds():

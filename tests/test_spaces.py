@@ -99,13 +99,34 @@ def test_a_population_over_composite_spaces_trains_as_its_single_runs(tmp_path):
     options = {**_options("ppo"), **TINY}
     alone = pglab.train(make, "ppo", seed=1, out=str(tmp_path / "alone"), **options)
     both = pglab.train(make, "ppo", seeds=[0, 1], out=str(tmp_path / "both"), **options)
+    assert _rows(both[1]) == _rows(alone)
 
-    def rows(run):
-        with open(run.path / "metrics.csv") as f:
-            skip = ("wall_seconds", "steps_per_second")
-            return [{k: v for k, v in r.items() if k not in skip} for r in csv.DictReader(f)]
 
-    assert rows(both[1]) == rows(alone)
+def _rows(run):
+    """A run's metrics.csv without its timing columns."""
+    with open(run.path / "metrics.csv") as f:
+        skip = ("wall_seconds", "steps_per_second")
+        return [{k: v for k, v in r.items() if k not in skip} for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_the_gsde_head_trains_with_every_algorithm_and_a_member_equals_its_run_alone(
+    algo, tmp_path
+):
+    def make():
+        return SpacesEnv(OBSERVATIONS["box"], ACTIONS["box"])
+
+    options = {**_options(algo), **TINY}
+    options["policy"] = {**TINY["policy"], "head": "gsde", "log_std_init": -1.0}
+    alone = pglab.train(make, algo, seed=1, out=str(tmp_path / "alone"), **options)
+    agent = pglab.load(alone.path)
+    assert type(agent.actor.head).__name__ == "GSDEHead"
+    obs = np.stack([OBSERVATIONS["box"].sample() for _ in range(4)])
+    assert all(ACTIONS["box"].contains(a) for a in agent.act(obs, deterministic=False))
+    assert np.array_equal(agent.act(obs), alone.agent.act(obs))
+    assert len(pglab.evaluate(agent, make, episodes=2).returns) == 2
+    both = pglab.train(make, algo, seeds=[0, 1], out=str(tmp_path / "both"), **options)
+    assert _rows(both[1]) == _rows(alone)
 
 
 def test_observations_encode_part_by_part():

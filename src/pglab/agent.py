@@ -199,6 +199,7 @@ def build_models(
                 dropout=p.dropout,
                 head=p.head,
                 log_std_init=p.log_std_init,
+                sde_sample_freq=p.sde_sample_freq,
                 images=images,
                 mask_dim=encoder.mask_dim,
                 action_mask=encoder.mask,

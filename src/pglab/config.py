@@ -329,7 +329,14 @@ class PolicyConfig:
         0.0, "dropout after each actor hidden layer (training only)", Range(0, 1, high_open=True)
     )
     head: str = opt("auto", "action distribution", Choice(HEADS))
-    log_std_init: float = opt(0.0, "initial log std of the Gaussian head", Range())
+    log_std_init: float = opt(
+        0.0, "initial log std of the Gaussian head (of the gsde head's noise weights)", Range()
+    )
+    sde_sample_freq: int = opt(
+        -1,
+        "gsde head: redraw the exploration noise every this many steps; -1 or 0 = once per batch",
+        Range(-1),
+    )
     value_hidden: list[int] = opt([64, 64], "critic hidden layer sizes (unless shared)")
     shared: bool = opt(False, "actor and critic share one body (hidden), two output layers")
     ortho_init: bool = opt(

@@ -15,6 +15,7 @@ bernoulli       ``Discrete(2)``             one logit, :math:`P(a = 1) = \sigma(
                 ``MultiBinary``             one logit per bit, independent
 gaussian        ``Box`` (1-D)               :math:`\mathcal N(\mu(s), \mathrm{diag}(\sigma^2))`, state-independent :math:`\log\sigma`
 tanh_gaussian   ``Box`` (1-D, bounded)      :math:`a = \ell + (h - \ell)(\tanh u + 1)/2`, :math:`u \sim \mathcal N(\mu, \sigma^2)`
+gsde            ``Box`` (1-D)               :math:`a = \mu(s) + z(s)^\top \Theta`, noise weights :math:`\Theta` held over many steps (state-dependent exploration)
 ==============  ==========================  ========================================
 
 Every head also gives the KL divergence between two of its distributions
@@ -47,6 +48,7 @@ HEADS: tuple[str, ...] = (
     "bernoulli",
     "gaussian",
     "tanh_gaussian",
+    "gsde",
 )
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -301,6 +303,110 @@ class TanhGaussianHead(GaussianHead):
         return super().log_prob(mean, u) - (log_det + log_scale).sum(dim=-1)
 
 
+class GSDEHead(_Head):
+    r"""Generalised state-dependent exploration (gSDE; Raffin, Kober and Stulp 2022).
+
+    The noise is a linear function of the policy's own features :math:`z(s)` (the body's
+    output, detached: exploration does not train the body), with weights drawn once and
+    held for many steps rather than drawn afresh at every step:
+
+    .. math::
+        a = \mu(s) + z(s)^\top \Theta, \qquad \Theta_{ji} \sim \mathcal N(0, \sigma_{ji}^2)
+
+    so that an env's actions change smoothly along its trajectory (what a task such as
+    MountainCarContinuous needs to reach its goal at all). Each env gets its own
+    :math:`\Theta`, drawn at the first step of every batch (and every ``sample_every``
+    steps within it when that is positive); a call with another number of rows (an
+    :class:`pglab.Agent` acting on a batch of its own) draws a :math:`\Theta` per row.
+
+    Given the state, the action is Gaussian with a state-dependent variance, which is
+    what the log-probability, entropy and KL use:
+
+    .. math::
+        \sigma_i(s)^2 = \sum_j z_j(s)^2 \sigma_{ji}^2 + \epsilon, \qquad
+        \log \pi(a \mid s) = -\sum_i \Big[\frac{(a_i - \mu_i)^2}{2\sigma_i(s)^2}
+              + \log\sigma_i(s) + \tfrac12 \log 2\pi\Big]
+
+    with :math:`\epsilon = 10^{-6}`. The parameters it hands around are
+    :math:`[\mu(s), z(s)]` side by side; :math:`\log\sigma` is a learned
+    ``[features, actions]`` matrix. The action is unbounded, clipped to the Box on the
+    way to the env, as the plain Gaussian's.
+    """
+
+    EPSILON = 1e-6
+
+    def __init__(
+        self, in_dim: int, action_dim: int, log_std_init: float = 0.0, sample_every: int = -1
+    ) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, action_dim)
+        self.log_std = nn.Parameter(torch.full((in_dim, action_dim), float(log_std_init)))
+        self.action_dim = action_dim
+        self.sample_every = sample_every
+        self._weights: Tensor | None = None  # [N, features, actions], one Theta per env
+        self._steps = 0
+
+    def forward(self, features: Tensor) -> Tensor:
+        return torch.cat([self.linear(features), features.detach()], dim=-1)
+
+    def _log_std(self) -> Tensor:
+        return self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def _split(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        return params[..., : self.action_dim], params[..., self.action_dim :]
+
+    def _state_log_std(self, z: Tensor, log_std: Tensor | None = None) -> Tensor:
+        r""":math:`\log\sigma_i(s) = \tfrac12 \log\big(\sum_j z_j^2 \sigma_{ji}^2 + \epsilon\big)`."""
+        log_std = self._log_std() if log_std is None else log_std
+        return 0.5 * torch.log(z.square() @ (2 * log_std).exp() + self.EPSILON)
+
+    def start_rollout(self) -> None:
+        """Forget the noise weights: the next :meth:`sample` draws new ones."""
+        self._weights = None
+        self._steps = 0
+
+    def sample(self, params: Tensor) -> Tensor:
+        mean, z = self._split(params)
+        due = self.sample_every > 0 and self._steps % self.sample_every == 0
+        if self._weights is None or self._weights.shape[0] != len(z) or due:
+            std = self._log_std().exp()
+            self._weights = std * torch.randn((len(z), *std.shape), device=z.device)
+        self._steps += 1
+        return mean + torch.bmm(z.unsqueeze(1), self._weights).squeeze(1)
+
+    def mode(self, params: Tensor) -> Tensor:
+        return self._split(params)[0]
+
+    def log_prob(self, params: Tensor, actions: Tensor) -> Tensor:
+        mean, z = self._split(params)
+        log_std = self._state_log_std(z)
+        u = (actions - mean) * (-log_std).exp()
+        return (-0.5 * u**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+
+    def entropy(self, params: Tensor) -> Tensor:
+        r""":math:`H = \sum_i \big(\tfrac12 + \tfrac12\log 2\pi + \log\sigma_i(s)\big)`."""
+        log_std = self._state_log_std(self._split(params)[1])
+        return (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum(dim=-1)
+
+    def std(self) -> Tensor:
+        r"""The noise weights' standard deviations :math:`\sigma_{ji}` (``[features, actions]``)."""
+        return self._log_std().exp()
+
+    def kl(self, old: Tensor, new: Tensor, old_log_std: Tensor | None = None) -> Tensor:
+        r"""The Gaussians' KL (as :meth:`GaussianHead.kl`) with each side's
+        :math:`\sigma(s)`; ``old_log_std`` is the old :math:`\log\sigma` matrix (the
+        current one, detached, by default)."""
+        (old_mean, old_z), (mean, z) = self._split(old), self._split(new)
+        if old_log_std is None:
+            old_log_std = self._log_std().detach()
+        old_s = self._state_log_std(old_z, old_log_std)
+        new_s = self._state_log_std(z)
+        per_dim = (
+            new_s - old_s + ((2 * old_s).exp() + (old_mean - mean) ** 2) / (2 * (2 * new_s).exp())
+        )
+        return (per_dim - 0.5).sum(dim=-1)
+
+
 ActionHead = (
     CategoricalHead
     | BernoulliHead
@@ -308,13 +414,20 @@ ActionHead = (
     | MultiBernoulliHead
     | GaussianHead
     | TanhGaussianHead
+    | GSDEHead
 )
 
 
 def make_head(
-    in_dim: int, action_space: gym.Space, head: str = "auto", log_std_init: float = 0.0
+    in_dim: int,
+    action_space: gym.Space,
+    head: str = "auto",
+    log_std_init: float = 0.0,
+    sde_sample_freq: int = -1,
 ) -> ActionHead:
-    """The action head for ``action_space``; ``head`` forces a kind (see :data:`HEADS`)."""
+    """The action head for ``action_space``; ``head`` forces a kind (see :data:`HEADS`;
+    ``sde_sample_freq``: how often the ``gsde`` head redraws its noise, see
+    :class:`GSDEHead`)."""
     if isinstance(action_space, gym.spaces.Discrete):
         n = int(action_space.n)
         if head == "bernoulli":
@@ -335,6 +448,8 @@ def make_head(
             if not (np.isfinite(low).all() and np.isfinite(high).all()):
                 raise ValueError(f"the tanh_gaussian head needs finite bounds, got {action_space}")
             return TanhGaussianHead(in_dim, low, high, log_std_init)
+        if head == "gsde":
+            return GSDEHead(in_dim, action_space.shape[0], log_std_init, sde_sample_freq)
     raise ValueError(f"policy head {head!r} does not fit the action space {action_space}")
 
 
@@ -369,6 +484,13 @@ class Actor(nn.Module):
             legal = obs[..., obs.shape[-1] - self.mask_dim :] > 0.5
             params = params.masked_fill(~legal, MASKED_LOGIT)
         return params
+
+    def start_rollout(self) -> None:
+        """Called by the collector before every batch: a head whose noise lasts over
+        several steps (:class:`GSDEHead`) draws it afresh."""
+        start = getattr(self.head, "start_rollout", None)
+        if start is not None:
+            start()
 
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         """Sample an action, or take the most likely one when ``deterministic``."""
@@ -450,6 +572,7 @@ def make_actor(
     dropout: float = 0.0,
     head: str = "auto",
     log_std_init: float = 0.0,
+    sde_sample_freq: int = -1,
     images: Sequence[ImagePart] = (),
     mask_dim: int = 0,
     action_mask: str = "none",
@@ -457,12 +580,13 @@ def make_actor(
 ) -> Actor:
     """An actor for encoded observations of width ``obs_dim`` (``images``: where images
     lie in them, see :func:`make_body`; ``mask_dim``, ``action_mask``: its action
-    mask, see :class:`Actor`).
+    mask, see :class:`Actor`; ``head``, ``log_std_init``, ``sde_sample_freq``: see
+    :func:`make_head`).
 
     ``hidden=[]`` makes a linear policy (for a Discrete space: linear softmax).
     """
     body, width = make_body(obs_dim, hidden, activation, dropout, images, factory)
-    action_head = make_head(width, action_space, head, log_std_init)
+    action_head = make_head(width, action_space, head, log_std_init, sde_sample_freq)
     if mask_dim and not isinstance(action_head, (CategoricalHead, MultiCategoricalHead)):
         raise ValueError(f"an action mask needs a categorical head, not {head!r}")
     return Actor(body, action_head, mask_dim, action_mask)

@@ -218,8 +218,10 @@ class Collector:
         self._episode_length[:] = 0
 
     def _begin(self) -> None:
-        """Act with the actor's current weights, without dropout."""
+        """Act with the actor's current weights, without dropout, and (for a head
+        whose noise lasts over steps) with noise of its own."""
         self.actor.eval()
+        self.actor.start_rollout()
         if self.mirror is not None:
             self.mirror.sync()
 
