@@ -35,6 +35,21 @@ CASES = {
             "run.total_steps": 2000,
         },
     ),
+    # narrow networks, 2 envs and minibatches of 16 rows: the products a BLAS rounds
+    # differently in a batch (see dense.SMALL_BATCH)
+    "ppo-small-matrices": (
+        "CartPole-v1",
+        {
+            "algo.name": "ppo",
+            "env.num_envs": 2,
+            "env.normalize_obs": True,
+            "algo.batch_size": 64,
+            "algo.minibatches": 4,
+            "policy.hidden": [16],
+            "policy.value_hidden": [16],
+            "run.total_steps": 1500,
+        },
+    ),
     "a2c": ("CartPole-v1", {"algo.name": "a2c", "run.total_steps": 2000}),
     "ppo-gaussian": (
         "Pendulum-v1",

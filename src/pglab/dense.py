@@ -53,6 +53,18 @@ def dense_layers(body: nn.Module) -> tuple[list[nn.Linear], str] | None:
     return linears, kinds.pop() if kinds else "tanh"  # no hidden layer: no activation
 
 
+#: Below this many rows (the observations of a few envs, a tiny minibatch) a batched
+#: matrix product can round differently from the plain one a network alone runs (the
+#: BLAS picks other kernels for small matrices); there a stack's products run one
+#: network at a time, as plain ones (``tests/test_one_experiment.py`` pins it).
+SMALL_BATCH = 32
+
+
+def _stacked_mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for stacked ``[M, ...]`` operands of a small batch: one plain product each."""
+    return torch.stack([a[m] @ b[m] for m in range(a.shape[0])])
+
+
 def dense_forward(x: Tensor, layers: Sequence[Dense], activation: str) -> list[Tensor]:
     r"""An MLP's forward pass on explicit weights, keeping what :func:`dense_backward` needs.
 
@@ -64,7 +76,8 @@ def dense_forward(x: Tensor, layers: Sequence[Dense], activation: str) -> list[T
     A layer with one output (a value, a Bernoulli logit, a 1-D Gaussian's mean) is
     computed as the weighted sum :math:`\sum_j h_j w_j + b`: a batched matrix product
     with one output column rounds differently with the number of stacked networks,
-    and a network's numbers must not depend on the others in its stack.
+    and a network's numbers must not depend on the others in its stack. For the same
+    reason a stack's batch of fewer than :data:`SMALL_BATCH` rows runs network by network.
     """
     outputs = [x]
     for i, (weight, bias) in enumerate(layers):
@@ -77,6 +90,13 @@ def dense_forward(x: Tensor, layers: Sequence[Dense], activation: str) -> list[T
             h = h.mul_(scale) if scale != 1.0 else h
         elif x.dim() == 2:
             h = torch.addmm(bias, outputs[-1], weight.t(), beta=scale, alpha=scale)
+        elif x.shape[-2] < SMALL_BATCH:
+            h = torch.stack(
+                [
+                    torch.addmm(bias[m], outputs[-1][m], weight[m].t(), beta=scale, alpha=scale)
+                    for m in range(x.shape[0])
+                ]
+            )
         else:
             h = torch.baddbmm(bias.unsqueeze(-2), outputs[-1], weight.mT, beta=scale, alpha=scale)
         if hidden:
@@ -104,11 +124,13 @@ def dense_backward(
     """
     grads: list[Dense] = []
     g = grad
+    x = outputs[0]
+    mm = _stacked_mm if x.dim() == 3 and x.shape[-2] < SMALL_BATCH else torch.matmul
     for i in range(len(layers) - 1, -1, -1):
         h = outputs[i]
-        grads.append((g.mT @ h, g.sum(-2)))
+        grads.append((mm(g.mT, h), g.sum(-2)))
         if i > 0:
-            g = g @ layers[i][0]
+            g = mm(g, layers[i][0])
             if activation == "tanh":
                 g = torch.ops.aten.tanh_backward(g, h)
             else:
