@@ -180,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("spec", metavar="SPEC.toml", help="the tuning spec")
     tune.add_argument("--out", help="folder for the run group (default: the spec's out, or runs)")
+    tune.add_argument(
+        "--scheduler",
+        choices=("tpe", "pbt"),
+        help="tpe: Optuna trials, pruned early (default: the spec's scheduler, or tpe); "
+        "pbt: population-based training of the spec's members in this process",
+    )
 
     report = commands.add_parser(
         "report",
@@ -411,8 +417,10 @@ def _sweep(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from pglab.experiments.tune import run_tune
 
-    tune_dir = run_tune(args.spec, out=args.out)
-    print(f"{tune_dir / 'trials.csv'}\n{tune_dir / 'best.toml'}")
+    tune_dir = run_tune(args.spec, out=args.out, scheduler=args.scheduler)
+    for name in ("trials.csv", "members.csv", "events.csv", "best.toml"):
+        if (tune_dir / name).is_file():
+            print(tune_dir / name)
     return 0
 
 

@@ -506,6 +506,12 @@ class RunConfig:
         "cpu", "where networks and updates run: cpu, cuda or cuda:N (envs stay on the CPU)"
     )
     progress: str = opt("auto", "progress display (auto: a bar on a terminal)", Choice(PROGRESS))
+    schedule: str = opt(
+        "",
+        "a hyperparameter schedule to follow (a PBT member's pbt_schedule.json): its "
+        "starting values, then at each event's step the donor's weights and the new values; "
+        "replays that member's run",
+    )
     loggers: list[str] = opt(
         ["tensorboard"],
         "where the metrics go besides metrics.csv: any of " + ", ".join(LOGGERS),

@@ -15,11 +15,13 @@ The training loop that drives one or many runs is :class:`pglab.population.Popul
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,11 +39,12 @@ from pglab.config import Config, resolve_device
 from pglab.diagnostics import HealthMonitor
 from pglab.envs import EnvObject, eval_num_envs, make_configured_env, reward_threshold
 from pglab.envs.spaces import space_to_data
-from pglab.errors import PglabError
+from pglab.errors import ConfigError, PglabError
 from pglab.evaluate import EvalResult
 from pglab.loggers import open_loggers
 from pglab.logs import MetricsLogger, Progress
 from pglab.paths import make_dirs, write_text_atomic
+from pglab.pbt import apply_event, read_schedule
 from pglab.rollout import Batch, Collector, EpisodeStats
 
 CONFIG_FILE = "config.toml"
@@ -153,6 +156,8 @@ class Trainer:
         self.last_eval: dict[str, Any] | None = counters.get("last_eval")
         #: The evaluation with the highest mean so far (``checkpoints/best.pt`` holds it).
         self.best_eval: dict[str, Any] | None = counters.get("best_eval")
+        #: The step of the last hyperparameter-schedule event applied (see :mod:`pglab.pbt`).
+        self.schedule_step = int(counters.get("schedule_step", 0))
 
         seed_shift = _RESUME_SEED_STRIDE * self.updates
         env = cfg.env
@@ -211,6 +216,54 @@ class Trainer:
         if self._saved_rule_state is not None:
             rule.load_state_dict(self._saved_rule_state, member)
             self._saved_rule_state = None
+        self._schedule: list[dict[str, Any]] = []
+        if self.config.run.schedule:
+            self._follow(Path(self.config.run.schedule))
+
+    # ------------------------------------------------------------------ hyperparameters
+
+    def hyperparameters(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The run's current values of these ``algo`` options."""
+        return {key: getattr(self.config.algo, key) for key in keys}
+
+    def set_hyperparameters(self, values: dict[str, Any]) -> None:
+        """Train on with new values of ``algo`` options that population members may
+        differ in (:data:`pglab.population.VARYING`), from the next update."""
+        try:
+            algo = dataclasses.replace(self.config.algo, **values)
+        except (TypeError, ConfigError) as error:
+            raise ConfigError(f"hyperparameters {values}: {error}") from None
+        self.config = dataclasses.replace(self.config, algo=algo)
+        self.algo.configs[self.member] = algo  # a stacking rule reads them at every update
+        if self.normalizer is not None:
+            self.normalizer.gamma = algo.gamma
+
+    def adopt(self, state: dict[str, Any]) -> None:
+        """Continue from another run's weights, optimizer state and normalisation
+        statistics (``state`` as :func:`pglab.pbt.donor_state` gives them), keeping this
+        run's envs, episodes (the discounted returns of its envs' episodes in progress
+        among them), counters and random streams."""
+        self.actor.load_state_dict(state["actor"])
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
+        self.algo.load_state_dict(state["algo"], self.member)
+        if self.normalizer is not None:
+            own = self.normalizer.state_dict()["returns"]
+            self.normalizer.load_state_dict({**state["normalizer"], "returns": own})
+
+    def _follow(self, path: Path) -> None:
+        """Replay a hyperparameter schedule (``run.schedule``): its starting values now
+        (a new run), its events at their steps (:meth:`log_update`)."""
+        if not hasattr(self.algo, "configs"):
+            raise ConfigError(
+                "run.schedule needs a rule whose members train as one population "
+                f"(a2c, ppo, reinforce); got {self.config.algo.name}"
+            )
+        schedule = read_schedule(path)
+        self._schedule_dir = path.parent
+        if self.steps == 0:
+            self.set_hyperparameters(schedule.start)
+        self._schedule = [e for e in schedule.events if int(e["step"]) > self.schedule_step]
 
     # ------------------------------------------------------------------ pieces
 
@@ -245,17 +298,25 @@ class Trainer:
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self._start
 
+    def learned(self) -> dict[str, Any]:
+        """What the run has learned: weights, the rule's state (optimizer moments and step
+        counts, minibatch sampler) and normalisation statistics (copies)."""
+        return {
+            "actor": _own_tensors(self.actor),
+            "critic": _own_tensors(self.critic) if self.critic is not None else {},
+            "algo": self.algo.state_dict(self.member),
+            "normalizer": self.normalizer.state_dict() if self.normalizer is not None else {},
+        }
+
     def state(self) -> dict[str, Any]:
+        """The checkpoint: :meth:`learned`, the config, spaces, counters and torch's random state."""
         return {
             "config": self.config.to_dict(),
             "spaces": {
                 "observation": space_to_data(self.envs.single_observation_space),
                 "action": space_to_data(self.envs.single_action_space),
             },
-            "actor": _own_tensors(self.actor),
-            "critic": _own_tensors(self.critic) if self.critic is not None else {},
-            "algo": self.algo.state_dict(self.member),
-            "normalizer": self.normalizer.state_dict() if self.normalizer is not None else {},
+            **self.learned(),
             "counters": {
                 "steps": self.steps,
                 "env_steps": self.env_steps,
@@ -265,6 +326,7 @@ class Trainer:
                 "solved_at_step": self.solved_at_step,
                 "last_eval": self.last_eval,
                 "best_eval": self.best_eval,
+                "schedule_step": self.schedule_step,
             },
             "rng": {"torch": torch.get_rng_state()},
         }
@@ -406,6 +468,10 @@ class Trainer:
         if self.callbacks:
             for kind in ("update", "evaluation") if evaluated else ("update",):
                 self._call_back(kind, row)
+        while self._schedule and int(self._schedule[0]["step"]) <= self.steps:
+            event = self._schedule.pop(0)
+            apply_event(self, event, self._schedule_dir)
+            self.schedule_step = int(event["step"])  # a resumed replay skips it
         self.progress.update(self.steps, self._progress_info(row))
 
     def _call_back(self, kind: str, row: dict[str, Any]) -> None:

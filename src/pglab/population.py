@@ -97,9 +97,13 @@ class Population:
         states: Sequence[dict[str, Any] | None] | None = None,
         given: EnvObject | None = None,
         callbacks: Sequence[CallbackLike] = (),
+        scheduler: Any = None,
     ) -> None:
         """``given``: the members' env when it was passed as a Python object;
-        ``callbacks``: every member's (each its own copies, see :mod:`pglab.callbacks`)."""
+        ``callbacks``: every member's (each its own copies, see :mod:`pglab.callbacks`);
+        ``scheduler``: an object whose ``begin(population)`` is called once the run
+        folders are open and ``after_iteration(population, live)`` after every
+        iteration's logs (:class:`pglab.pbt.PBT`)."""
         check_population(configs)
         self.configs = list(configs)
         self.trainers: list[Trainer] = []
@@ -125,9 +129,10 @@ class Population:
                 trainer.attach(make_algo(trainer.config.algo, trainer.actor, trainer.critic))
         for trainer, own in zip(self.trainers, copies(callbacks, len(self.trainers))):
             trainer.callbacks = own
+        self.scheduler = scheduler
 
     @contextlib.contextmanager
-    def _member_rng(self, member: int) -> Iterator[None]:
+    def member_rng(self, member: int) -> Iterator[None]:
         """Run with the member's own torch random stream."""
         torch.set_rng_state(self._rng[member])
         try:
@@ -153,7 +158,7 @@ class Population:
             return collect_steps_together(collectors, trainers[0].steps_per_env, scorer)
         batches = []
         for m, trainer in zip(members, trainers):
-            with self._member_rng(m):
+            with self.member_rng(m):
                 batches.append(trainer.collect())
         return batches
 
@@ -178,7 +183,7 @@ class Population:
             return self.rule.update_members(members, batches, progress)
         metrics = []
         for m, trainer, batch, done in zip(members, trainers, batches, progress):
-            with self._member_rng(m):
+            with self.member_rng(m):
                 metrics.append(trainer.algo.update(batch, done))
         return metrics
 
@@ -218,6 +223,8 @@ class Population:
             if not alone:
                 trainer.warn_prefix = f"{run_dir.name}: "
         display = None if alone else self._display(progress)
+        if self.scheduler is not None:
+            self.scheduler.begin(self)
         stopped = "budget"
         try:
             with StopRequest() as stop:
@@ -236,8 +243,10 @@ class Population:
                         self.trainers[m].count(batch)
                     played = self.evaluate([m for m in live if self.trainers[m].evaluation_due()])
                     for m, batch, row in zip(live, batches, metrics):
-                        with self._member_rng(m):
+                        with self.member_rng(m):
                             self.trainers[m].log_update(batch, row, seconds, played.get(m))
+                    if self.scheduler is not None:
+                        self.scheduler.after_iteration(self, live)
                     if display is not None:
                         display.update(sum(t.steps for t in self.trainers), self._info())
                     if stop.requested:
@@ -257,7 +266,7 @@ class Population:
                 trainer.close_logs()
         runs = []
         for m, trainer in enumerate(self.trainers):
-            with self._member_rng(m):
+            with self.member_rng(m):
                 runs.append(trainer.close(stopped))
         if stopped == "interrupted":
             raise Interrupted([str(t.run_dir) for t in self.trainers])

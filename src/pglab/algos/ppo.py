@@ -29,7 +29,7 @@ which takes a fraction of autograd's time on small networks (``algo.gradients``)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -47,6 +47,9 @@ from pglab.losses import (
 )
 from pglab.policies import Actor, Critic
 from pglab.returns import masked_mean, standardize
+
+if TYPE_CHECKING:
+    from pglab.config import AlgoConfig
 
 
 class PPO(JointOptimizer):
@@ -68,8 +71,19 @@ class PPO(JointOptimizer):
         "weights_mean",
         "weights_var",
     )
-    LOSS_HYPERPARAMETERS = ("clip_range", "vf_coef", "entropy_coef")
+    LOSS_HYPERPARAMETERS = ("clip_range", "ratio_low", "ratio_high", "vf_coef", "entropy_coef")
     WRITTEN_GRADIENT = True
+
+    @staticmethod
+    def hyperparameters(config: AlgoConfig, progress: float) -> dict[str, Any]:
+        r""":meth:`JointOptimizer.hyperparameters`, and the ratio's bounds
+        :math:`1 \pm \epsilon` worked out in Python's double precision: a member whose
+        clip range differs from the rest of its population gets them as the same
+        float32 values a run alone clamps to (rounding :math:`\epsilon` to float32 first
+        would move them by an ulp)."""
+        hp = JointOptimizer.hyperparameters(config, progress)
+        hp["ratio_low"], hp["ratio_high"] = 1.0 - hp["clip_range"], 1.0 + hp["clip_range"]
+        return hp
 
     @staticmethod
     def loss(
@@ -143,7 +157,7 @@ class PPO(JointOptimizer):
         if hp["normalize"] and adv.shape[-1] > 1:  # standardised over the valid samples
             adv = weighted_standardize(adv, w)
         unclipped = ratio * adv
-        clipped = ratio.clamp(1.0 - clip, 1.0 + clip) * adv
+        clipped = ratio.clamp(per_sample(hp["ratio_low"]), per_sample(hp["ratio_high"])) * adv
         g_log_probs = torch.where(unclipped <= clipped, unclipped, 0.0) * -w
 
         error = values - mb["returns"]

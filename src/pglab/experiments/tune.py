@@ -69,8 +69,10 @@ from pglab.safety import hold_lock
 TUNE_DIR = "tune"
 OBJECTIVES = ("final", "best", "auc")
 PRUNERS = ("median", "halving", "none")
+SCHEDULERS = ("tpe", "pbt")
 _KEYS = {"group", "out", "config", "seeds", "base_seed", "trials", "timeout", "objective",
-         "pruner", "sampler_seed", "set", "search"}  # fmt: skip
+         "pruner", "sampler_seed", "set", "search", "scheduler", "members", "perturb_every",
+         "quantile", "resample_probability"}  # fmt: skip
 _LABEL = "tune spec"
 
 
@@ -88,6 +90,11 @@ class TuneSpec:
     objective: str
     pruner: str
     sampler_seed: int
+    scheduler: str = "tpe"
+    members: int = 8
+    perturb_every: int = 0
+    quantile: float = 0.25
+    resample_probability: float = 0.25
 
     def config_flags(self, params: dict[str, Any], trial: int) -> dict[str, Any]:
         """The options of trial ``trial`` (its sampled ``params``), as ``build_config`` flags."""
@@ -100,9 +107,11 @@ class TuneSpec:
         }
 
 
-def load_tune_spec(path: str | Path, out: str | Path | None = None) -> TuneSpec:
-    """Parse and check a tuning spec (``out`` replaces its ``out``); a bad one is one
-    :class:`ConfigError` line, before anything is written."""
+def load_tune_spec(
+    path: str | Path, out: str | Path | None = None, scheduler: str | None = None
+) -> TuneSpec:
+    """Parse and check a tuning spec (``out`` replaces its ``out``, ``scheduler`` its
+    ``scheduler``); a bad one is one :class:`ConfigError` line, before anything is written."""
     path = Path(path)
     spec = read_spec(path, _KEYS, _LABEL)
     group = safe_name(spec.get("group", path.stem), "tune spec: group")
@@ -130,8 +139,10 @@ def load_tune_spec(path: str | Path, out: str | Path | None = None) -> TuneSpec:
         raise ConfigError(f"{_LABEL}: trials must be an integer >= 1; got {trials!r}")
     if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout >= 0):
         raise ConfigError(f"{_LABEL}: timeout must be seconds >= 0 (0: none); got {timeout!r}")
-    choices = {"objective": OBJECTIVES, "pruner": PRUNERS}
+    choices = {"objective": OBJECTIVES, "pruner": PRUNERS, "scheduler": SCHEDULERS}
     named = {key: spec.get(key, allowed[0]) for key, allowed in choices.items()}
+    if scheduler is not None:
+        named["scheduler"] = scheduler
     for key, allowed in choices.items():
         if named[key] not in allowed:
             raise ConfigError(
@@ -151,10 +162,55 @@ def load_tune_spec(path: str | Path, out: str | Path | None = None) -> TuneSpec:
         objective=named["objective"],
         pruner=named["pruner"],
         sampler_seed=sampler_seed,
+        scheduler=named["scheduler"],
     )
     corners = {key: args[0] for key, (_, args) in tune.search.items()}
-    build_config(config_file, tune.config_flags(corners, 0), flags_source=_LABEL)  # bad options
+    config = build_config(config_file, tune.config_flags(corners, 0), flags_source=_LABEL)
+    if tune.scheduler == "pbt":
+        _check_pbt(tune, spec, config)
     return tune
+
+
+def _check_pbt(tune: TuneSpec, spec: dict[str, Any], config: Any) -> None:
+    """The PBT keys of ``spec`` into ``tune``, checked against the trials' ``config``."""
+    from pglab.algos import stacks
+    from pglab.pbt import TUNABLE
+
+    if not stacks(config.algo.name):
+        raise ConfigError(
+            f"{_LABEL}: scheduler pbt needs an algorithm whose members train as one "
+            f"population (a2c, ppo, reinforce); got {config.algo.name}"
+        )
+    for key in tune.search:
+        if key.removeprefix("algo.") not in TUNABLE or not key.startswith("algo."):
+            allowed = ", ".join(f"algo.{k}" for k in TUNABLE)
+            raise ConfigError(
+                f"{_LABEL}: scheduler pbt changes only {allowed} during training; "
+                f"[search] has {key}"
+            )
+    members, every = spec.get("members", 8), spec.get("perturb_every", 0)
+    quantile = spec.get("quantile", 0.25)
+    resample = spec.get("resample_probability", 0.25)
+    if not (isinstance(members, int) and not isinstance(members, bool) and members >= 2):
+        raise ConfigError(f"{_LABEL}: members must be an integer >= 2; got {members!r}")
+    eval_every = config.run.eval_every
+    if not (
+        isinstance(every, int)
+        and not isinstance(every, bool)
+        and every > 0
+        and eval_every
+        and every % eval_every == 0
+    ):
+        raise ConfigError(
+            f"{_LABEL}: perturb_every must be a positive multiple of run.eval_every "
+            f"({eval_every}; members are ranked by their evaluation); got {every!r}"
+        )
+    if not (isinstance(quantile, (int, float)) and 0 < quantile <= 0.5):
+        raise ConfigError(f"{_LABEL}: quantile must be in (0, 0.5]; got {quantile!r}")
+    if not (isinstance(resample, (int, float)) and 0 <= resample <= 1):
+        raise ConfigError(f"{_LABEL}: resample_probability must be in [0, 1]; got {resample!r}")
+    tune.members, tune.perturb_every = members, every
+    tune.quantile, tune.resample_probability = float(quantile), float(resample)
 
 
 def _optuna() -> Any:
@@ -234,15 +290,21 @@ def run_tune(
     spec_path: str | Path,
     *,
     out: str | Path | None = None,
+    scheduler: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> Path:
-    """Run the tuning spec's missing trials; returns ``<group>/tune``."""
+    """Run the tuning spec's missing trials (or, with ``scheduler`` ``pbt``, its
+    population: :mod:`pglab.experiments.pbt_study`); returns ``<group>/tune``."""
     import pglab
 
-    spec = load_tune_spec(spec_path, out)
-    optuna = _optuna()
+    spec = load_tune_spec(spec_path, out, scheduler)
     make_dirs(spec.group_dir, spec.group_dir.parent)
     tune_dir = make_dirs(spec.group_dir / TUNE_DIR, spec.group_dir)
+    if spec.scheduler == "pbt":
+        from pglab.experiments.pbt_study import run_pbt
+
+        return run_pbt(spec, tune_dir, echo)
+    optuna = _optuna()
     with hold_lock(spec.group_dir, "tune folder"):
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(tune_dir / "study.journal"))
@@ -332,7 +394,7 @@ def _options_of(params: dict[str, Any], spec: TuneSpec) -> dict[str, Any]:
     }
 
 
-def _figure() -> Any:
+def figure() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -342,7 +404,7 @@ def _figure() -> Any:
 
 
 def _plot_history(path: Path, trials: list[Any]) -> None:
-    plt = _figure()
+    plt = figure()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     done = [(t.number, t.value) for t in trials if t.state.name == "COMPLETE"]
     if done:
@@ -367,7 +429,7 @@ def _plot_importance(path: Path, study: Any) -> None:
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
     importances = get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
-    plt = _figure()
+    plt = figure()
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * max(1, len(importances))), dpi=110)
     ax.barh(list(importances)[::-1], list(importances.values())[::-1])
     ax.set_xlabel("importance (PED-ANOVA)")
@@ -377,7 +439,7 @@ def _plot_importance(path: Path, study: Any) -> None:
 
 
 def _plot_curves(path: Path, top: list[Any], spec: TuneSpec) -> None:
-    plt = _figure()
+    plt = figure()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for t in top:
         for run_dir in sorted((spec.group_dir / f"trial-{t.number}").glob("*/metrics.csv")):

@@ -1,0 +1,153 @@
+"""In-process population-based training: exploitation copies a donor exactly, exploration
+stays within the search space, and a member's saved schedule replays its run."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import pglab
+from cli_run import run_cli
+from pglab.config import build_config
+from pglab.experiments.tune import run_tune
+from pglab.pbt import SCHEDULE_FILE, Explorer, donor_state, read_schedule
+from pglab.population import Population
+
+SPEC = """
+group = "pbt"
+out = "{out}"
+scheduler = "pbt"
+members = 4
+perturb_every = 1024
+[set]
+env = "CartPole-v1"
+algo = "ppo"
+total_steps = 4096
+eval_every = 512
+eval_episodes = 2
+num_envs = 2
+batch_size = 256
+epochs = 2
+minibatches = 2
+checkpoint_every = 0
+normalize_obs = true
+"policy.hidden" = [16]
+"policy.value_hidden" = [16]
+[search]
+lr = {{ log_uniform = [1e-4, 1e-2] }}
+entropy_coef = {{ uniform = [0.0, 0.02] }}
+clip_range = {{ uniform = [0.1, 0.3] }}
+"""
+
+
+def _rows(path):
+    with open(path / "metrics.csv", newline="") as handle:
+        skip = ("wall_seconds", "steps_per_second")
+        return [{k: v for k, v in r.items() if k not in skip} for r in csv.DictReader(handle)]
+
+
+def test_exploiting_copies_the_donors_weights_optimizer_and_normalisation_exactly():
+    flags = {"env": "CartPole-v1", "algo": "ppo", "num_envs": 2, "batch_size": 64,
+             "epochs": 2, "minibatches": 2, "normalize_obs": True, "normalize_reward": True,
+             "policy.hidden": [8],
+             "policy.value_hidden": [8], "run.progress": "off"}  # fmt: skip
+    configs = [build_config(None, {**flags, "seed": s, "lr": 1e-3 * (s + 1)}) for s in (0, 1)]
+    population = Population([c.resolve(475.0) for c in configs])
+    for _ in range(2):  # moments, step counts and statistics of their own
+        population.update([0, 1], population.collect([0, 1]))
+    donor, taker = population.trainers
+    sampler = population.rule.generators[1].get_state()
+    returns = taker.normalizer.state_dict()["returns"]
+    taker.adopt(donor_state(donor))
+    for mine, theirs in [(taker.actor, donor.actor), (taker.critic, donor.critic)]:
+        for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()):
+            assert torch.equal(a, b)
+    assert torch.equal(population.rule.stack.flat[1], population.rule.stack.flat[0])
+    optimizer = population.rule.optimizer
+    mine, theirs = optimizer.member_state(1), optimizer.member_state(0)
+    assert (
+        mine.keys() == theirs.keys() and mine["steps"] == theirs["steps"] == 8
+    )  # 2 updates x 2 epochs x 2
+    for key in set(mine) - {"name", "steps"}:  # Adam's moments
+        assert torch.equal(mine[key], theirs[key]), key
+    theirs, mine = donor.normalizer.state_dict(), taker.normalizer.state_dict()
+    for part in ("obs", "return"):  # the statistics; the envs' running returns stay its own
+        assert all(np.array_equal(mine[part][k], theirs[part][k]) for k in ("mean", "var"))
+        assert mine[part]["count"] == theirs[part]["count"]
+    assert torch.equal(mine["returns"], returns)
+    assert torch.equal(population.rule.generators[1].get_state(), sampler)  # its own sampler
+    assert taker.config.algo.lr == pytest.approx(2e-3)  # the values are explore's to set
+    taker.set_hyperparameters({"lr": 5e-4, "gamma": 0.95})
+    assert population.rule.configs[1].lr == 5e-4 and taker.normalizer.gamma == 0.95
+
+
+def test_exploring_perturbs_within_the_search_space():
+    search = {
+        "lr": ("log_uniform", [1e-4, 1e-2]),
+        "entropy_coef": ("uniform", [0.0, 0.02]),
+        "clip_range": ("choice", [0.1, 0.2, 0.3]),
+    }
+    rng = np.random.default_rng(0)
+    perturb = Explorer(search, resample_probability=0.0)
+    start = {"lr": 1e-3, "entropy_coef": 0.019, "clip_range": 0.2}
+    for _ in range(50):
+        new = perturb.explore(start, rng)
+        assert any(math.isclose(new["lr"], 1e-3 * f) for f in (0.8, 1.2))
+        assert new["entropy_coef"] in (pytest.approx(0.019 * 0.8), 0.02)  # 1.2 x is clipped
+        assert new["clip_range"] in (0.1, 0.3)  # a neighbour
+    resample = Explorer(search, resample_probability=1.0)
+    for _ in range(50):
+        new = resample.explore(start, rng)
+        assert 1e-4 <= new["lr"] <= 1e-2 and 0.0 <= new["entropy_coef"] <= 0.02
+        assert new["clip_range"] in search["clip_range"][1]
+
+
+def test_a_pbt_population_trains_and_a_members_schedule_replays_its_run(tmp_path, capsys):
+    spec = tmp_path / "pbt.toml"
+    spec.write_text(SPEC.format(out=tmp_path / "runs"))
+    tune_dir = run_tune(spec, echo=lambda _: None)
+    for name in ("members.csv", "events.csv", "best.toml"):
+        assert (tune_dir / name).is_file()
+    for name in ("schedules.png", "curves.png"):
+        assert (tune_dir / name).read_bytes()[:4] == b"\x89PNG"
+    members = sorted((tmp_path / "runs" / "pbt" / "pbt").glob("member-*"))
+    assert len(members) == 4
+    exploited = [m for m in members if read_schedule(m / SCHEDULE_FILE).events]
+    assert exploited, "a round changes the bottom quarter"
+    member = exploited[0]
+    schedule = read_schedule(member / SCHEDULE_FILE)
+    assert all(e["from"] != member.name for e in schedule.events)
+    replay = pglab.train(
+        config=str(member / "config.toml"),
+        schedule=str(member / SCHEDULE_FILE),
+        out=str(tmp_path / "replay"),
+        run={"name": "replay"},
+        progress="off",
+    )
+    assert _rows(replay.path) == _rows(member)
+    code, _, err = run_cli(
+        ["train", "--config", str(tune_dir / "best.toml"), "--steps", "256",
+         "--out", str(tmp_path / "again"), "--set", "run.progress=off"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('"policy.activation" = { choice = ["tanh", "relu"] }', "changes only algo.lr"),
+        ("", "perturb_every must be a positive multiple of run.eval_every"),
+    ],
+)
+def test_a_pbt_spec_that_cannot_run_is_one_line(extra, message, tmp_path, capsys):
+    text = SPEC.format(out=tmp_path / "runs") + extra + "\n"
+    if not extra:
+        text = text.replace("perturb_every = 1024", "perturb_every = 1000")
+    spec = tmp_path / "pbt.toml"
+    spec.write_text(text)
+    code, _, err = run_cli(["tune", str(spec)], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
