@@ -151,3 +151,16 @@ def test_a_pbt_spec_that_cannot_run_is_one_line(extra, message, tmp_path, capsys
     code, _, err = run_cli(["tune", str(spec)], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_ray_tunes_pbt_trains_the_same_population_spec(tmp_path):
+    pytest.importorskip("ray.tune")
+    spec = tmp_path / "pbt.toml"
+    text = SPEC.format(out=tmp_path / "runs").replace("members = 4", "members = 2")
+    spec.write_text(text.replace("total_steps = 4096", "total_steps = 2048"))
+    tune_dir = run_tune(spec, backend="ray", echo=lambda _: None)
+    with open(tune_dir / "ray_members.csv", newline="") as handle:
+        members = list(csv.DictReader(handle))
+    assert len(members) == 2 and all(int(m["step"]) >= 2048 for m in members), members
+    folders = list((tmp_path / "runs" / "pbt" / "ray-pbt").glob("member-*/metrics.csv"))
+    assert len(folders) == 2

@@ -111,3 +111,17 @@ def test_a_bad_spec_is_one_line(tmp_path, capsys):
         and "tune spec: search.lr must be one of" in err
         and not (tmp_path / "runs").exists()
     )
+
+
+def test_ray_tune_runs_the_same_spec_with_asha_into_the_same_layout(tmp_path):
+    pytest.importorskip("ray.tune")
+    tune_dir = run_tune(write(tmp_path, trials=3), backend="ray", echo=lambda _: None)
+    table = rows(tune_dir)
+    assert len(table) == 3 and {r["state"] for r in table} <= {"COMPLETE", "PRUNED"}, table
+    assert any(r["state"] == "COMPLETE" for r in table)
+    assert sorted(p.name for p in (tmp_path / "runs" / "tuned").glob("trial-*")) == [
+        "trial-0",
+        "trial-1",
+        "trial-2",
+    ]
+    assert tomllib.loads((tune_dir / "best.toml").read_text())["algo"]["name"] == "ppo"

@@ -186,6 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="tpe: Optuna trials, pruned early (default: the spec's scheduler, or tpe); "
         "pbt: population-based training of the spec's members in this process",
     )
+    tune.add_argument(
+        "--backend",
+        default="local",
+        choices=("local", "ray"),
+        help="local (this machine) or ray (Ray Tune: ASHA with Optuna's TPE, or Ray's "
+        "PBT; needs pip install 'pglab[ray]') (default: local)",
+    )
+    tune.add_argument(
+        "--address",
+        help="with --backend ray: a cluster's address (auto or HOST:PORT); default: a "
+        "local Ray instance started for the tune",
+    )
 
     report = commands.add_parser(
         "report",
@@ -417,7 +429,13 @@ def _sweep(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from pglab.experiments.tune import run_tune
 
-    tune_dir = run_tune(args.spec, out=args.out, scheduler=args.scheduler)
+    tune_dir = run_tune(
+        args.spec,
+        out=args.out,
+        scheduler=args.scheduler,
+        backend=args.backend,
+        address=args.address,
+    )
     for name in ("trials.csv", "members.csv", "events.csv", "best.toml"):
         if (tune_dir / name).is_file():
             print(tune_dir / name)

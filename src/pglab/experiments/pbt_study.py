@@ -50,8 +50,19 @@ from pglab.safety import hold_lock
 PBT_GROUP = "pbt"
 
 
-def run_pbt(spec: Any, tune_dir: Path, echo: Callable[[str], None] = print) -> Path:
-    """Train (or resume) the spec's PBT population; write its outputs to ``tune_dir``."""
+def run_pbt(
+    spec: Any,
+    tune_dir: Path,
+    echo: Callable[[str], None] = print,
+    backend: str = "local",
+    address: str | None = None,
+) -> Path:
+    """Train (or resume) the spec's PBT population; write its outputs to ``tune_dir``.
+    ``backend="ray"``: the same members under Ray Tune's PBT (:func:`run_ray_pbt`)."""
+    if backend == "ray":
+        from pglab.experiments.ray_tune import run_ray_pbt
+
+        return run_ray_pbt(spec, tune_dir, address, echo)
     from pglab.agent import Agent
     from pglab.population import Population
 

@@ -71,7 +71,7 @@ import os
 import shutil
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -642,12 +642,10 @@ def _local(
     return outcomes
 
 
-def _ray(
-    sweep: Sweep,
-    tasks: list[list[SweepRun]],
-    address: str | None,
-    report: Callable[[Outcome], None],
-) -> list[Outcome]:
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[Any]:
+    """Ray, connected to the cluster at ``address``, or to a local instance started
+    here (and stopped on the way out); one line naming the extra when Ray is missing."""
     try:
         import ray
     except ImportError:
@@ -666,6 +664,19 @@ def _ray(
         num_cpus=os.cpu_count() if started_here else None,
     )
     try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray(
+    sweep: Sweep,
+    tasks: list[list[SweepRun]],
+    address: str | None,
+    report: Callable[[Outcome], None],
+) -> list[Outcome]:
+    with ray_session(address) as ray:
         remote = ray.remote(num_cpus=1)(run_task)
         pending = {remote.remote(sweep, task): task for task in tasks}
         outcomes: list[Outcome] = []
@@ -677,9 +688,6 @@ def _ray(
                     report(outcome)
                     outcomes.append(outcome)
         return outcomes
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def run_sweep(

@@ -70,6 +70,7 @@ TUNE_DIR = "tune"
 OBJECTIVES = ("final", "best", "auc")
 PRUNERS = ("median", "halving", "none")
 SCHEDULERS = ("tpe", "pbt")
+BACKENDS = ("local", "ray")
 _KEYS = {"group", "out", "config", "seeds", "base_seed", "trials", "timeout", "objective",
          "pruner", "sampler_seed", "set", "search", "scheduler", "members", "perturb_every",
          "quantile", "resample_probability"}  # fmt: skip
@@ -291,20 +292,31 @@ def run_tune(
     *,
     out: str | Path | None = None,
     scheduler: str | None = None,
+    backend: str = "local",
+    address: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> Path:
     """Run the tuning spec's missing trials (or, with ``scheduler`` ``pbt``, its
-    population: :mod:`pglab.experiments.pbt_study`); returns ``<group>/tune``."""
+    population: :mod:`pglab.experiments.pbt_study`), on this machine or, with
+    ``backend="ray"``, on Ray Tune (:mod:`pglab.experiments.ray_tune`; ``address``: a
+    running cluster's); returns ``<group>/tune``."""
     import pglab
 
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     spec = load_tune_spec(spec_path, out, scheduler)
     make_dirs(spec.group_dir, spec.group_dir.parent)
     tune_dir = make_dirs(spec.group_dir / TUNE_DIR, spec.group_dir)
     if spec.scheduler == "pbt":
         from pglab.experiments.pbt_study import run_pbt
 
-        return run_pbt(spec, tune_dir, echo)
+        return run_pbt(spec, tune_dir, echo, backend, address)
     optuna = _optuna()
+    if backend == "ray":
+        from pglab.experiments.ray_tune import run_ray_tune
+
+        with hold_lock(spec.group_dir, "tune folder"):
+            return run_ray_tune(spec, tune_dir, address, echo)
     with hold_lock(spec.group_dir, "tune folder"):
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(tune_dir / "study.journal"))
@@ -366,7 +378,9 @@ def _write_outputs(study: Any, spec: TuneSpec, tune_dir: Path) -> None:
             else ""
         )
         options = _options_of(t.params, spec)
-        writer.writerow([t.number, t.state.name, t.value, seconds, *(options.get(k) for k in keys)])
+        writer.writerow(
+            [folder_number(t), t.state.name, t.value, seconds, *(options.get(k) for k in keys)]
+        )
     write_text_atomic(tune_dir / "trials.csv", table.getvalue(), tune_dir)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     if not complete:
@@ -375,15 +389,18 @@ def _write_outputs(study: Any, spec: TuneSpec, tune_dir: Path) -> None:
     flags = {k: v for k, v in spec.config_flags(_options_of(best.params, spec), 0).items()
              if not k.startswith("run.") or k in spec.fixed}  # fmt: skip
     config = build_config(spec.config_file, flags, flags_source=f"trial {best.number}")
-    header = (
-        f"# the best trial ({best.number}) of {spec.group_dir}: {spec.objective} {best.value:.6g}\n"
-    )
+    header = f"# the best trial ({folder_number(best)}) of {spec.group_dir}: {spec.objective} {best.value:.6g}\n"
     write_text_atomic(tune_dir / "best.toml", header + config.to_toml(), tune_dir)
     write_atomic(tune_dir / "history.png", lambda p: _plot_history(p, trials), tune_dir)
     if len(complete) >= 2 and len(keys) >= 1:
         write_atomic(tune_dir / "importance.png", lambda p: _plot_importance(p, study), tune_dir)
     top = sorted(complete, key=lambda t: -t.value)[:3]
     write_atomic(tune_dir / "curves.png", lambda p: _plot_curves(p, top, spec), tune_dir)
+
+
+def folder_number(trial: Any) -> int:
+    """The ``n`` of a trial's folder ``trial-<n>`` (Ray's trials record theirs)."""
+    return int(trial.user_attrs.get("folder", trial.number))
 
 
 def _options_of(params: dict[str, Any], spec: TuneSpec) -> dict[str, Any]:
@@ -442,11 +459,11 @@ def _plot_curves(path: Path, top: list[Any], spec: TuneSpec) -> None:
     plt = figure()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for t in top:
-        for run_dir in sorted((spec.group_dir / f"trial-{t.number}").glob("*/metrics.csv")):
+        for run_dir in sorted((spec.group_dir / f"trial-{folder_number(t)}").glob("*/metrics.csv")):
             with open(run_dir, newline="") as handle:
                 rows = [r for r in csv.DictReader(handle) if r["eval_return_mean"]]
             ax.plot([int(r["step"]) for r in rows], [float(r["eval_return_mean"]) for r in rows],
-                    label=f"trial {t.number} ({run_dir.parent.name})", linewidth=1.2)  # fmt: skip
+                    label=f"trial {folder_number(t)} ({run_dir.parent.name})", linewidth=1.2)  # fmt: skip
     ax.set_xlabel("environment steps")
     ax.set_ylabel("evaluation return")
     ax.grid(alpha=0.3)
