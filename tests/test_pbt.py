@@ -164,3 +164,34 @@ def test_ray_tunes_pbt_trains_the_same_population_spec(tmp_path):
     assert len(members) == 2 and all(int(m["step"]) >= 2048 for m in members), members
     folders = list((tmp_path / "runs" / "pbt" / "ray-pbt").glob("member-*/metrics.csv"))
     assert len(folders) == 2
+
+
+def test_a_pbt_population_killed_after_a_round_resumes_to_its_budget(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = tmp_path / "pbt.toml"
+    spec.write_text(SPEC.format(out=tmp_path / "runs").replace("4096", "6144"))
+    folder = tmp_path / "runs" / "pbt" / "pbt"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pglab.cli", "tune", str(spec)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        schedules = list(folder.glob(f"member-*/{SCHEDULE_FILE}"))
+        if len(schedules) == 4 and any(read_schedule(s).events for s in schedules):
+            break  # the first round is written
+        time.sleep(0.2)
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL  # killed mid-run, not after the end
+    run_tune(spec, echo=lambda _: None)
+    for member in sorted(folder.glob("member-*")):
+        rows = _rows(member)
+        steps = [int(r["step"]) for r in rows]
+        assert steps == sorted(set(steps)) and steps[-1] >= 6144, member.name
+        events = [int(e["step"]) for e in read_schedule(member / SCHEDULE_FILE).events]
+        assert events == sorted(set(events)) and all(s in steps for s in events), member.name
