@@ -220,6 +220,7 @@ def test_written_gradient_is_autograds(rule, space, options):
         mb["valid"] = torch.arange(n) % 5 != 0
     hp = {"clip_range": 0.2, "vf_coef": 0.5, "entropy_coef": 0.0, "value_clip": 0.0}
     hp.update({"normalize": True}, **{k: v for k, v in options.items() if k != "masked"})
+    hp.update(ratio_low=1.0 - hp["clip_range"], ratio_high=1.0 + hp["clip_range"])
     loss, stats = Rule.loss(actor, critic, mb, hp)
     if rule == "ppo":
         assert 0.1 < float(stats["clip_fraction"]) < 0.95
