@@ -153,8 +153,7 @@ def test_a_pbt_spec_that_cannot_run_is_one_line(extra, message, tmp_path, capsys
     assert not (tmp_path / "runs").exists()
 
 
-def test_ray_tunes_pbt_trains_the_same_population_spec(tmp_path):
-    pytest.importorskip("ray.tune")
+def test_ray_tunes_pbt_trains_the_same_population_spec(tmp_path, local_ray):
     spec = tmp_path / "pbt.toml"
     text = SPEC.format(out=tmp_path / "runs").replace("members = 4", "members = 2")
     spec.write_text(text.replace("total_steps = 4096", "total_steps = 2048"))

@@ -113,8 +113,7 @@ def test_a_bad_spec_is_one_line(tmp_path, capsys):
     )
 
 
-def test_ray_tune_runs_the_same_spec_with_asha_into_the_same_layout(tmp_path):
-    pytest.importorskip("ray.tune")
+def test_ray_tune_runs_the_same_spec_with_asha_into_the_same_layout(tmp_path, local_ray):
     tune_dir = run_tune(write(tmp_path, trials=3), backend="ray", echo=lambda _: None)
     table = rows(tune_dir)
     assert len(table) == 3 and {r["state"] for r in table} <= {"COMPLETE", "PRUNED"}, table

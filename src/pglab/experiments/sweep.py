@@ -645,13 +645,17 @@ def _local(
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[Any]:
     """Ray, connected to the cluster at ``address``, or to a local instance started
-    here (and stopped on the way out); one line naming the extra when Ray is missing."""
+    here (and stopped on the way out; one this process had already started is used as it
+    is); one line naming the extra when Ray is missing."""
     try:
         import ray
     except ImportError:
         raise PglabError(
             "--backend ray needs Ray: pip install 'pglab[ray]' (or pip install ray)"
         ) from None
+    if address is None and ray.is_initialized():  # the caller's own session
+        yield ray
+        return
     started_here = address is None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if started_here:  # Ray's workers run at nice 15 by default: a sweep is the main job here
