@@ -157,3 +157,29 @@ def test_discrete_observations_are_one_hot():
     encode = ObsEncoder(gym.spaces.Discrete(4, start=1))
     assert encode.array(np.array([1, 4])).tolist() == [[1, 0, 0, 0], [0, 0, 0, 1]]
     assert encode(np.array([2])).dtype == torch.float32
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "pglab.envs.lineworld:LineWorldEnv"])
+def test_the_async_backend_steps_each_copy_in_its_own_process_with_the_same_numbers(
+    env_id, tmp_path
+):
+    import csv
+
+    import pglab
+
+    def rows(run):
+        with open(run.path / "metrics.csv") as handle:
+            skip = ("wall_seconds", "steps_per_second")
+            return [{k: v for k, v in r.items() if k not in skip} for r in csv.DictReader(handle)]
+
+    options = dict(num_envs=2, batch_size=128, total_steps=512, eval_every=256,
+                   eval_episodes=2, progress="off", checkpoint_every=0, preset="none")  # fmt: skip
+    plain = pglab.train(env_id, "ppo", seed=3, out=str(tmp_path / "plain"), **options)
+    apart = pglab.train(env_id, "ppo", seed=3, out=str(tmp_path / "async"), backend="async",
+                        **options)  # fmt: skip
+    assert rows(apart) == rows(plain)
+    envs = make_vec_env(env_id, 2, backend="async")
+    try:
+        assert isinstance(envs.unwrapped, gym.vector.AsyncVectorEnv)
+    finally:
+        envs.close()

@@ -290,6 +290,13 @@ class EnvConfig:
     frame_stack: int = opt(
         1, "stack the last k observations (images: on the channel axis); 1 = off", Range(1, 64)
     )
+    backend: str = opt(
+        "gymnasium",
+        "how the copies step: gymnasium = in this process (the env's own vector version "
+        "where it has one, else one copy after another); async = each copy in a process of "
+        "its own (Gymnasium's AsyncVectorEnv), for envs whose step is the cost",
+        Choice(("gymnasium", "async")),
+    )
     normalize_obs: bool = opt(False, "normalise observations by running mean and std")
     normalize_reward: bool = opt(False, "normalise rewards (how: env.reward_norm)")
     reward_norm: str = opt(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import importlib
 import os
 import sys
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import gymnasium as gym
-from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
 from pglab.envs import cartpole, guard
 from pglab.envs.objects import EnvObject, describe_env
@@ -215,11 +216,14 @@ def make_vec_env(
     limited: bool = False,
     evaluation: bool = False,
     frame_stack: int = 1,
+    backend: str = "gymnasium",
 ) -> VectorEnv:
     """``num_envs`` copies of ``env_id`` as one vector env (NEXT_STEP autoreset).
 
     Uses Gymnasium's ``vector_entry_point`` when the env has one, else a synchronous
-    vector env. ``preprocess`` (``pong`` or ``atari``, see :mod:`pglab.envs.atari`)
+    vector env; ``backend="async"`` steps each copy in a process of its own (Gymnasium's
+    ``AsyncVectorEnv``, started as the platform starts processes: the same copies, the
+    same numbers). ``preprocess`` (``pong`` or ``atari``, see :mod:`pglab.envs.atari`)
     wraps each copy. Seeding happens at ``reset(seed=...)``. Raises
     :class:`EnvError` for unknown ids, bad keyword arguments and unsupported spaces.
 
@@ -268,7 +272,7 @@ def make_vec_env(
                 guard.check_user_env(
                     env_id, kwargs, lambda: _one(env_class, spec, kwargs, wrap), wrappers
                 )
-            envs, fast = _make(env_class, spec, num_envs, kwargs, wrap, cap)
+            envs, fast = _make(env_class, spec, num_envs, kwargs, wrap, cap, backend)
     except gym.error.DependencyNotInstalled as error:
         raise EnvError(missing_extra_message(env_id, error)) from None
     except ImportError as error:  # an entry point's module that is not installed
@@ -341,6 +345,7 @@ def make_configured_env(
         limited=given is not None and given.limited,
         evaluation=evaluation,
         frame_stack=env.frame_stack,
+        backend=env.backend,
     )
 
 
@@ -364,6 +369,28 @@ def _one(
     return env
 
 
+def _copy(
+    env_class: Callable[..., gym.Env] | None,
+    spec: Any,
+    kwargs: dict[str, Any],
+    wrappers: Sequence[Callable[[gym.Env], gym.Env]],
+    cap: int | None,
+    index: int,
+) -> gym.Env:
+    """Copy ``index`` of the env: made, guarded, capped at ``cap`` steps, wrapped."""
+    if env_class is not None:
+        env: gym.Env = guard.CheckedEnv(env_class(**kwargs), index)
+        if cap is not None:
+            env = gym.wrappers.TimeLimit(env, cap)
+    else:
+        if cap is not None:
+            spec = dataclasses.replace(spec, max_episode_steps=cap)
+        env = guard.CheckedEnv(gym.make(spec, **kwargs), index)
+    for wrap in wrappers:
+        env = wrap(env)
+    return env
+
+
 def _make(
     env_class: Callable[..., gym.Env] | None,
     spec: Any,
@@ -371,20 +398,23 @@ def _make(
     kwargs: dict[str, Any],
     wrappers: list,
     cap: int | None,
+    backend: str = "gymnasium",
 ) -> tuple[VectorEnv, bool]:
     """The vector env itself (the class's copies, or Gymnasium's make_vec for a registry
     id), every copy guarded and capped at ``cap`` steps; and whether it is a vector
-    entry point (whose copies the guard cannot wrap one by one)."""
+    entry point (whose copies the guard cannot wrap one by one). ``backend`` ``async``:
+    each copy in a process of its own."""
+    if backend == "async":
+        makers = [
+            functools.partial(_copy, env_class, spec, kwargs, wrappers, cap, i)
+            for i in range(num_envs)
+        ]
+        return AsyncVectorEnv(makers), False
     copies = iter(range(num_envs))
     if env_class is not None:
 
         def make_one() -> gym.Env:
-            env: gym.Env = guard.CheckedEnv(env_class(**kwargs), next(copies))
-            if cap is not None:
-                env = gym.wrappers.TimeLimit(env, cap)
-            for wrap in wrappers:
-                env = wrap(env)
-            return env
+            return _copy(env_class, spec, kwargs, wrappers, cap, next(copies))
 
         return SyncVectorEnv([make_one for _ in range(num_envs)]), False
     if cap is not None:
