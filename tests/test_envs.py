@@ -183,3 +183,60 @@ def test_the_async_backend_steps_each_copy_in_its_own_process_with_the_same_numb
         assert isinstance(envs.unwrapped, gym.vector.AsyncVectorEnv)
     finally:
         envs.close()
+
+
+def _episode_flags(envs, steps):
+    """Each step's (terminated, truncated, reward is 0) of env 0 under zero actions."""
+    envs.reset(seed=7)
+    zero = np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
+    flags = []
+    for _ in range(steps):
+        _, reward, terminated, truncated, _ = envs.step(zero)
+        flags.append((bool(terminated[0]), bool(truncated[0]), bool(reward[0] == 0.0)))
+    return flags
+
+
+def test_envpool_keeps_gymnasiums_episode_accounting_and_bootstraps_its_truncations():
+    pytest.importorskip("envpool")
+    from pglab.policies import make_actor, make_critic
+    from pglab.rollout import Collector
+
+    pool = make_vec_env("HalfCheetah-v5", 2, backend="envpool")
+    plain = make_vec_env("HalfCheetah-v5", 2)
+    try:
+        assert pool.single_observation_space.shape == plain.single_observation_space.shape
+        ours_a, theirs_a = pool.single_action_space, plain.single_action_space
+        assert ours_a.shape == theirs_a.shape  # (envpool's are float64)
+        assert np.array_equal(ours_a.low, theirs_a.low) and np.array_equal(
+            ours_a.high, theirs_a.high
+        )
+        ours, theirs = _episode_flags(pool, 1002), _episode_flags(plain, 1002)
+        # the 1000th step truncates, the next is the reset step: reward 0, no flag
+        assert [f[:2] for f in ours] == [f[:2] for f in theirs]
+        assert ours[999][:2] == (False, True) and ours[1000] == (False, False, True)
+        first = pool.reset(seed=3)[0]
+        again = pool.reset(seed=3)[0]
+        assert np.array_equal(first, again)  # a seed gives the same episodes
+        torch.manual_seed(0)
+        actor = make_actor(17, pool.single_action_space, [8])
+        critic = make_critic(17, [8])
+        batch = Collector(pool, actor, critic, seed=1).collect_steps(1001)
+        t = 999
+        assert bool(batch.truncated[t, 0]) and not bool(batch.terminated[t, 0])
+        assert not bool(batch.valid[t + 1, 0])  # the reset step is no transition
+        # bootstrapped from the episode's final observation, the one the step returned
+        assert torch.equal(batch.next_values[t], batch.values[t + 1])
+        assert bool((batch.next_values[t] != 0).all())
+    finally:
+        pool.close()
+        plain.close()
+
+
+def test_envpool_refuses_what_it_cannot_make_as_pglab_would():
+    pytest.importorskip("envpool")
+    with pytest.raises(EnvError, match="Atari game"):
+        make_vec_env("Pong-v5", 1, backend="envpool")
+    with pytest.raises(EnvError, match="without env.wrappers"):
+        make_vec_env("HalfCheetah-v5", 1, backend="envpool", frame_stack=2)
+    with pytest.raises(EnvError, match="has no env"):
+        make_vec_env("Taxi-v4", 1, backend="envpool")

@@ -294,8 +294,10 @@ class EnvConfig:
         "gymnasium",
         "how the copies step: gymnasium = in this process (the env's own vector version "
         "where it has one, else one copy after another); async = each copy in a process of "
-        "its own (Gymnasium's AsyncVectorEnv), for envs whose step is the cost",
-        Choice(("gymnasium", "async")),
+        "its own (Gymnasium's AsyncVectorEnv), for envs whose step is the cost; envpool = "
+        "envpool's C++ threads (pip install 'pglab[envpool]'; its MuJoCo and classic ids, "
+        "without wrappers)",
+        Choice(("gymnasium", "async", "envpool")),
     )
     normalize_obs: bool = opt(False, "normalise observations by running mean and std")
     normalize_reward: bool = opt(False, "normalise rewards (how: env.reward_norm)")

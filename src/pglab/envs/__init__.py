@@ -223,7 +223,7 @@ def make_vec_env(
     Uses Gymnasium's ``vector_entry_point`` when the env has one, else a synchronous
     vector env; ``backend="async"`` steps each copy in a process of its own (Gymnasium's
     ``AsyncVectorEnv``, started as the platform starts processes: the same copies, the
-    same numbers). ``preprocess`` (``pong`` or ``atari``, see :mod:`pglab.envs.atari`)
+    same numbers); ``backend="envpool"``: envpool's C++ threads (:mod:`pglab.envs.pool`). ``preprocess`` (``pong`` or ``atari``, see :mod:`pglab.envs.atari`)
     wraps each copy. Seeding happens at ``reset(seed=...)``. Raises
     :class:`EnvError` for unknown ids, bad keyword arguments and unsupported spaces.
 
@@ -245,6 +245,18 @@ def make_vec_env(
             f"env.kwargs {kwargs} apply to an env made by id; env {env_id!r} is a Python "
             "object, made by its own code (give it its arguments there)"
         )
+    if backend == "envpool":
+        from pglab.envs.pool import EnvPool, check_envpool_env
+
+        if maker is not None:
+            raise ConfigError(
+                f"env.backend = envpool makes envs by id; env {env_id!r} is a Python object"
+            )
+        plain = preprocess == "none" and not wrappers and frame_stack == 1
+        check_envpool_env(env_id, kwargs, plain)
+        envs = EnvPool(env_id.split(":", 1)[-1], num_envs)
+        check_vector_env(envs, env_id)
+        return guard.GuardedVectorEnv(envs, env_id, copies_checked=False)
     if maker is None:
         validate_env_id(env_id)
     wrap: list[Callable[[gym.Env], gym.Env]] = []
