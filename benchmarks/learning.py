@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import pglab
-from machine import code_version, command_line, machine
+from machine import provenance
 from pglab.envs import reward_threshold
 from pglab.population import parse_seeds
 
@@ -234,11 +234,7 @@ def main() -> None:
         f"# {label} on {args.env}{f' {kwargs}' if kwargs else ''}, {args.steps:,} steps, "
         f"{len(seeds)} seeds",
         "",
-        f"command: `{command_line()}`",
-        "",
-        f"code: {code_version()}",
-        "",
-        f"machine: {machine()}",
+        *provenance(),
         "",
         f"preset: {rows[0]['preset']}; extra options: {' '.join(args.set) or 'none'}",
         "",

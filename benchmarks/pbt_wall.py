@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import code_version, command_line, machine
+from machine import provenance
 from pglab.experiments.tune import run_tune
 
 SPEC = """
@@ -80,16 +80,14 @@ def main() -> None:
                 values = finals(tune_dir / "ray_members.csv", "value")
                 events = None
             rows.append((backend, wall, values, events))
-            print(f"{backend}: {wall:.1f} s, median final evaluation {statistics.median(values):.1f}")
+            print(
+                f"{backend}: {wall:.1f} s, median final evaluation {statistics.median(values):.1f}"
+            )
     local, ray = rows
     lines = [
         f"# In-process PBT against Ray Tune's PBT: {args.members} members, PPO on {args.env}",
         "",
-        f"command: `{command_line()}`",
-        "",
-        f"code: {code_version()}",
-        "",
-        f"machine: {machine()}",
+        *provenance(),
         "",
         f"Each member trains {args.steps:,} steps; a round every {args.every:,} steps, ranked by "
         f"an evaluation of {args.episodes} episodes every {args.every // 2:,} steps. The "
@@ -99,9 +97,7 @@ def main() -> None:
         "| scheduler | wall s | median final evaluation | best final evaluation | exploits |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name, (backend, wall, values, events) in zip(
-        ("pglab in-process PBT", "Ray Tune PBT"), rows
-    ):
+    for name, (_, wall, values, events) in zip(("pglab in-process PBT", "Ray Tune PBT"), rows):
         exploits = "" if events is None else str(events)
         lines.append(
             f"| {name} | {wall:.1f} | {statistics.median(values):.1f} | {max(values):.1f} "

@@ -29,11 +29,12 @@ import argparse
 import statistics
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
+import tomllib
+
 import pglab
-from machine import code_version, command_line, machine
+from machine import provenance
 from pglab.config import build_config
 from pglab.experiments.tune import run_tune
 from pglab.population import parse_seeds
@@ -129,11 +130,7 @@ def main() -> None:
     lines = [
         f"# Tuning PPO on {args.env}: the schedulers' findings on fresh seeds",
         "",
-        f"command: `{command_line()}`",
-        "",
-        f"code: {code_version()}",
-        "",
-        f"machine: {machine()}",
+        *provenance(),
         "",
         f"Search: {args.steps:,} steps per trial or member, over the preset; TPE and ASHA "
         f"until {args.budget:.0f} s; PBT {args.members} members, a round every "

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pglab
-from cli_run import run_cli
+from cli_run import assert_trains_from, run_cli
 from pglab.config import build_config
 from pglab.experiments.tune import run_tune
 from pglab.pbt import SCHEDULE_FILE, Explorer, donor_state, read_schedule
@@ -127,12 +127,7 @@ def test_a_pbt_population_trains_and_a_members_schedule_replays_its_run(tmp_path
         progress="off",
     )
     assert _rows(replay.path) == _rows(member)
-    code, _, err = run_cli(
-        ["train", "--config", str(tune_dir / "best.toml"), "--steps", "256",
-         "--out", str(tmp_path / "again"), "--set", "run.progress=off"],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err
+    assert_trains_from(tune_dir / "best.toml", tmp_path / "again", capsys)
 
 
 @pytest.mark.parametrize(

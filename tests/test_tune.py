@@ -11,7 +11,7 @@ import time
 import pytest
 import tomllib
 
-from cli_run import run_cli
+from cli_run import assert_trains_from, run_cli
 from pglab.experiments.tune import load_tune_spec, run_tune
 
 pytest.importorskip("optuna")
@@ -60,12 +60,7 @@ def test_a_study_runs_writes_its_outputs_and_a_best_config_that_trains(tmp_path,
     best = max((r for r in table if r["state"] == "COMPLETE"), key=lambda r: float(r["value"]))
     for name in ("history.png", "curves.png", "importance.png"):
         assert (tune_dir / name).read_bytes()[:4] == b"\x89PNG"
-    code, _, err = run_cli(
-        ["train", "--config", str(tune_dir / "best.toml"), "--steps", "256",
-         "--out", str(tmp_path / "again"), "--set", "run.progress=off"],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err
+    assert_trains_from(tune_dir / "best.toml", tmp_path / "again", capsys)
     chosen = tomllib.loads((tune_dir / "best.toml").read_text())
     assert chosen["algo"]["lr"] == pytest.approx(float(best["algo.lr"]))
     assert chosen["policy"]["activation"] == best["policy.activation"]

@@ -115,6 +115,17 @@ def machine() -> str:
     )
 
 
+def provenance() -> list[str]:
+    """The lines every benchmark table opens with: its command, code and machine."""
+    return [
+        f"command: `{command_line()}`",
+        "",
+        f"code: {code_version()}",
+        "",
+        f"machine: {machine()}",
+    ]
+
+
 # ---------------------------------------------------------------------- children
 # Each returns a dict of figures; it runs in its own process (see _measure).
 
@@ -521,15 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    lines = [
-        "# pglab speed benchmark",
-        "",
-        f"command: `{command_line()}`",
-        "",
-        f"code: {code_version()}",
-        "",
-        f"machine: {machine()}",
-    ]
+    lines = ["# pglab speed benchmark", "", *provenance()]
     start = time.perf_counter()
     if "solve" in parts:
         lines += ["", *solve_part(seeds, args.with_sb3, log)]
