@@ -78,6 +78,7 @@ def test_reinforce_pong_preset_trains_end_to_end(tmp_path):
         batch_size=2,
         num_envs=2,
         eval_episodes=1,
+        max_episode_steps=400,  # two games of a few points each (full ones last minutes)
         out=str(tmp_path),
         progress="off",
     )
