@@ -105,8 +105,9 @@ def test_ppo_learns_pendulum(tmp_path):
 def test_ppo_with_gsde_solves_mountain_car_continuous(tmp_path):
     # The goal pays +100 only at the top of the hill; a policy whose noise changes every
     # step rarely gets there and learns to stand still (return about 0). With the
-    # preset's state-dependent exploration, seed 0 reaches 90 by about 6k steps.
+    # preset's state-dependent exploration, seed 1 reaches 90 by its first evaluation
+    # (2k steps; the learning table's seeds take 2k to 6k).
     summary = train_preset(
-        "ppo", "MountainCarContinuous-v0", 0, tmp_path, total_steps=12_000, eval_episodes=3
+        "ppo", "MountainCarContinuous-v0", 1, tmp_path, total_steps=8_000, eval_episodes=3
     )
     assert summary["solved_at_step"] is not None and summary["eval_return_mean"] >= 90, summary

@@ -47,7 +47,7 @@ CASES = {
             "algo.minibatches": 4,
             "policy.hidden": [16],
             "policy.value_hidden": [16],
-            "run.total_steps": 1500,
+            "run.total_steps": 1000,
         },
     ),
     "a2c": ("CartPole-v1", {"algo.name": "a2c", "run.total_steps": 2000}),

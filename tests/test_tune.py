@@ -109,13 +109,10 @@ def test_a_bad_spec_is_one_line(tmp_path, capsys):
 
 
 def test_ray_tune_runs_the_same_spec_with_asha_into_the_same_layout(tmp_path, local_ray):
-    tune_dir = run_tune(write(tmp_path, trials=3), backend="ray", echo=lambda _: None)
+    tune_dir = run_tune(write(tmp_path, trials=2), backend="ray", echo=lambda _: None)
     table = rows(tune_dir)
-    assert len(table) == 3 and {r["state"] for r in table} <= {"COMPLETE", "PRUNED"}, table
+    assert len(table) == 2 and {r["state"] for r in table} <= {"COMPLETE", "PRUNED"}, table
     assert any(r["state"] == "COMPLETE" for r in table)
-    assert sorted(p.name for p in (tmp_path / "runs" / "tuned").glob("trial-*")) == [
-        "trial-0",
-        "trial-1",
-        "trial-2",
-    ]
+    folders = sorted(p.name for p in (tmp_path / "runs" / "tuned").glob("trial-*"))
+    assert folders == ["trial-0", "trial-1"]
     assert tomllib.loads((tune_dir / "best.toml").read_text())["algo"]["name"] == "ppo"
