@@ -148,6 +148,7 @@ def test_a_pbt_spec_that_cannot_run_is_one_line(extra, message, tmp_path, capsys
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.xdist_group("ray")  # one worker, one Ray instance
 def test_ray_tunes_pbt_trains_the_same_population_spec(tmp_path, local_ray):
     spec = tmp_path / "pbt.toml"
     text = SPEC.format(out=tmp_path / "runs").replace("members = 4", "members = 2")

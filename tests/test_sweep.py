@@ -171,6 +171,7 @@ def layout(group):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one worker, one Ray instance
 def test_ray_backend_writes_the_same_folders(tmp_path, local_ray):
     local, distributed = tmp_path / "local", tmp_path / "ray"
     for folder, backend in ((local, "local"), (distributed, "ray")):

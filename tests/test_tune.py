@@ -108,6 +108,7 @@ def test_a_bad_spec_is_one_line(tmp_path, capsys):
     )
 
 
+@pytest.mark.xdist_group("ray")  # one worker, one Ray instance
 def test_ray_tune_runs_the_same_spec_with_asha_into_the_same_layout(tmp_path, local_ray):
     tune_dir = run_tune(write(tmp_path, trials=2), backend="ray", echo=lambda _: None)
     table = rows(tune_dir)
