@@ -84,6 +84,19 @@ def _options_help() -> str:
     return "\n".join(lines)
 
 
+def _add_ray_options(parser: argparse.ArgumentParser, what: str, backends: str) -> None:
+    """``--backend local|ray`` and ``--address`` of a command that can run on Ray."""
+    parser.add_argument(
+        "--backend", default="local", choices=("local", "ray"), help=f"{backends} (default: local)"
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="with --backend ray: a cluster's address (auto or HOST:PORT); "
+        f"default: start a local Ray instance for the {what}",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the ``pglab`` command (its help is the CLI reference of the docs)."""
     parser = _Parser(prog="pglab", description="Policy-gradient reinforcement learning.")
@@ -158,15 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("spec", metavar="SPEC.toml", help="the sweep spec")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state")
     sweep.add_argument("--out", help="folder for the run group (default: the spec's out, or runs)")
-    sweep.add_argument(
-        "--backend", default="local", help="local (a process pool) or ray (default: local)"
-    )
-    sweep.add_argument(
-        "--address",
-        default=None,
-        help="with --backend ray: a cluster's address (auto or HOST:PORT); "
-        "default: start a local Ray instance for the sweep",
-    )
+    _add_ray_options(sweep, "sweep", "local (a process pool) or ray")
     sweep.add_argument(
         "--workers", type=int, default=None, help="local processes (default: one per core)"
     )
@@ -174,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser(
         "tune",
         help="search for good settings with Optuna (TPE, pruning), resumable",
-        description="Run the missing trials of a tuning spec (see pglab.experiments.tune); "
-        "writes GROUP/tune/: trials.csv, best.toml, history.png, importance.png, curves.png. "
-        "Needs pip install 'pglab[tune]'.",
+        description="Run the missing trials of a tuning spec (see pglab.experiments.tune), or "
+        "with --scheduler pbt its population (pglab.experiments.pbt_study); writes GROUP/tune/: "
+        "trials.csv or members.csv and events.csv, best.toml and plots. Needs pip install "
+        "'pglab[tune]'.",
     )
     tune.add_argument("spec", metavar="SPEC.toml", help="the tuning spec")
     tune.add_argument("--out", help="folder for the run group (default: the spec's out, or runs)")
@@ -186,17 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="tpe: Optuna trials, pruned early (default: the spec's scheduler, or tpe); "
         "pbt: population-based training of the spec's members in this process",
     )
-    tune.add_argument(
-        "--backend",
-        default="local",
-        choices=("local", "ray"),
-        help="local (this machine) or ray (Ray Tune: ASHA with Optuna's TPE, or Ray's "
-        "PBT; needs pip install 'pglab[ray]') (default: local)",
-    )
-    tune.add_argument(
-        "--address",
-        help="with --backend ray: a cluster's address (auto or HOST:PORT); default: a "
-        "local Ray instance started for the tune",
+    _add_ray_options(
+        tune,
+        "tune",
+        "local (this machine) or ray (Ray Tune: ASHA with Optuna's TPE, or Ray's PBT; needs "
+        "pip install 'pglab[ray]')",
     )
 
     report = commands.add_parser(

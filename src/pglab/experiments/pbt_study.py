@@ -137,10 +137,10 @@ def _write_outputs(spec: Any, folder: Path, names: list[str], tune_dir: Path) ->
             "events": len(schedule.events),
             **{k: final.get(k) for k in keys},
         })  # fmt: skip
-    _write_table(tune_dir / "members.csv", members, tune_dir)
+    write_table(tune_dir / "members.csv", members, tune_dir)
     events.sort(key=lambda e: (e["step"], e["member"]))
     header = ["step", "member", "from", *keys]
-    _write_table(tune_dir / "events.csv", events, tune_dir, header)
+    write_table(tune_dir / "events.csv", events, tune_dir, header)
     scored = [m for m in members if m["eval_return_mean"] is not None]
     if scored:
         best = max(scored, key=lambda m: m["eval_return_mean"])
@@ -159,9 +159,10 @@ def _write_outputs(spec: Any, folder: Path, names: list[str], tune_dir: Path) ->
     write_atomic(tune_dir / "curves.png", lambda p: _plot_curves(p, folder, names), tune_dir)
 
 
-def _write_table(
+def write_table(
     path: Path, rows: list[dict[str, Any]], folder: Path, header: list[str] | None = None
 ) -> None:
+    """``rows`` as a CSV file in ``folder``, written atomically (``header``: its columns)."""
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, header or list(rows[0]) if rows or header else [])
     writer.writeheader()

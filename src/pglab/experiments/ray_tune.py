@@ -60,7 +60,7 @@ def _trial(config: dict[str, Any], spec: Any = None) -> None:
     from ray import tune
 
     import pglab
-    from pglab.experiments.tune import _curve, objective_value
+    from pglab.experiments.tune import eval_curve, objective_value
 
     torch.set_num_threads(1)
     number = int(config["number"])  # the searcher's count: the trial's folder
@@ -82,7 +82,7 @@ def _trial(config: dict[str, Any], spec: Any = None) -> None:
     report.__deepcopy__ = lambda memo: report  # type: ignore[attr-defined]  # one for all seeds
     runs = pglab.train(config=built, seeds=spec.seeds, callbacks=[report])
     value = objective_value(
-        [r.summary for r in runs], [_curve(r.path) for r in runs], spec.objective
+        [r.summary for r in runs], [eval_curve(r.path) for r in runs], spec.objective
     )
     tune.report({"value": value, "objective": value, "evaluation": len(means) + 1})
 
@@ -93,7 +93,7 @@ def run_ray_tune(
     """Run (or resume) the spec's trials on Ray Tune; write ``tune_dir``'s outputs."""
     import optuna
 
-    from pglab.experiments.tune import _write_outputs
+    from pglab.experiments.tune import write_study_outputs
 
     tune, ASHAScheduler, OptunaSearch = _tune_modules()
     base = build_config(spec.config_file, spec.config_flags({}, 0), flags_source="tune spec")
@@ -158,7 +158,7 @@ def run_ray_tune(
                 user_attrs={"folder": number},
             )
         )
-    _write_outputs(study, spec, tune_dir)
+    write_study_outputs(study, spec, tune_dir)
     return tune_dir
 
 
@@ -285,7 +285,7 @@ def run_ray_pbt(
         metrics = result.metrics or {}
         rows.append({"trial": metrics.get("trial_id"), "value": metrics.get("value"),
                      "step": metrics.get("step"), **(result.config or {})})  # fmt: skip
-    from pglab.experiments.pbt_study import _write_table
+    from pglab.experiments.pbt_study import write_table
 
-    _write_table(tune_dir / "ray_members.csv", rows, tune_dir)
+    write_table(tune_dir / "ray_members.csv", rows, tune_dir)
     return tune_dir

@@ -280,7 +280,7 @@ def objective_value(summaries: list[dict[str, Any]], curves: list[list[float]], 
     return sum(values) / len(values) if values else -math.inf
 
 
-def _curve(run_dir: Path) -> list[float]:
+def eval_curve(run_dir: Path) -> list[float]:
     with open(run_dir / "metrics.csv", newline="") as handle:
         return [
             float(r["eval_return_mean"]) for r in csv.DictReader(handle) if r["eval_return_mean"]
@@ -351,7 +351,7 @@ def run_tune(
                 echo(f"trial {trial.number}: pruned")
                 raise optuna.TrialPruned()
             value = objective_value(
-                [r.summary for r in runs], [_curve(r.path) for r in runs], spec.objective
+                [r.summary for r in runs], [eval_curve(r.path) for r in runs], spec.objective
             )
             echo(f"trial {trial.number}: {value:.4g} {params}")
             return value
@@ -360,12 +360,13 @@ def run_tune(
             study.optimize(
                 objective, n_trials=left, timeout=spec.timeout or None, catch=(PglabError,)
             )
-        _write_outputs(study, spec, tune_dir)
+        write_study_outputs(study, spec, tune_dir)
     return tune_dir
 
 
-def _write_outputs(study: Any, spec: TuneSpec, tune_dir: Path) -> None:
-    """``trials.csv``, ``best.toml`` and the plots."""
+def write_study_outputs(study: Any, spec: TuneSpec, tune_dir: Path) -> None:
+    """``trials.csv``, ``best.toml`` and the plots of a study's trials (an Optuna study:
+    the local one, or one built from Ray Tune's results)."""
     trials = study.get_trials(deepcopy=False)
     table = io.StringIO(newline="")
     writer = csv.writer(table)
