@@ -183,13 +183,7 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> Sweep:
             f"sweep spec: out must be a folder path (a string; or give --out); got {out_value!r}"
         )
     out = Path(out_value).resolve()  # workers may start elsewhere (Ray)
-    config_file = spec.get("config")
-    if config_file is not None:
-        if not isinstance(config_file, str) or not config_file:
-            raise ConfigError(
-                f"sweep spec: config must be the path of a TOML file; got {config_file!r}"
-            )
-        config_file = (path.parent / config_file).resolve()
+    config_file = spec_config_file(spec, path)
     seeds = spec_seeds(spec.get("seeds", 1), spec.get("base_seed", 0))
     sample_seed = spec.get("sample_seed", 0)
     if not _is_int(sample_seed):
@@ -394,6 +388,16 @@ def _values(key: str, values: Any) -> list[Any]:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def spec_config_file(spec: dict[str, Any], path: Path, label: str = "sweep spec") -> Path | None:
+    """A spec's base ``config`` file, relative to the spec at ``path`` (None when absent)."""
+    config_file = spec.get("config")
+    if config_file is None:
+        return None
+    if not isinstance(config_file, str) or not config_file:
+        raise ConfigError(f"{label}: config must be the path of a TOML file; got {config_file!r}")
+    return (path.parent / config_file).resolve()
 
 
 def spec_distribution(

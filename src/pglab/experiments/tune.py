@@ -58,6 +58,7 @@ from pglab.errors import ConfigError, PglabError
 from pglab.experiments.sweep import (
     inside,
     read_spec,
+    spec_config_file,
     spec_distribution,
     spec_options,
     spec_seeds,
@@ -119,13 +120,7 @@ def load_tune_spec(
     out_value = str(out) if out is not None else spec.get("out", "runs")
     if not isinstance(out_value, str) or not out_value:
         raise ConfigError(f"{_LABEL}: out (or --out) must be a folder path; got {out_value!r}")
-    config_file = spec.get("config")
-    if config_file is not None:
-        if not isinstance(config_file, str) or not config_file:
-            raise ConfigError(
-                f"{_LABEL}: config must be the path of a TOML file; got {config_file!r}"
-            )
-        config_file = (path.parent / config_file).resolve()
+    config_file = spec_config_file(spec, path, _LABEL)
     fixed, _ = spec_options(spec.get("set", {}), "set", label=_LABEL)
     table = spec_table(spec.get("search", {}), "search", _LABEL)
     search, written = spec_options(table, "search", distributions=True, label=_LABEL)
