@@ -35,7 +35,7 @@ import tomllib
 
 import pglab
 from machine import provenance
-from pglab.config import build_config
+from pglab.config import build_config, parse_override
 from pglab.experiments.tune import run_tune
 from pglab.population import parse_seeds
 
@@ -77,10 +77,12 @@ def tuned_options(best: Path) -> dict:
     return {f"algo.{k}": algo[k] for k in ("lr", "entropy_coef", "clip_range", "gamma", "lam")}
 
 
-def final_evaluations(env: str, options: dict, seeds: list[int], steps: int, out: Path) -> list:
+def final_evaluations(
+    env: str, options: dict, seeds: list[int], steps: int, out: Path, jobs: int
+) -> list:
     config = build_config(None, {"env": env, "algo": "ppo", **options}, flags_source="compare")
     runs = pglab.train(
-        config=config, seeds=seeds, total_steps=steps, out=str(out), progress="off",
+        config=config, seeds=seeds, jobs=jobs, total_steps=steps, out=str(out), progress="off",
         stop_at_return="none", checkpoint_every=0,
     )  # fmt: skip
     return [run.summary["eval_return_mean"] for run in runs]
@@ -95,13 +97,16 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10_000)
     parser.add_argument("--final-steps", type=int, default=200_000)
     parser.add_argument("--eval-seeds", default="100-102")
+    parser.add_argument("--jobs", type=int, default=2, help="processes for the fresh seeds")
     parser.add_argument("--schedulers", default="tpe,asha,pbt,ray-pbt")
     parser.add_argument("--reference", nargs="+", default=None,
                         help="NAME key=value ...: a published tuned setting")  # fmt: skip
+    parser.add_argument("--preset-label", default="preset",
+                        help="the preset's row name (say when the preset is a published setting)")  # fmt: skip
     parser.add_argument("--out")
     args = parser.parse_args()
     seeds = parse_seeds(args.eval_seeds)
-    candidates: dict[str, dict] = {"preset": {}}
+    candidates: dict[str, dict] = {args.preset_label: {}}
     walls: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.schedulers.split(","):
@@ -122,9 +127,11 @@ def main() -> None:
             print(f"{name}: {walls[name]:.0f} s, {candidates.get(name)}")
         if args.reference:
             label, *pairs = args.reference
-            candidates[label] = dict(pair.split("=", 1) for pair in pairs)
+            candidates[label] = dict(parse_override(pair) for pair in pairs)
         results = {
-            name: final_evaluations(args.env, options, seeds, args.final_steps, Path(tmp) / name)
+            name: final_evaluations(
+                args.env, options, seeds, args.final_steps, Path(tmp) / name, args.jobs
+            )
             for name, options in candidates.items()
         }
     lines = [
