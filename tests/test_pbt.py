@@ -159,6 +159,17 @@ def test_ray_tunes_pbt_trains_the_same_population_spec(tmp_path, local_ray):
     assert len(members) == 2 and all(int(m["step"]) >= 2048 for m in members), members
     folders = list((tmp_path / "runs" / "pbt" / "ray-pbt").glob("member-*/metrics.csv"))
     assert len(folders) == 2
+    best = build_config(tune_dir / "best.toml")  # the best member's values, a config file
+    assert 1e-4 <= best.algo.lr <= 1e-2 and 0.1 <= best.algo.clip_range <= 0.3
+
+
+def test_ray_pbt_perturbations_stay_within_the_search_space():
+    from pglab.experiments.ray_tune import _within_bounds
+
+    search = {"algo.lam": ("uniform", [0.8, 1.0]), "algo.lr": ("log_uniform", [1e-4, 1e-2]),
+              "algo.epochs": ("int_uniform", [1, 8]), "algo.head": ("choice", ["a", "b"])}  # fmt: skip
+    perturbed = {"lam": 1.0643, "lr": 5e-5, "epochs": 9.6, "head": "b"}  # Ray's x1.2 and x0.8
+    assert _within_bounds(perturbed, search) == {"lam": 1.0, "lr": 1e-4, "epochs": 8, "head": "b"}
 
 
 def test_a_pbt_population_killed_after_a_round_resumes_to_its_budget(tmp_path):

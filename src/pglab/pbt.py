@@ -101,6 +101,15 @@ def apply_event(trainer: Any, event: dict[str, Any], folder: Path) -> None:
     trainer.set_hyperparameters(event["hyperparameters"])
 
 
+def clamp(kind: str, args: list, value: Any) -> Any:
+    """``value`` moved into the bounds of its search space (``kind``, ``args``) and, for
+    an ``int_uniform`` space, rounded; a ``choice`` passes unchanged."""
+    if kind == "choice":
+        return value
+    moved = min(max(value, args[0]), args[1])
+    return round(moved) if kind == "int_uniform" else float(moved)
+
+
 @dataclass
 class Explorer:
     """Draws a member's new hyperparameters from its donor's (step 3 of the module text)."""
@@ -124,8 +133,7 @@ class Explorer:
                 index = args.index(values[key]) + (1 if factor > 1 else -1)
                 new[key] = args[min(max(index, 0), len(args) - 1)]
             else:
-                moved = min(max(values[key] * factor, args[0]), args[1])
-                new[key] = round(moved) if kind == "int_uniform" else float(moved)
+                new[key] = clamp(kind, args, values[key] * factor)
         return new
 
     @staticmethod

@@ -144,19 +144,25 @@ def _write_outputs(spec: Any, folder: Path, names: list[str], tune_dir: Path) ->
     scored = [m for m in members if m["eval_return_mean"] is not None]
     if scored:
         best = max(scored, key=lambda m: m["eval_return_mean"])
-        flags = {k: v for k, v in spec.fixed.items()}
-        flags.update({f"algo.{k}": best[k] for k in keys})
-        config = build_config(spec.config_file, flags, flags_source=best["member"])
-        text = (
-            f"# the best PBT member ({best['member']}) of {spec.group_dir}: final evaluation "
+        write_best(
+            spec, tune_dir, {f"algo.{k}": best[k] for k in keys},
+            f"the best PBT member ({best['member']}) of {spec.group_dir}: final evaluation "
             f"{best['eval_return_mean']:.6g}, with its final values; its schedule (replay: "
-            f"--set run.schedule=...): {folder / best['member'] / SCHEDULE_FILE}\n"
-        )
-        write_text_atomic(tune_dir / "best.toml", text + config.to_toml(), tune_dir)
+            f"--set run.schedule=...): {folder / best['member'] / SCHEDULE_FILE}",
+        )  # fmt: skip
     write_atomic(
         tune_dir / "schedules.png", lambda p: _plot_schedules(p, schedules, keys, folder), tune_dir
     )
     write_atomic(tune_dir / "curves.png", lambda p: _plot_curves(p, folder, names), tune_dir)
+
+
+def write_best(spec: Any, tune_dir: Path, values: dict[str, Any], note: str) -> None:
+    """``tune_dir/best.toml``: the spec's base config with its fixed options and the
+    best member's searched ``values``, ready for ``pglab train --config``; ``note``
+    (one line) heads it."""
+    flags = {**spec.fixed, **values}
+    config = build_config(spec.config_file, flags, flags_source="best.toml")
+    write_text_atomic(tune_dir / "best.toml", f"# {note}\n" + config.to_toml(), tune_dir)
 
 
 def write_table(

@@ -17,6 +17,7 @@ from them (trials that were running start again). Ray is the optional extra
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 from pglab.config import build_config
 from pglab.errors import PglabError
 from pglab.experiments.sweep import ray_session
+from pglab.pbt import clamp
 
 RAY_DIR = "ray"
 
@@ -269,6 +271,7 @@ def run_ray_pbt(
                 quantile_fraction=spec.quantile,
                 resample_probability=spec.resample_probability,
                 perturbation_factors=(1.2, 0.8),
+                custom_explore_fn=functools.partial(_within_bounds, search=spec.search),
             )
             echo(f"pbt {spec.group_dir} (ray): {spec.members} members")
             tuner = tune.Tuner(
@@ -280,12 +283,39 @@ def run_ray_pbt(
                 run_config=tune.RunConfig(name=PBT_GROUP, storage_path=str(storage), verbose=0),
             )
         results = tuner.fit()
-    rows = []
+    rows, failed = [], []
     for result in results:
         metrics = result.metrics or {}
         rows.append({"trial": metrics.get("trial_id"), "value": metrics.get("value"),
                      "step": metrics.get("step"), **(result.config or {})})  # fmt: skip
-    from pglab.experiments.pbt_study import write_table
+        if result.error is not None:
+            failed.append(result)
+    from pglab.experiments.pbt_study import write_best, write_table
 
     write_table(tune_dir / "ray_members.csv", rows, tune_dir)
+    scored = [r for r in rows if r["value"] is not None and r["step"] is not None]
+    finished = [r for r in scored if r["step"] == max(r["step"] for r in scored)]
+    if finished:
+        best = max(finished, key=lambda r: r["value"])
+        write_best(
+            spec, tune_dir, {k: best[k.removeprefix("algo.")] for k in spec.search},
+            f"the best Ray PBT member (trial {best['trial']}) of {spec.group_dir}: final "
+            f"evaluation {best['value']:.6g}, with its final values",
+        )  # fmt: skip
+    if failed:
+        reason = str(failed[0].error).strip().splitlines()[-1]
+        raise PglabError(
+            f"ray pbt: {len(failed)} of {len(rows)} members failed ({reason}); "
+            f"details under {storage / PBT_GROUP}"
+        )
     return tune_dir
+
+
+def _within_bounds(config: dict[str, Any], search: dict[str, tuple[str, list]]) -> dict[str, Any]:
+    """Ray PBT's perturbed values moved back into the search space's bounds (Ray
+    multiplies them by its factors without looking at the bounds)."""
+    for key, (kind, args) in search.items():
+        name = key.removeprefix("algo.")
+        if name in config:
+            config[name] = clamp(kind, args, config[name])
+    return config
