@@ -35,7 +35,7 @@ def test_reward_scaling_divides_by_the_return_std():
 def test_observations_are_normalised_and_clipped():
     norm = Normalizer(2, 1, obs=True, reward=False, clip_obs=1.5)
     for x in ([0.0, 10.0], [2.0, 30.0]):
-        norm.observe(torch.tensor([x]), update=True)
+        norm.observe(np.array([x], dtype=np.float32), update=True)
     out = norm.obs(torch.tensor([[1.0, 20.0], [100.0, -100.0]]))
     assert torch.allclose(out[0], torch.zeros(2), atol=1e-4)
     assert out[1].tolist() == [1.5, -1.5]

@@ -231,7 +231,7 @@ class Collector:
         obs = self.encode.array(raw, self.encode.info_mask(info, self.num_envs))
         if self.normalizer is None:
             return obs
-        return self.normalizer.observe(torch.from_numpy(obs), self.update_normalizer).numpy()
+        return self.normalizer.observe(obs, self.update_normalizer)
 
     def _step(
         self,

@@ -107,30 +107,37 @@ class Normalizer:
         self._refresh()
 
     def _refresh(self) -> None:
-        """Cache the observation mean and std as float32 tensors (used every step)."""
-        self._obs_mean = torch.as_tensor(self.obs_stats.mean, dtype=torch.float32)
-        self._obs_std = torch.as_tensor(np.sqrt(self.obs_stats.var + EPSILON), dtype=torch.float32)
+        """Cache the observation mean and std as float32 arrays (used every step)."""
+        self._obs_mean = self.obs_stats.mean.astype(np.float32)
+        self._obs_std = np.sqrt(self.obs_stats.var + EPSILON).astype(np.float32)
 
-    def observe(self, obs: Tensor, update: bool) -> Tensor:
-        """Normalise a batch ``[N, obs_dim]``, first folding it into the statistics if ``update``."""
+    def observe(self, obs: np.ndarray, update: bool) -> np.ndarray:
+        """Normalise a float32 batch ``[N, obs_dim]``, first folding it into the
+        statistics if ``update``."""
         if not self.normalize_obs:
             return obs
         if update:
-            own = obs[..., : self._obs_mean.shape[0]]
-            self.obs_stats.update(own.numpy().astype(np.float64))
+            self.obs_stats.update(obs[..., : len(self._obs_mean)].astype(np.float64))
             self._refresh()
         return self.obs(obs)
 
-    def obs(self, obs: Tensor) -> Tensor:
-        """Normalise observations with the current (frozen) statistics; columns beyond
-        ``obs_dim`` (an action mask) pass unchanged."""
+    def obs(self, obs: Tensor | np.ndarray) -> Tensor | np.ndarray:
+        """Normalise observations (a tensor or a float32 array) with the current (frozen)
+        statistics; columns beyond ``obs_dim`` (an action mask) pass unchanged. Both
+        types take the same float32 operations, so they give the same numbers."""
         if not self.normalize_obs:
             return obs
-        extra = obs.shape[-1] - self._obs_mean.shape[0]
-        if extra:
-            return torch.cat([self.obs(obs[..., :-extra]), obs[..., -extra:]], dim=-1)
-        out = (obs - self._obs_mean) / self._obs_std
-        return out.clamp(-self.clip_obs, self.clip_obs) if self.clip_obs > 0 else out
+        width = len(self._obs_mean)
+        if obs.shape[-1] > width:
+            head, mask = self.obs(obs[..., :width]), obs[..., width:]
+            if isinstance(obs, Tensor):
+                return torch.cat([head, mask], dim=-1)
+            return np.concatenate([head, mask], axis=-1)
+        mean, std = self._obs_mean, self._obs_std
+        if isinstance(obs, Tensor):
+            mean, std = torch.from_numpy(mean).to(obs.device), torch.from_numpy(std).to(obs.device)
+        out = (obs - mean) / std
+        return out.clip(-self.clip_obs, self.clip_obs) if self.clip_obs > 0 else out
 
     def track_rewards(self, rewards: np.ndarray, valid: np.ndarray, ended: np.ndarray) -> None:
         """Fold one step's rewards (or, for ``return``, each env's discounted return) in."""
