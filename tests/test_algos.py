@@ -165,6 +165,42 @@ def test_shared_body_trains_through_one_optimizer():
     assert len(algo.params) == len(list(actor.parameters())) + 2  # + the value layer
 
 
+@pytest.mark.parametrize("rule", ["ppo", "a2c"])
+def test_a_shared_body_runs_once_per_loss_and_gives_the_two_pass_loss(rule):
+    from pglab.agent import build_models
+    from pglab.algos import ALGORITHMS
+    from pglab.policies import Critic
+
+    config = build_config(overrides=[f"algo={rule}", "shared=true", "preset=none"])
+    torch.manual_seed(0)
+    actor, critic = build_models(config, gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(3))
+    n = 16
+    mb = {
+        "obs": torch.randn(n, 4),
+        "actions": torch.randint(0, 3, (n,)),
+        "log_probs": torch.full((n,), -1.1),
+        "advantages": torch.randn(n),
+        "values": torch.randn(n),
+        "returns": torch.randn(n),
+    }
+    rule_class = ALGORITHMS[rule]
+    hp = rule_class.hyperparameters(config.algo.resolve(), 0.0)
+    passes = []
+    actor.body.register_forward_hook(lambda *_: passes.append(1))
+    loss, _ = rule_class.loss(actor, critic, mb, hp)
+    assert len(passes) == 1
+    one = torch.autograd.grad(loss, list(actor.parameters()) + list(critic.value.parameters()))
+
+    # The same critic, reaching the body through a wrapper: not `is actor.body`, a second pass
+    apart = Critic(torch.nn.Sequential(actor.body), critic.value.in_features)
+    apart.value = critic.value
+    loss_two, _ = rule_class.loss(actor, apart, mb, hp)
+    assert len(passes) == 3
+    two = torch.autograd.grad(loss_two, list(actor.parameters()) + list(critic.value.parameters()))
+    assert torch.allclose(loss, loss_two)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(one, two))
+
+
 @pytest.mark.parametrize(
     ("env_id", "head"), [("Pendulum-v1", "tanh_gaussian"), ("CartPole-v1", "bernoulli")]
 )

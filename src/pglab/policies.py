@@ -479,7 +479,12 @@ class Actor(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         """Distribution parameters (logits or means) for a batch of observations."""
-        params = self.head(self.body(obs))
+        return self.params(self.body(obs), obs)
+
+    def params(self, features: Tensor, obs: Tensor) -> Tensor:
+        """Distribution parameters from the body's ``features`` of ``obs`` (whose mask
+        columns, if any, rule out illegal actions)."""
+        params = self.head(features)
         if self.mask_dim:
             legal = obs[..., obs.shape[-1] - self.mask_dim :] > 0.5
             params = params.masked_fill(~legal, MASKED_LOGIT)
@@ -516,6 +521,21 @@ class Critic(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.value(self.body(obs)).squeeze(-1)
+
+
+def evaluate_actions(
+    actor: Actor, critic: Critic | None, obs: Tensor, actions: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    r""":math:`\log \pi(a \mid s)`, the entropy at each state, and :math:`V(s)` (None
+    without a critic), for a loss. A critic on the actor's own body (``policy.shared``)
+    takes the features of the one forward pass through it, so an update of a shared
+    CNN costs one forward and one backward pass, not two."""
+    if critic is None or critic.body is not actor.body:
+        log_probs, entropy = actor.log_prob_entropy(obs, actions)
+        return log_probs, entropy, None if critic is None else critic(obs)
+    features = actor.body(obs)
+    log_probs, entropy = actor.head.log_prob_entropy(actor.params(features, obs), actions)
+    return log_probs, entropy, critic.value(features).squeeze(-1)
 
 
 #: Makes a body of the user's own from the encoded observations' width.

@@ -36,7 +36,7 @@ from pglab.losses import (
     value_loss,
     weighted_standardize,
 )
-from pglab.policies import Actor, Critic
+from pglab.policies import Actor, Critic, evaluate_actions
 from pglab.returns import masked_mean, standardize
 
 
@@ -70,10 +70,10 @@ class A2C(JointOptimizer):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Policy-gradient loss + ``vf_coef`` x value MSE - ``entropy_coef`` x entropy."""
         valid = mb.get("valid")
-        log_probs, entropy = actor.log_prob_entropy(mb["obs"], mb["actions"])
+        log_probs, entropy, values = evaluate_actions(actor, critic, mb["obs"], mb["actions"])
         adv = standardize(mb["advantages"], valid) if hp["normalize"] else mb["advantages"]
         policy_loss = policy_gradient_loss(log_probs, adv, valid)
-        v_loss = value_loss(critic(mb["obs"]), mb["returns"], valid)
+        v_loss = value_loss(values, mb["returns"], valid)
         mean_entropy = masked_mean(entropy, valid)
         loss = actor_critic_loss(
             policy_loss, v_loss, mean_entropy, hp["vf_coef"], hp["entropy_coef"]

@@ -45,7 +45,7 @@ from pglab.losses import (
     sample_weights,
     weighted_standardize,
 )
-from pglab.policies import Actor, Critic
+from pglab.policies import Actor, Critic, evaluate_actions
 from pglab.returns import masked_mean, standardize
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class PPO(JointOptimizer):
         ``hp`` the clip range, the coefficients, ``value_clip`` and ``normalize``.
         """
         valid = mb.get("valid")
-        log_probs, entropy = actor.log_prob_entropy(mb["obs"], mb["actions"])
+        log_probs, entropy, values = evaluate_actions(actor, critic, mb["obs"], mb["actions"])
         log_ratio = log_probs - mb["log_probs"]
         kl_k1, kl_k3 = approx_kl(log_ratio, valid)
         adv = mb["advantages"]
@@ -103,7 +103,6 @@ class PPO(JointOptimizer):
             adv = standardize(adv, valid)
         clip = hp["clip_range"]
         policy_loss = clipped_surrogate_loss(log_ratio, adv, clip, valid)
-        values = critic(mb["obs"])
         v_loss = clipped_value_loss(values, mb["values"], mb["returns"], hp["value_clip"], valid)
         mean_entropy = masked_mean(entropy, valid)
         loss = actor_critic_loss(
