@@ -36,6 +36,7 @@ import tomllib
 import pglab
 from machine import provenance
 from pglab.config import build_config, parse_override
+from pglab.errors import PglabError
 from pglab.experiments.tune import run_tune
 from pglab.population import parse_seeds
 
@@ -103,10 +104,13 @@ def main() -> None:
                         help="NAME key=value ...: a published tuned setting")  # fmt: skip
     parser.add_argument("--preset-label", default="preset",
                         help="the preset's row name (say when the preset is a published setting)")  # fmt: skip
+    parser.add_argument("--without-preset", action="store_true",
+                        help="leave the preset's row out (a rerun of some schedulers)")  # fmt: skip
     parser.add_argument("--out")
     args = parser.parse_args()
     seeds = parse_seeds(args.eval_seeds)
-    candidates: dict[str, dict] = {args.preset_label: {}}
+    candidates: dict[str, dict] = {} if args.without_preset else {args.preset_label: {}}
+    failures: dict[str, str] = {}
     walls: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.schedulers.split(","):
@@ -120,8 +124,13 @@ def main() -> None:
                 )
             )  # fmt: skip
             start = time.perf_counter()
-            tune_dir = run_tune(spec, backend=backend, echo=print)
-            walls[name] = time.perf_counter() - start
+            try:
+                tune_dir = run_tune(spec, backend=backend, echo=print)
+            except PglabError as error:  # the table says so; the other schedulers go on
+                failures[name] = str(error)
+                continue
+            finally:
+                walls[name] = time.perf_counter() - start
             if (tune_dir / "best.toml").is_file():
                 candidates[name] = tuned_options(tune_dir / "best.toml")
             print(f"{name}: {walls[name]:.0f} s, {candidates.get(name)}")
@@ -155,6 +164,8 @@ def main() -> None:
         lines.append(
             f"| {name} | {wall} | {statistics.median(values):.1f} | {per_seed} | {options} |"
         )
+    for name, reason in failures.items():
+        lines.append(f"| {name} | {walls[name]:.0f} | failed | | {reason} |")
     out = args.out or str(Path(__file__).parent / "results" / f"tuning-{args.env}.md")
     Path(out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

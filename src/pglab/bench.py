@@ -127,7 +127,7 @@ def provenance() -> list[str]:
 
 
 # ---------------------------------------------------------------------- children
-# Each returns a dict of figures; it runs in its own process (see _measure).
+# Each returns a dict of figures; it runs in its own process (see measure).
 
 
 def _train_ppo(**options: Any) -> Any:
@@ -166,7 +166,7 @@ def pglab_ppo(seed: int, zoo: bool, solve: bool) -> dict[str, Any]:
     }
 
 
-def _linear(value: float) -> Callable[[float], float]:
+def linear(value: float) -> Callable[[float], float]:
     return lambda remaining: remaining * value  # SB3 passes the fraction of training left
 
 
@@ -186,8 +186,8 @@ def sb3_ppo(seed: int, solve: bool) -> dict[str, Any]:
         n_epochs=20,
         gamma=0.98,
         gae_lambda=0.8,
-        learning_rate=_linear(1e-3),
-        clip_range=_linear(0.2),
+        learning_rate=linear(1e-3),
+        clip_range=linear(0.2),
         ent_coef=0.0,
         seed=seed,
         device="cpu",
@@ -300,14 +300,14 @@ def sb3_seeds(seeds: Sequence[int], jobs: int) -> dict[str, Any]:
     import multiprocessing
 
     start = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(jobs, initializer=_one_thread) as pool:
+    with multiprocessing.get_context("spawn").Pool(jobs, initializer=one_thread) as pool:
         results = pool.starmap(sb3_ppo, [(seed, True) for seed in seeds])
     seconds = time.perf_counter() - start
     solved = sum(r["solved_at"] is not None for r in results)
     return {"seconds": seconds, "solved": solved, "runs": len(results)}
 
 
-def _one_thread() -> None:
+def one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -323,15 +323,26 @@ CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def _child(name: str, kwargs: dict[str, Any]) -> None:
-    _one_thread()
-    print(json.dumps(CHILDREN[name](**kwargs)), flush=True)
+def run_child(children: dict[str, Callable[..., dict[str, Any]]], name: str, kwargs: dict) -> None:
+    """In a child process: run ``children[name](**kwargs)`` on one torch thread (unless
+    it sets its own) and print its figures as the last line, in JSON, with
+    ``children_peak_mb``: the peak resident memory of the largest process it started."""
+    import resource
+
+    one_thread()
+    figures = children[name](**kwargs)
+    figures["children_peak_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps(figures), flush=True)
 
 
-def _measure(name: str, **kwargs: Any) -> dict[str, Any]:
+def measure(name: str, *, entry: Sequence[str] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run child ``name`` in a fresh interpreter; its figures plus ``process_seconds``
-    (whole-process wall time) and ``peak_mb`` (its peak resident memory)."""
-    command = [sys.executable, "-m", "pglab.bench", "--child", name, json.dumps(kwargs)]
+    (whole-process wall time) and ``peak_mb`` (its peak resident memory).
+
+    ``entry`` is the command that runs a benchmark's children (a script that calls
+    :func:`run_child` on ``--child NAME JSON``); by default, this module's."""
+    head = list(entry) if entry else [sys.executable, "-m", "pglab.bench"]
+    command = [*head, "--child", name, json.dumps(kwargs)]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     output = process.stdout.read()
@@ -348,7 +359,7 @@ def _measure(name: str, **kwargs: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------- report
 
 
-def _median_range(values: Sequence[float | None], fmt: str = ",.0f") -> str:
+def median_range(values: Sequence[float | None], fmt: str = ",.0f") -> str:
     known = [v for v in values if v is not None]
     if not known:
         return "never"
@@ -356,12 +367,12 @@ def _median_range(values: Sequence[float | None], fmt: str = ",.0f") -> str:
     return text if len(known) == len(values) else f"{text}, {len(known)}/{len(values)}"
 
 
-def _median(values: Sequence[float | None]) -> float | None:
+def median(values: Sequence[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.median(known) if len(known) == len(values) and known else None
 
 
-def _ratio(a: float | None, b: float | None) -> str:
+def ratio(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}"
 
 
@@ -370,10 +381,10 @@ def solve_part(seeds: Sequence[int], with_sb3: bool, log: Callable[[str], None])
     if with_sb3:
         rows["SB3 (zoo settings)"] = []
     for seed in seeds:
-        rows["pglab (preset)"].append(_measure("pglab_ppo", seed=seed, zoo=False, solve=True))
-        rows["pglab (zoo settings)"].append(_measure("pglab_ppo", seed=seed, zoo=True, solve=True))
+        rows["pglab (preset)"].append(measure("pglab_ppo", seed=seed, zoo=False, solve=True))
+        rows["pglab (zoo settings)"].append(measure("pglab_ppo", seed=seed, zoo=True, solve=True))
         if with_sb3:
-            rows["SB3 (zoo settings)"].append(_measure("sb3_ppo", seed=seed, solve=True))
+            rows["SB3 (zoo settings)"].append(measure("sb3_ppo", seed=seed, solve=True))
         log(f"solve: seed {seed} done")
     lines = [
         f"## PPO on {ENV} to an evaluation >= {TARGET:g} (evaluation included)",
@@ -387,26 +398,26 @@ def solve_part(seeds: Sequence[int], with_sb3: bool, log: Callable[[str], None])
         solved = [r["solved_at"] for r in results]
         seconds = [r["seconds"] if r["solved_at"] is not None else None for r in results]
         lines.append(
-            f"| {label} | {_median_range(solved)} | {_median_range(seconds, '.1f')} | "
-            f"{_median_range([r['steps_per_second'] for r in results])} | "
-            f"{_median_range([r['process_seconds'] for r in results], '.1f')} | "
-            f"{_median_range([r['peak_mb'] for r in results])} |"
+            f"| {label} | {median_range(solved)} | {median_range(seconds, '.1f')} | "
+            f"{median_range([r['steps_per_second'] for r in results])} | "
+            f"{median_range([r['process_seconds'] for r in results], '.1f')} | "
+            f"{median_range([r['peak_mb'] for r in results])} |"
         )
     if with_sb3:
-        ours = _median([r["seconds"] if r["solved_at"] else None for r in rows["pglab (preset)"]])
-        theirs = _median(
+        ours = median([r["seconds"] if r["solved_at"] else None for r in rows["pglab (preset)"]])
+        theirs = median(
             [r["seconds"] if r["solved_at"] else None for r in rows["SB3 (zoo settings)"]]
         )
-        lines += ["", f"time to solve, pglab (preset) / SB3: **{_ratio(ours, theirs)}**"]
+        lines += ["", f"time to solve, pglab (preset) / SB3: **{ratio(ours, theirs)}**"]
     return lines
 
 
 def throughput_part(seeds: Sequence[int], with_sb3: bool, log: Callable[[str], None]) -> list[str]:
     ours, theirs = [], []
     for seed in seeds:
-        ours.append(_measure("pglab_ppo", seed=seed, zoo=True, solve=False))
+        ours.append(measure("pglab_ppo", seed=seed, zoo=True, solve=False))
         if with_sb3:
-            theirs.append(_measure("sb3_ppo", seed=seed, solve=False))
+            theirs.append(measure("sb3_ppo", seed=seed, solve=False))
         log(f"throughput: seed {seed} done")
     lines = [
         f"## Training throughput, {BUDGET:,} steps with the zoo settings, no evaluation",
@@ -417,54 +428,54 @@ def throughput_part(seeds: Sequence[int], with_sb3: bool, log: Callable[[str], N
     for label, results in (("pglab", ours), ("SB3", theirs)):
         if results:
             lines.append(
-                f"| {label} | {_median_range([r['steps_per_second'] for r in results])} | "
-                f"{_median_range([r['process_seconds'] for r in results], '.1f')} | "
-                f"{_median_range([r['peak_mb'] for r in results])} |"
+                f"| {label} | {median_range([r['steps_per_second'] for r in results])} | "
+                f"{median_range([r['process_seconds'] for r in results], '.1f')} | "
+                f"{median_range([r['peak_mb'] for r in results])} |"
             )
     if theirs:
-        ratio = _ratio(
-            _median([r["steps_per_second"] for r in ours]),
-            _median([r["steps_per_second"] for r in theirs]),
+        figure = ratio(
+            median([r["steps_per_second"] for r in ours]),
+            median([r["steps_per_second"] for r in theirs]),
         )
-        lines += ["", f"training steps/s, pglab / SB3: **{ratio}**"]
+        lines += ["", f"training steps/s, pglab / SB3: **{figure}**"]
     return lines
 
 
 def reinforce_part(seeds: Sequence[int], steps: int, log: Callable[[str], None]) -> list[str]:
     ours, theirs = [], []
     for seed in seeds:
-        ours.append(_measure("pglab_reinforce", seed=seed, total_steps=steps))
-        theirs.append(_measure("tutorial_reinforce", seed=seed, total_steps=steps))
+        ours.append(measure("pglab_reinforce", seed=seed, total_steps=steps))
+        theirs.append(measure("tutorial_reinforce", seed=seed, total_steps=steps))
         log(f"reinforce: seed {seed} done")
-    ratio = _ratio(
-        _median([r["steps_per_second"] for r in ours]),
-        _median([r["steps_per_second"] for r in theirs]),
+    figure = ratio(
+        median([r["steps_per_second"] for r in ours]),
+        median([r["steps_per_second"] for r in theirs]),
     )
     return [
         f"## REINFORCE, 20 episodes per batch, {steps:,} steps from scratch",
         "",
         "| | steps/s | final return | peak MB |",
         "|---|---:|---:|---:|",
-        f"| pglab | {_median_range([r['steps_per_second'] for r in ours])} | "
-        f"{_median_range([r['final_return'] for r in ours], '.1f')} (deterministic eval) | "
-        f"{_median_range([r['peak_mb'] for r in ours])} |",
-        f"| tutorial loop | {_median_range([r['steps_per_second'] for r in theirs])} | "
-        f"{_median_range([r['final_return'] for r in theirs], '.1f')} (last batch) | "
-        f"{_median_range([r['peak_mb'] for r in theirs])} |",
+        f"| pglab | {median_range([r['steps_per_second'] for r in ours])} | "
+        f"{median_range([r['final_return'] for r in ours], '.1f')} (deterministic eval) | "
+        f"{median_range([r['peak_mb'] for r in ours])} |",
+        f"| tutorial loop | {median_range([r['steps_per_second'] for r in theirs])} | "
+        f"{median_range([r['final_return'] for r in theirs], '.1f')} (last batch) | "
+        f"{median_range([r['peak_mb'] for r in theirs])} |",
         "",
-        f"steps/s, pglab / tutorial loop: **{ratio}**",
+        f"steps/s, pglab / tutorial loop: **{figure}**",
     ]
 
 
 def population_part(with_sb3: bool, log: Callable[[str], None]) -> list[str]:
     seeds = list(range(POPULATION))
     rows = {
-        "pglab, one population in 1 process": _measure("pglab_seeds", seeds=seeds, jobs=1),
-        "pglab, populations in 2 processes": _measure("pglab_seeds", seeds=seeds, jobs=2),
+        "pglab, one population in 1 process": measure("pglab_seeds", seeds=seeds, jobs=1),
+        "pglab, populations in 2 processes": measure("pglab_seeds", seeds=seeds, jobs=2),
     }
     log("population: pglab done")
     if with_sb3:
-        rows["SB3, 2 processes"] = _measure("sb3_seeds", seeds=seeds, jobs=2)
+        rows["SB3, 2 processes"] = measure("sb3_seeds", seeds=seeds, jobs=2)
         log("population: SB3 done")
     lines = [
         f"## {POPULATION} seeds of PPO on {ENV}, every one to an evaluation >= {TARGET:g}",
@@ -479,12 +490,12 @@ def population_part(with_sb3: bool, log: Callable[[str], None]) -> list[str]:
         )
     if with_sb3:
         best = min(rows[k]["process_seconds"] for k in rows if k.startswith("pglab"))
-        speedup = _ratio(rows["SB3, 2 processes"]["process_seconds"], best)
+        speedup = ratio(rows["SB3, 2 processes"]["process_seconds"], best)
         lines += ["", f"SB3 wall / pglab's fastest wall: **{speedup}**"]
     return lines
 
 
-def _ensure_sb3() -> None:
+def ensure_sb3() -> None:
     """Install Stable-Baselines3 into this environment (keeping the installed torch)."""
     try:
         import stable_baselines3  # noqa: F401
@@ -516,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.child[0], json.loads(args.child[1]))
+        run_child(CHILDREN, args.child[0], json.loads(args.child[1]))
         return 0
     seeds = parse_seeds(args.seeds)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -524,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown or not parts:
         raise ConfigError(f"--parts must name some of {', '.join(PARTS)}; got {args.parts!r}")
     if args.with_sb3:
-        _ensure_sb3()
+        ensure_sb3()
 
     def log(message: str) -> None:
         print(f"pglab bench: {message}", file=sys.stderr, flush=True)
