@@ -62,3 +62,27 @@ def test_plain_lines_say_the_unit_and_the_time_left(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "sweep runs/grid: 10 runs"
     assert err[1].startswith("runs 4/10  failed 0  eta 15s")
+
+
+def test_a_long_run_is_told_once_how_long_it_will_take(capsys):
+    from pglab.logs import Progress
+
+    long = Progress("plain", 10_000_000, "ppo ALE/Pong-v5")
+    long._started -= 10.0  # the first update took ten seconds
+    long.update(1024, {}, force=True)
+    long.update(2048, {}, force=True)
+    err = capsys.readouterr().err
+    assert err.count("pglab: note:") == 1
+    assert "at 102 steps/s so far, the 10,000,000 steps take about 27.1 h" in err
+    short = Progress("plain", 4096, "ppo CartPole-v1")
+    short._started -= 1.0
+    short.update(1024, {}, force=True)
+    assert "note" not in capsys.readouterr().err
+
+
+def test_durations_read_in_the_unit_that_fits():
+    from pglab.logs import duration
+
+    assert [duration(s) for s in (42, 1020, 12240, 190080)] == [
+        "42 s", "17 min", "3.4 h", "2.2 days",
+    ]  # fmt: skip

@@ -81,6 +81,21 @@ class MetricsLogger:
             logger.close()
 
 
+#: A run projected to take longer than this many seconds is told how long, once.
+LONG_RUN = 600.0
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` for a person: ``42 s``, ``17 min``, ``3.4 h``, ``2.1 days``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def _format(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
@@ -111,6 +126,7 @@ class Progress:
         self.unit = unit
         self._start, self._started = start, time.monotonic()
         self._last_line = 0.0
+        self._estimated = False
         self._bar = None
         if mode == "bar":
             from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
@@ -144,7 +160,18 @@ class Progress:
         return max(0, self.total - done) * elapsed / progressed
 
     def update(self, done: int, info: dict[str, Any], force: bool = False) -> None:
-        """Show ``done`` of the total with ``info`` (``None`` values left out)."""
+        """Show ``done`` of the total with ``info`` (``None`` values left out); once, as
+        soon as the rate is known, say how long a run of more than :data:`LONG_RUN`
+        seconds will take at it."""
+        if not self._estimated and self.mode != "off" and done > self._start:
+            self._estimated = True
+            left = self.eta(done)
+            if left is not None and left > LONG_RUN:
+                rate = (done - self._start) / (time.monotonic() - self._started)
+                self.note(
+                    f"at {rate:,.0f} {self.unit}/s so far, the {self.total:,} {self.unit} take "
+                    f"about {duration(left + time.monotonic() - self._started)} on this machine"
+                )
         text = "  ".join(
             f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v}"
             for k, v in info.items()
@@ -160,6 +187,13 @@ class Progress:
                 eta = "" if left is None or done >= self.total else f"  eta {left:,.0f}s"
                 line = f"{self.unit} {done:,}/{self.total:,}  {text}".rstrip()
                 print(line + eta, file=sys.stderr, flush=True)
+
+    def note(self, message: str) -> None:
+        """One line of information on stderr (above the bar when there is one)."""
+        if self._bar is not None:
+            self._bar.console.print(f"[cyan]note:[/cyan] {message}", highlight=False)
+        else:
+            print(f"pglab: note: {message}", file=sys.stderr, flush=True)
 
     def warn(self, message: str) -> None:
         """One warning line on stderr (above the bar when there is one), in every mode."""
