@@ -108,3 +108,28 @@ def test_ppo_pong_preset_trains_a_cnn_end_to_end(tmp_path):
     assert run.summary["preset"] == "ppo/ALE/Pong-v5" and run.summary["updates"] == 2
     assert type(run.agent.actor.body).__name__ == "ImageCNN"
     assert all(float(row["grad_norm"]) > 0 for row in _metrics(run))
+
+
+def test_trpo_trains_the_atari_cnn_on_breakout(tmp_path):
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    run = pglab.train(
+        "ALE/Breakout-v5",
+        "trpo",
+        preprocess="atari",
+        body="cnn",
+        hidden=[64],
+        total_steps=128,
+        batch_size=64,
+        num_envs=2,
+        minibatches=2,
+        value_epochs=1,
+        eval_episodes=1,
+        max_episode_steps=100,
+        out=str(tmp_path),
+        progress="off",
+    )
+    assert run.summary["updates"] >= 2
+    assert type(run.agent.actor.body).__name__ == "ImageCNN"
+    for row in _metrics(run):  # a step inside the trust region, from finite losses
+        assert 0 < float(row["approx_kl"]) <= 0.01 * 1.5 and math.isfinite(float(row["value_loss"]))
