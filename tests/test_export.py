@@ -113,6 +113,10 @@ SPACES = {
         ),
         {},
     ),
+    "large-image/discrete": (  # fed to the convolutions channels last
+        lambda: SpacesEnv(Box(0, 255, (40, 36, 3), np.uint8), Discrete(3)),
+        {},
+    ),
     "discrete-obs/multibinary": (
         lambda: SpacesEnv(Discrete(4, start=1), gym.spaces.MultiBinary(2)),
         {},

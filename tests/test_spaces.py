@@ -163,6 +163,21 @@ def test_the_cnn_fits_any_image_size(shape):
         assert [k for _, k, _, _ in conv_layers(*part.chw)] == [8, 4, 3]  # the Atari CNN
 
 
+def test_large_images_enter_the_cnn_channels_last_with_the_same_features_and_gradients():
+    torch.manual_seed(0)
+    cnn = ImageCNN(ImagePart(0, (4, 84, 84)), units=32)
+    assert cnn.channels_last and not ImageCNN(ImagePart(0, (7, 7, 3)), units=8).channels_last
+    obs = torch.rand(6, 4 * 84 * 84) * 255
+    results = []
+    for channels_last in (True, False):  # the fast path, then the plain one
+        cnn.channels_last = channels_last
+        features = cnn(obs)
+        results.append((features, torch.autograd.grad(features.square().sum(), cnn.parameters())))
+    (fast, fast_grads), (plain, plain_grads) = results
+    assert torch.allclose(fast, plain, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(fast_grads, plain_grads))
+
+
 def test_spaces_round_trip_through_a_checkpoints_data():
     for space in [*OBSERVATIONS.values(), *ACTIONS.values()]:
         assert space_from_data(space_to_data(space)) == space
