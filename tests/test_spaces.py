@@ -168,6 +168,7 @@ def test_large_images_enter_the_cnn_channels_last_with_the_same_features_and_gra
     cnn = ImageCNN(ImagePart(0, (4, 84, 84)), units=32)
     assert cnn.channels_last and not ImageCNN(ImagePart(0, (7, 7, 3)), units=8).channels_last
     obs = torch.rand(6, 4 * 84 * 84) * 255
+    assert torch.equal(cnn.part.frames(obs, channels_last=True), cnn.part.frames(obs))
     results = []
     for channels_last in (True, False):  # the fast path, then the plain one
         cnn.channels_last = channels_last

@@ -89,16 +89,24 @@ class ImagePart:
             channels, height, width = self.shape[-3:]
         return stack * channels, height, width
 
-    def frames(self, flat: Tensor) -> Tensor:
+    def frames(self, flat: Tensor, channels_last: bool = False) -> Tensor:
         """This image out of encoded observations ``[..., dim]``, as ``[B, C, H, W]``
-        floats divided by :attr:`divide_by` (B: every leading index)."""
+        floats divided by :attr:`divide_by` (B: every leading index); ``channels_last``:
+        laid out NHWC in memory, written so by the division itself."""
         values = flat[..., self.offset : self.offset + self.size].reshape(-1, *self.shape)
         if len(self.shape) == 2:
             values = values.unsqueeze(1)
         elif self.channels_last:  # (B, [K,] H, W, C) -> (B, [K,] C, H, W)
             last = values.dim() - 1  # axes counted from the front: ONNX's Transpose needs that
             values = values.movedim(last, last - 2)
-        return values.reshape(-1, *self.chw) / self.divide_by
+        values = values.reshape(-1, *self.chw)
+        if channels_last:
+            out = torch.empty(
+                values.shape, dtype=values.dtype, device=values.device,
+                memory_format=torch.channels_last,
+            )  # fmt: skip
+            return torch.div(values, self.divide_by, out=out)
+        return values / self.divide_by
 
 
 def conv_layers(channels: int, height: int, width: int) -> list[tuple[int, int, int, int]]:
@@ -150,9 +158,8 @@ class ImageCNN(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         lead = obs.shape[:-1]
-        frames = self.part.frames(obs)
-        if self.channels_last and not torch.onnx.is_in_onnx_export():
-            frames = frames.contiguous(memory_format=torch.channels_last)
+        exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+        frames = self.part.frames(obs, channels_last=self.channels_last and not exporting)
         features = self.fc(self.conv(frames))
         return features.reshape(*lead, -1)
 
