@@ -232,9 +232,42 @@ def test_envpool_keeps_gymnasiums_episode_accounting_and_bootstraps_its_truncati
         plain.close()
 
 
+def test_envpool_plays_atari_as_pglabs_atari_pipeline_does():
+    pytest.importorskip("envpool")
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    from pglab.envs.scores import SCORE_KEY
+
+    made = [make_vec_env("ALE/Breakout-v5", 2, preprocess="atari", max_episode_steps=160, **b)
+            for b in ({"backend": "envpool"}, {})]  # fmt: skip
+    pool, plain = made
+    try:
+        assert pool.single_observation_space == plain.single_observation_space  # (4, 84, 84) uint8
+        assert pool.single_action_space == plain.single_action_space  # Breakout's 4 actions
+        first, again = pool.reset(seed=3)[0], plain.reset(seed=3)[0]
+        assert np.array_equal(first, again)  # the still screen before the serve, repeated x4
+        # a cap of 160 frames: 40 steps of 4 frames (Gymnasium's no-op frames count too);
+        # the step that truncates is followed by the reset step, reward 0 and no flag
+        for flags, cap in ((_episode_flags(pool, 42), 40), (_episode_flags(plain, 42), None)):
+            ends = [t for t, f in enumerate(flags) if f[0] or f[1]]
+            assert len(ends) == 1 and (ends[0] == cap - 1 if cap else 32 <= ends[0] < 40)
+            assert flags[ends[0]][:2] == (False, True) and flags[ends[0] + 1] == (
+                False,
+                False,
+                True,
+            )
+        pool.reset(seed=3)
+        for _ in range(40):
+            info = pool.step(np.zeros(2, dtype=np.int64))[-1]
+        assert info[f"_{SCORE_KEY}"].all() and np.array_equal(info[SCORE_KEY], [0.0, 0.0])
+    finally:
+        for envs in made:
+            envs.close()
+
+
 def test_envpool_refuses_what_it_cannot_make_as_pglab_would():
     pytest.importorskip("envpool")
-    with pytest.raises(EnvError, match="Atari game"):
+    with pytest.raises(EnvError, match="with env.preprocess = atari only"):
         make_vec_env("Pong-v5", 1, backend="envpool")
     with pytest.raises(EnvError, match="without env.wrappers"):
         make_vec_env("HalfCheetah-v5", 1, backend="envpool", frame_stack=2)

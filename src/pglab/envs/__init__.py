@@ -246,15 +246,19 @@ def make_vec_env(
             "object, made by its own code (give it its arguments there)"
         )
     if backend == "envpool":
-        from pglab.envs.pool import EnvPool, check_envpool_env
+        from pglab.envs.pool import ATARI_OPTIONS, EnvPool, check_envpool_env, envpool_name
 
         if maker is not None:
             raise ConfigError(
                 f"env.backend = envpool makes envs by id; env {env_id!r} is a Python object"
             )
-        plain = preprocess == "none" and not wrappers and frame_stack == 1
-        check_envpool_env(env_id, kwargs, plain)
-        envs = EnvPool(env_id.split(":", 1)[-1], num_envs)
+        plain = not wrappers and frame_stack == 1
+        atari = check_envpool_env(env_id, kwargs, preprocess, plain)
+        options = dict(ATARI_OPTIONS) if atari else {}
+        if isinstance(max_episode_steps, int):  # an ALE id's steps are frames; envpool's, 4
+            skip = options.get("frame_skip", 1)
+            options["max_episode_steps"] = -(-max_episode_steps // skip)
+        envs = EnvPool(envpool_name(env_id), num_envs, options, score=atari)
         check_vector_env(envs, env_id)
         return guard.GuardedVectorEnv(envs, env_id, copies_checked=False)
     if maker is None:
