@@ -130,9 +130,9 @@ def conv_layers(channels: int, height: int, width: int) -> list[tuple[int, int, 
 
 
 #: Images at least this many pixels on their shorter side enter the convolutions
-#: channels last (NHWC), where PyTorch's CPU kernels run the Nature CNN's forward and
-#: backward passes about 1.8 times faster (``benchmarks/speed_envs.py``, Atari part);
-#: smaller images (grid worlds) keep the NCHW kernels, and their numbers.
+#: channels last (NHWC), the layout in which PyTorch's CPU kernels run the Nature CNN's
+#: backward pass fastest (``benchmarks/speed_envs.py``'s Atari part measures the whole
+#: update); smaller images (grid worlds) keep the NCHW kernels, and their numbers.
 CHANNELS_LAST_MIN = 36
 
 
