@@ -8,7 +8,12 @@ shows. Prints one JSON line: the wall time with compilation (``seconds``), the
 compilation alone (``compile_seconds``), and each seed's mean training-episode return
 over its last update (``train_returns``).
 
-    python purejaxrl_cartpole.py --purejaxrl ~/purejaxrl --seeds 16 --steps 500000
+    python -m venv jaxenv && jaxenv/bin/pip install "jax[cpu]" flax optax distrax brax navix "gymnax<0.1"
+    git clone https://github.com/luchris429/purejaxrl
+    jaxenv/bin/python purejaxrl_cartpole.py --purejaxrl purejaxrl --seeds 16 --steps 500000
+
+(PureJaxRL's ``wrappers.py`` imports Brax and Navix; its ``ppo.py`` takes gymnax's API
+before 0.1, whose ``step`` returns five values.)
 """
 
 import argparse
