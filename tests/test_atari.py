@@ -90,45 +90,28 @@ def test_reinforce_pong_preset_trains_end_to_end(tmp_path):
     assert run.agent.actor.head.__class__.__name__ == "BernoulliHead"
 
 
-def test_ppo_pong_preset_trains_a_cnn_end_to_end(tmp_path):
+def _tiny_cnn_run(env_id, algo, tmp_path, **options):
+    """Two updates of 64 steps on 2 copies of an Atari game, one evaluation episode."""
     pytest.importorskip("ale_py")
     pytest.importorskip("cv2")
-    run = pglab.train(
-        "ALE/Pong-v5",
-        "ppo",
-        total_steps=128,
-        batch_size=64,
-        num_envs=2,
-        minibatches=2,
-        epochs=1,
-        eval_episodes=1,
-        out=str(tmp_path),
-        progress="off",
-    )
+    return pglab.train(
+        env_id, algo, total_steps=128, batch_size=64, num_envs=2, minibatches=2,
+        eval_episodes=1, out=str(tmp_path), progress="off", **options,
+    )  # fmt: skip
+
+
+def test_ppo_pong_preset_trains_a_cnn_end_to_end(tmp_path):
+    run = _tiny_cnn_run("ALE/Pong-v5", "ppo", tmp_path, epochs=1)
     assert run.summary["preset"] == "ppo/ALE/Pong-v5" and run.summary["updates"] == 2
     assert type(run.agent.actor.body).__name__ == "ImageCNN"
     assert all(float(row["grad_norm"]) > 0 for row in _metrics(run))
 
 
 def test_trpo_trains_the_atari_cnn_on_breakout(tmp_path):
-    pytest.importorskip("ale_py")
-    pytest.importorskip("cv2")
-    run = pglab.train(
-        "ALE/Breakout-v5",
-        "trpo",
-        preprocess="atari",
-        body="cnn",
-        hidden=[64],
-        total_steps=128,
-        batch_size=64,
-        num_envs=2,
-        minibatches=2,
-        value_epochs=1,
-        eval_episodes=1,
-        max_episode_steps=100,
-        out=str(tmp_path),
-        progress="off",
-    )
+    run = _tiny_cnn_run(
+        "ALE/Breakout-v5", "trpo", tmp_path, preprocess="atari", body="cnn", hidden=[64],
+        value_epochs=1, max_episode_steps=100,
+    )  # fmt: skip
     assert run.summary["updates"] >= 2
     assert type(run.agent.actor.body).__name__ == "ImageCNN"
     for row in _metrics(run):  # a step inside the trust region, from finite losses
