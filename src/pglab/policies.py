@@ -527,10 +527,12 @@ def evaluate_actions(
     actor: Actor, critic: Critic | None, obs: Tensor, actions: Tensor
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     r""":math:`\log \pi(a \mid s)`, the entropy at each state, and :math:`V(s)` (None
-    without a critic), for a loss. A critic on the actor's own body (``policy.shared``)
-    takes the features of the one forward pass through it, so an update of a shared
-    CNN costs one forward and one backward pass, not two."""
-    if critic is None or critic.body is not actor.body:
+    without a critic), for a loss. A critic on the actor's own body (``policy.shared``;
+    exactly :class:`Actor` and :class:`Critic`) takes the features of the one forward
+    pass through it, so an update of a shared CNN costs one forward and one backward
+    pass, not two."""
+    shared = type(actor) is Actor and type(critic) is Critic and critic.body is actor.body
+    if not shared:  # (a user's own actor or critic class runs its own forward)
         log_probs, entropy = actor.log_prob_entropy(obs, actions)
         return log_probs, entropy, None if critic is None else critic(obs)
     features = actor.body(obs)
