@@ -278,7 +278,7 @@ def purejaxrl(python: str, repo: str, seeds: int, steps: int) -> dict[str, Any]:
     driver = HERE.parent / "purejaxrl_cartpole.py"
     done = subprocess.run(
         [python, str(driver), "--purejaxrl", repo, "--seeds", str(seeds), "--steps", str(steps)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"PureJaxRL failed:\n{done.stderr[-2000:]}")
@@ -504,12 +504,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "atari": atari_part, "cartpole-seeds": cartpole_seeds_part}  # fmt: skip
     lines = ["# pglab speed where the env and the network are the cost", "", *provenance()]
     start = time.perf_counter()
-    for part in parts:
-        lines += ["", *builders[part](args, log)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for part in parts:  # the report so far is written after each part
+        try:
+            lines += ["", *builders[part](args, log)]
+        except RuntimeError as error:  # a reference that failed (its own environment)
+            lines += ["", f"## {part}: failed", "", str(error).splitlines()[0]]
+        args.out.write_text("\n".join(lines) + "\n")
     lines += ["", f"benchmark wall time: {time.perf_counter() - start:.0f} s"]
     report = "\n".join(lines) + "\n"
     print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     print(f"written to {args.out}", file=sys.stderr)
     return 0
