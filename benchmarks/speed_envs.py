@@ -121,7 +121,7 @@ def _pglab(env: str, options: dict, steps: int, threads: int = 1, **run: Any) ->
     with tempfile.TemporaryDirectory() as out:
         runs = pglab.train(
             env, "ppo", total_steps=steps, out=out, progress="off", checkpoint_every=0,
-            stop_at_return="none", **{**options, **run},
+            stop_at_return="none", threads=threads, **{**options, **run},
         )  # fmt: skip
         for r in runs if isinstance(runs, list) else [runs]:
             r.rows = _rows_of(r.path)
