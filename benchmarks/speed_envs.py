@@ -17,8 +17,9 @@ time and peak memory are its own), the libraries interleaved seed by seed:
     PPO on ALE/Breakout-v5 with CleanRL's Atari settings (the standard wrappers, 8
     envs x 128 steps, 4 epochs of 4 minibatches, Nature CNN, lr 2.5e-4 and clip 0.1
     annealed, one CNN for policy and value), ``--atari-steps`` steps: pglab on each of
-    ``--atari-backends`` (Gymnasium's envs; envpool's, made to match them) against SB3's
-    ``CnnPolicy``, all on ``--atari-threads`` torch threads.
+    ``--atari-backends`` (Gymnasium's envs; envpool's, made to match them) and in each
+    of ``--atari-precisions`` (float32; bfloat16, mixed precision) against SB3's
+    ``CnnPolicy`` (float32), all on ``--atari-threads`` torch threads.
 ``cartpole-seeds``
     16 seeds of PPO on CartPole-v1 with PureJaxRL's (CleanRL's) settings (4 envs x 128
     steps, 4 epochs of 4 minibatches, lr 2.5e-4 annealed, entropy 0.01), 500k steps
@@ -382,18 +383,24 @@ def cheetah_seeds_part(args: argparse.Namespace, log: Callable[[str], None]) -> 
 
 def atari_part(args: argparse.Namespace, log: Callable[[str], None]) -> list[str]:
     backends = [b.strip() for b in args.atari_backends.split(",") if b.strip()]
-    label = {"gymnasium": "pglab", "async": "pglab, async envs", "envpool": "pglab, envpool"}
-    rows: dict[str, list[dict]] = {label[b]: [] for b in backends}
+    precisions = [p.strip() for p in args.atari_precisions.split(",") if p.strip()]
+    named = {"gymnasium": "pglab", "async": "pglab, async envs", "envpool": "pglab, envpool"}
+    configs = {
+        named[b] + ("" if p == "float32" else f", {p}"): (b, p)
+        for p in precisions
+        for b in backends
+    }
+    rows: dict[str, list[dict]] = {label: [] for label in configs}
     rows["SB3"] = []
     for repeat in range(args.repeats):
-        for backend in backends:
+        for label, (backend, precision) in configs.items():
             # (episodes capped at 4,000 frames: the closing evaluation of an untrained
             # agent that never serves would otherwise play 108,000; training's rarely
             # reach it, and the rate excludes that evaluation anyway)
-            options = {**CLEANRL_ATARI, "env.backend": backend, "env.max_episode_steps": 4000}
-            rows[label[backend]].append(child("pglab_throughput", env=ATARI, options=options,
-                                              steps=args.atari_steps,
-                                              threads=args.atari_threads))  # fmt: skip
+            options = {**CLEANRL_ATARI, "env.backend": backend, "env.max_episode_steps": 4000,
+                       "policy.precision": precision}  # fmt: skip
+            rows[label].append(child("pglab_throughput", env=ATARI, options=options,
+                                     steps=args.atari_steps, threads=args.atari_threads))  # fmt: skip
         rows["SB3"].append(child("sb3_atari", steps=args.atari_steps, threads=args.atari_threads))
         log(f"atari: repeat {repeat} done")
     speed = {k: median([r["steps_per_second"] for r in v]) for k, v in rows.items()}
@@ -480,6 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--atari-threads", type=int, default=2)
     parser.add_argument("--atari-backends", default="gymnasium,envpool",
                         help="pglab's env backends to measure (gymnasium, async, envpool)")  # fmt: skip
+    parser.add_argument("--atari-precisions", default="float32,bfloat16",
+                        help="policy.precision of pglab's CNN to measure (float32, bfloat16)")  # fmt: skip
     parser.add_argument("--cartpole-steps", type=int, default=500_000)
     parser.add_argument("--cleanrl", help="a copy of CleanRL's ppo_continuous_action.py")
     parser.add_argument("--cleanrl-python", default=sys.executable)

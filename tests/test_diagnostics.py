@@ -54,3 +54,17 @@ def test_exploding_gradient_and_flat_advantages_and_non_finite():
     assert "non-finite values in value_loss" in warning
     assert monitor.check({"value_loss": math.inf, "weights_var": 0.0}, 4) == []  # once each
     assert monitor.reported == {"grad", "flat", "non-finite"}
+
+
+def test_a_batch_is_finite_unless_a_value_is_inf_or_nan_even_when_its_sum_overflows():
+    import torch
+
+    from pglab.member import all_finite
+
+    big = torch.full((4,), 3e38)  # finite values whose float32 sum overflows
+    assert all_finite(torch.zeros(3), big)
+    for bad in (math.inf, -math.inf, math.nan):
+        values = torch.zeros(5)
+        values[2] = bad
+        assert not all_finite(torch.ones(2), values)
+        assert not all_finite(values, big)

@@ -10,8 +10,8 @@ import torch
 
 import pglab
 from pglab.envs.spaces import ObsEncoder, space_from_data, space_to_data
-from pglab.errors import EnvError
-from pglab.nets import ImageCNN, ImagePart, conv_layers
+from pglab.errors import EnvError, PglabError
+from pglab.nets import ImageCNN, ImagePart, compute_images_in, conv_layers
 from space_envs import LENGTH, DictTask, ImageTask, MaskedEnv, MultiDiscreteTask, SpacesEnv
 
 Box, Discrete = gym.spaces.Box, gym.spaces.Discrete
@@ -179,6 +179,30 @@ def test_large_images_enter_the_cnn_channels_last_with_the_same_features_and_gra
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(fast_grads, plain_grads))
 
 
+def test_a_bfloat16_cnn_gives_float32_features_near_the_float32_ones_and_keeps_its_weights():
+    torch.manual_seed(0)
+    cnn = ImageCNN(ImagePart(0, (4, 84, 84)), units=32)
+    obs = torch.rand(6, 4 * 84 * 84) * 255
+    plain = cnn(obs)
+    plain_grads = torch.autograd.grad(plain.square().sum(), cnn.parameters())
+    assert compute_images_in(cnn, "bfloat16") == 1
+    mixed = cnn(obs)
+    mixed_grads = torch.autograd.grad(mixed.square().sum(), cnn.parameters())
+    assert mixed.dtype == torch.float32 and not torch.equal(mixed, plain)
+    # bfloat16 keeps 8 significant bits: each layer rounds by about 2**-8 of its values
+    assert torch.allclose(mixed, plain, rtol=0.05, atol=0.05 * plain.abs().max().item())
+    for a, b in zip(mixed_grads, plain_grads):
+        assert a.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+    assert all(p.dtype == torch.float32 for p in cnn.parameters())
+
+
+def test_bfloat16_precision_without_an_image_body_is_refused_in_one_line(tmp_path):
+    with pytest.raises(PglabError, match="policy.precision = 'bfloat16' applies to .* image"):
+        pglab.train("CartPole-v1", "ppo", out=str(tmp_path), precision="bfloat16", **TINY)
+    assert not any(tmp_path.iterdir())
+
+
 def test_spaces_round_trip_through_a_checkpoints_data():
     for space in [*OBSERVATIONS.values(), *ACTIONS.values()]:
         assert space_from_data(space_to_data(space)) == space
@@ -229,11 +253,15 @@ def test_a_multidiscrete_action_task_is_solved(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_small_image_task_is_solved_by_the_automatic_cnn(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_small_image_task_is_solved_by_the_automatic_cnn(tmp_path, precision):
     run = _solve(
-        "space_envs:ImageTask", "ppo", tmp_path, total_steps=40_000, epochs=4, minibatches=8
-    )
+        "space_envs:ImageTask", "ppo", tmp_path, total_steps=40_000, epochs=4, minibatches=8,
+        precision=precision,
+    )  # fmt: skip
     assert isinstance(run.agent.actor.body, ImageCNN)
+    loaded = pglab.load(run.path, allow_import=["space_envs"])
+    assert loaded.actor.body.precision == precision  # kept by the checkpoint
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from pglab.envs.normalize import Normalizer
 from pglab.envs.spaces import ActionAdapter, ObsEncoder, mask_source, space_from_data
 from pglab.envs.wrappers import check_import, check_wrapper_imports, import_named
 from pglab.errors import CheckpointError, PglabError
-from pglab.nets import ImagePart
+from pglab.nets import ImagePart, compute_images_in
 from pglab.policies import (
     Actor,
     BodyFactory,
@@ -220,6 +220,13 @@ def build_models(
         )
     if p.ortho_init and not (p.actor or p.critic):  # a user's own networks keep their init
         orthogonal_init(actor, critic)
+    if p.precision != "float32":
+        found = sum(compute_images_in(net, p.precision) for net in (actor, critic) if net)
+        if not found:
+            raise PglabError(
+                f"policy.precision = {p.precision!r} applies to pglab's image bodies (a CNN "
+                "for image observations); this run's networks have none; use 'float32'"
+            )
     return actor, critic
 
 

@@ -37,7 +37,7 @@ from pglab.envs.guard import DEFAULT_EPISODE_CAP, parse_max_episode_steps
 from pglab.envs.normalize import REWARD_METHODS
 from pglab.envs.wrappers import parse_wrappers, wrapper_module
 from pglab.errors import ConfigError
-from pglab.nets import ACTIVATIONS
+from pglab.nets import ACTIVATIONS, PRECISIONS
 from pglab.paths import check_text, safe_name
 from pglab.policies import HEADS
 from pglab.returns import CRITIC_WEIGHTS, WEIGHT_KINDS
@@ -358,6 +358,13 @@ class PolicyConfig:
         "[N, obs_dim] to [N, features]; from a file it is imported only with --allow-import)",
     )
     body_kwargs: dict = opt({}, "keyword arguments of a body class of your own")
+    precision: str = opt(
+        "float32",
+        "arithmetic of the image (CNN) bodies: float32, or bfloat16 = mixed precision "
+        "(layers under torch.autocast; parameters, heads, losses and optimizer stay "
+        "float32); fast on CPUs with AMX and on GPUs, rounds differently",
+        Choice(tuple(PRECISIONS)),
+    )
     actor: str = opt(
         "",
         "your own actor class package.module:Class, made as Class(obs_dim, action_space, "

@@ -55,6 +55,15 @@ _EVAL_SEED_OFFSET = 1_000_000
 _RESUME_SEED_STRIDE = 7919
 
 
+def all_finite(*tensors: Tensor) -> bool:
+    """Whether every value of ``tensors`` is finite. An inf or nan anywhere makes a
+    tensor's sum inf or nan, so one sum each answers, without a copy (an Atari batch
+    holds 100 MB of observations); a sum that overflowed is checked value by value."""
+    if math.isfinite(sum(float(t.sum()) for t in tensors)):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 @dataclass
 class Run:
     """A finished (or interrupted) run: its folder, its agent and its summary."""
@@ -515,8 +524,7 @@ class Trainer:
 
     def _health(self, batch: Batch, metrics: dict[str, float]) -> dict[str, float]:
         """The update's metrics, plus a check that the batch itself is finite."""
-        # 0 x a finite value is 0, 0 x inf or nan is nan: one sum tells whether all are finite.
-        finite = math.isfinite(float((batch.rewards * 0.0).sum() + (batch.obs * 0.0).sum()))
+        finite = all_finite(batch.rewards, batch.obs)
         return {**metrics, "batch_values": 0.0 if finite else math.nan}
 
     def _next_multiple(self, every: int) -> int:

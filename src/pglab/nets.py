@@ -136,11 +136,21 @@ def conv_layers(channels: int, height: int, width: int) -> list[tuple[int, int, 
 CHANNELS_LAST_MIN = 36
 
 
+#: The arithmetic an image body can compute in (``policy.precision``).
+PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 class ImageCNN(nn.Module):
     """A convolutional body for one :class:`ImagePart` of the observations: the
     convolutions of :func:`conv_layers` with ReLUs, flattened, then a ReLU layer of
     ``units``. For (4, 84, 84) Atari frames this is the Nature CNN, fed channels last
-    (see :data:`CHANNELS_LAST_MIN`; the weights keep their layout)."""
+    (see :data:`CHANNELS_LAST_MIN`; the weights keep their layout).
+
+    ``precision`` (see :func:`compute_images_in`) is the arithmetic of its layers:
+    under ``bfloat16`` they run in mixed precision (``torch.autocast``: each layer's
+    inputs and weights rounded to bfloat16's 8-bit significand, products accumulated in
+    float32), and the features come out as float32; the parameters stay float32.
+    """
 
     def __init__(self, part: ImagePart, units: int = 512) -> None:
         super().__init__()
@@ -155,13 +165,28 @@ class ImageCNN(nn.Module):
             flat = self.conv(torch.zeros(1, *part.chw)).shape[-1]
         self.fc = nn.Sequential(nn.Linear(flat, units), nn.ReLU())
         self.channels_last = min(height, width) >= CHANNELS_LAST_MIN
+        self.precision = "float32"
 
     def forward(self, obs: Tensor) -> Tensor:
         lead = obs.shape[:-1]
         exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
         frames = self.part.frames(obs, channels_last=self.channels_last and not exporting)
-        features = self.fc(self.conv(frames))
-        return features.reshape(*lead, -1)
+        mixed = self.precision != "float32" and not exporting
+        with torch.autocast(frames.device.type, PRECISIONS[self.precision], enabled=mixed):
+            features = self.fc(self.conv(frames))
+        return features.float().reshape(*lead, -1)
+
+
+def compute_images_in(module: nn.Module, precision: str) -> int:
+    """Sets the arithmetic of every :class:`ImageCNN` inside ``module`` (a body, an
+    actor, a critic) to ``precision`` (a key of :data:`PRECISIONS`); returns how many
+    it found. Exported models compute in float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    cnns = [m for m in module.modules() if isinstance(m, ImageCNN)]
+    for cnn in cnns:
+        cnn.precision = precision
+    return len(cnns)
 
 
 class MultiInputBody(nn.Module):

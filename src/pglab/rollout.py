@@ -37,7 +37,7 @@ from pglab.envs.normalize import Normalizer
 from pglab.envs.scores import SCORE_KEY
 from pglab.envs.spaces import ActionAdapter, ObsEncoder
 from pglab.mirror import NumpyActor
-from pglab.policies import Actor, Critic, TanhGaussianHead
+from pglab.policies import Actor, Critic, TanhGaussianHead, evaluate_actions
 
 
 @dataclass
@@ -428,12 +428,13 @@ class Collector:
         self, obs: Tensor, actions: Tensor, last_obs: Tensor
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """The actor's log-probabilities of ``actions`` at ``obs``, and the critic's
-        values of ``obs`` and of ``last_obs`` (None without a critic)."""
+        values of ``obs`` and of ``last_obs`` (None without a critic); a shared body
+        runs once over ``obs`` (:func:`~pglab.policies.evaluate_actions`)."""
         with torch.no_grad():
-            log_probs, _ = self.actor.log_prob_entropy(obs, actions)
+            log_probs, _, values = evaluate_actions(self.actor, self.critic, obs, actions)
             if self.critic is None:
                 return log_probs, None, None
-            return log_probs, self.critic(obs), self.critic(last_obs)
+            return log_probs, values, self.critic(last_obs)
 
     def _batch(
         self,
