@@ -220,3 +220,43 @@ def test_a_users_actor_or_head_acts_itself_and_ppo_starts_on_policy(kind):
     torch.testing.assert_close(log_probs, data["log_probs"], rtol=0, atol=1e-6)
     metrics = rule.update(batch, 0.0)
     assert metrics["epochs"] > 0
+
+
+@pytest.mark.parametrize("shape", [(7, 7, 3), (4, 40, 40)])  # a grid world; channels last
+def test_image_observations_kept_as_bytes_give_the_batch_of_float_observations(shape):
+    from pglab.envs.spaces import ObsEncoder
+    from space_envs import SpacesEnv
+
+    space = gym.spaces.Box(0, 255, shape, np.uint8)
+    images = ObsEncoder(space).images
+    torch.manual_seed(0)
+    actor = make_actor(images[0].size, gym.spaces.Discrete(3), [32], images=images)
+    critic = make_critic(images[0].size, [32], images=images)
+    batches = []
+    for keep_bytes in (True, False):
+        envs = SyncVectorEnv([lambda: SpacesEnv(space, gym.spaces.Discrete(3))] * 2)
+        collector = Collector(envs, actor, critic, seed=5)
+        assert collector.image_bytes  # decided for exactly pglab's CNN bodies
+        collector.image_bytes = keep_bytes  # False: the plain float32 path
+        torch.manual_seed(1)
+        batches.append(collector.collect_steps(16))
+    fast, plain = batches
+    assert fast.obs.dtype == torch.uint8 and plain.obs.dtype == torch.float32
+    assert torch.equal(fast.obs.float(), plain.obs)
+    for name in ("actions", "log_probs", "values", "next_values", "rewards"):
+        assert torch.equal(getattr(fast, name), getattr(plain, name)), name
+
+
+def test_only_pglabs_own_image_networks_read_the_bytes():
+    from pglab.envs.spaces import ObsEncoder
+    from pglab.rollout import reads_image_bytes
+
+    encode = ObsEncoder(gym.spaces.Box(0, 255, (7, 7, 3), np.uint8))
+    actor = make_actor(encode.dim, gym.spaces.Discrete(3), [32], images=encode.images)
+    assert reads_image_bytes(encode, actor, None)
+    mlp_on_pixels = make_actor(encode.dim, gym.spaces.Discrete(3), [32])
+    subclass = type("MyActor", (pglab_policies.Actor,), {})(actor.body, actor.head)
+    for users in (mlp_on_pixels, subclass):
+        assert not reads_image_bytes(encode, users, None)
+    vectors = ObsEncoder(gym.spaces.Box(0, 255, (3,), np.uint8))  # not an image
+    assert not reads_image_bytes(vectors, make_actor(3, gym.spaces.Discrete(3), [8]), None)

@@ -90,8 +90,9 @@ class ImagePart:
         return stack * channels, height, width
 
     def frames(self, flat: Tensor, channels_last: bool = False) -> Tensor:
-        """This image out of encoded observations ``[..., dim]``, as ``[B, C, H, W]``
-        floats divided by :attr:`divide_by` (B: every leading index); ``channels_last``:
+        """This image out of encoded observations ``[..., dim]`` (floats, or the env's
+        uint8 bytes), as ``[B, C, H, W]`` floats divided by :attr:`divide_by` (B: every
+        leading index); ``channels_last``:
         laid out NHWC in memory, written so by the division itself."""
         values = flat[..., self.offset : self.offset + self.size].reshape(-1, *self.shape)
         if len(self.shape) == 2:
@@ -102,7 +103,8 @@ class ImagePart:
         values = values.reshape(-1, *self.chw)
         if channels_last:
             out = torch.empty(
-                values.shape, dtype=values.dtype, device=values.device,
+                values.shape, dtype=torch.result_type(values, self.divide_by),
+                device=values.device,
                 memory_format=torch.channels_last,
             )  # fmt: skip
             return torch.div(values, self.divide_by, out=out)

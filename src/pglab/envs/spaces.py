@@ -189,6 +189,18 @@ class ObsEncoder:
             self.images.append(ImagePart(offset, tuple(space.shape)))
         self.leaves.append(_Leaf(path, encode, dim, offset))
 
+    @property
+    def one_image(self) -> bool:
+        """Whether the whole encoding is one image (no other values, no action mask):
+        its values are then the env's bytes, see :meth:`image_bytes`."""
+        return len(self.images) == 1 and not self._composite and self.dim == self.images[0].size
+
+    def image_bytes(self, obs: Any) -> np.ndarray:
+        """The encoding of :attr:`one_image` observations as a copy of their bytes, uint8
+        ``[N, dim]``: the values of :meth:`array` (uint8 converts to float32 exactly) in a
+        quarter of the memory."""
+        return np.array(obs, dtype=np.uint8).reshape(len(obs), self.dim)
+
     def __call__(self, obs: Any, legal: np.ndarray | None = None) -> Tensor:
         return torch.from_numpy(self.array(obs, legal))
 
