@@ -8,12 +8,15 @@ shows. Prints one JSON line: the wall time with compilation (``seconds``), the
 compilation alone (``compile_seconds``), and each seed's mean training-episode return
 over its last update (``train_returns``).
 
-    python -m venv jaxenv && jaxenv/bin/pip install "jax[cpu]" flax optax distrax brax navix "gymnax<0.1"
+    python -m venv jaxenv && jaxenv/bin/pip install "jax[cpu]==0.4.35" flax==0.10.2 \
+        optax==0.2.4 distrax==0.1.5 chex==0.1.87 tensorflow-probability==0.24.0 \
+        brax==0.12.1 navix "gymnax==0.0.9"
     git clone https://github.com/luchris429/purejaxrl
     jaxenv/bin/python purejaxrl_cartpole.py --purejaxrl purejaxrl --seeds 16 --steps 500000
 
 (PureJaxRL's ``wrappers.py`` imports Brax and Navix; its ``ppo.py`` takes gymnax's API
-before 0.1, whose ``step`` returns five values.)
+before 0.1, whose ``step`` returns five values. With JAX 0.10 on a 2-core CPU its
+compiled program stopped, idle, after some hundred updates; with JAX 0.4.35 it runs.)
 """
 
 import argparse

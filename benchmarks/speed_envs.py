@@ -67,6 +67,10 @@ PARTS = ("cheetah", "cheetah-seeds", "atari", "cartpole-seeds")
 CHEETAH = "HalfCheetah-v5"
 ATARI = "ALE/Breakout-v5"
 
+#: Seconds a reference in its own environment (PureJaxRL) may take before its part
+#: reports it as failed.
+REFERENCE_TIMEOUT = 600
+
 #: CleanRL's ``ppo_continuous_action.py`` settings as pglab options (the rest are the
 #: PPO defaults: 64x64 tanh, orthogonal init, Adam eps 1e-5, clip 0.2, gamma 0.99,
 #: lambda 0.95, value coefficient 0.5, gradient clip 0.5, observations clipped to 10).
@@ -277,10 +281,14 @@ def cleanrl_throughput(python: str, script: str, steps: int) -> dict[str, Any]:
 def purejaxrl(python: str, repo: str, seeds: int, steps: int) -> dict[str, Any]:
     """PureJaxRL's PPO on ``seeds`` seeds, jit-compiled and vmapped, in its own environment."""
     driver = HERE.parent / "purejaxrl_cartpole.py"
-    done = subprocess.run(
-        [python, str(driver), "--purejaxrl", repo, "--seeds", str(seeds), "--steps", str(steps)],
-        capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
+    try:
+        done = subprocess.run(
+            [python, str(driver), "--purejaxrl", repo, "--seeds", str(seeds), "--steps",
+             str(steps)],
+            capture_output=True, text=True, timeout=REFERENCE_TIMEOUT,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"PureJaxRL did not finish in {REFERENCE_TIMEOUT} s") from None
     if done.returncode != 0:
         raise RuntimeError(f"PureJaxRL failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
