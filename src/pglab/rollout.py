@@ -158,13 +158,12 @@ def reads_image_bytes(encode: ObsEncoder, actor: Actor, critic: Critic | None) -
     exactly pglab's :class:`~pglab.nets.ImageCNN` bodies under exactly :class:`Actor`
     and :class:`Critic`, whose first step converts the bytes to the same float32 values
     (a network of the user's own gets floats, as always)."""
+    if not encode.one_image or type(actor) is not Actor:
+        return False
+    if critic is not None and type(critic) is not Critic:  # (a critic of one's own)
+        return False
     bodies = [actor.body] if critic is None else [actor.body, critic.body]
-    return (
-        encode.one_image
-        and type(actor) is Actor
-        and (critic is None or type(critic) is Critic)
-        and all(type(body) is ImageCNN for body in bodies)
-    )
+    return all(type(body) is ImageCNN for body in bodies)
 
 
 class Collector:
