@@ -84,9 +84,12 @@ def test_an_interrupted_tune_resumes_without_losing_finished_trials(tmp_path):
         [sys.executable, "-u", "-m", "pglab.cli", "tune", str(spec)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
-    for line in child.stdout:  # the first trial finished: kill the tune mid-run
+    second = tmp_path / "runs" / "tuned" / "trial-1"
+    for line in child.stdout:  # the first trial finished: kill the tune in the second
         if line.startswith("trial 0:"):
-            time.sleep(0.5)
+            deadline = time.monotonic() + 60
+            while not any(second.glob("*/metrics.csv")) and time.monotonic() < deadline:
+                time.sleep(0.01)
             os.kill(child.pid, signal.SIGKILL)
             break
     child.wait()
