@@ -11,6 +11,7 @@ from pglab.errors import ConfigError
 from pglab.population import (
     Population,
     check_population,
+    deal,
     member_configs,
     parse_seeds,
     train_many,
@@ -124,6 +125,15 @@ def test_parse_seeds():
     for bad in ("x", "3-1", "1,1", ""):
         with pytest.raises(ConfigError, match="--seeds"):
             parse_seeds(bad)
+
+
+def test_the_first_process_is_dealt_a_quarter_share_more_and_every_run_once():
+    assert deal(16, 2) == [[0, 2, 4, 6, 8, 9, 11, 13, 15], [1, 3, 5, 7, 10, 12, 14]]
+    assert deal(16, 2, head_start=0.0) == [list(range(0, 16, 2)), list(range(1, 16, 2))]
+    for count, jobs in [(1, 2), (3, 2), (5, 3), (40, 4)]:
+        shares = deal(count, jobs)
+        assert len(shares) == min(count, jobs) and all(shares)
+        assert sorted(i for share in shares for i in share) == list(range(count))
 
 
 def test_processes_and_sequential_fallback(tmp_path):

@@ -23,6 +23,7 @@ bootstrap value of a truncated step ``t``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,9 +79,10 @@ class Batch:
         """``terminated | truncated``: where an episode (or the rollout) stopped."""
         return self.terminated | self.truncated
 
-    @property
+    @functools.cached_property
     def num_steps(self) -> int:
-        """Number of real transitions (valid samples) in the batch."""
+        """Number of real transitions (valid samples) in the batch (counted once: the
+        trainer counts it, and logs the steps per second)."""
         return int(self.valid.sum())
 
 
@@ -301,6 +303,9 @@ class Collector:
             self.normalizer.track_rewards(rewards, valid, ended)
         if buffers is not None:
             buffers.put(t, obs, actions, rewards, terminated, truncated, valid)
+        elif not ended.any():  # the common step of an evaluation: only the carries grow
+            self._episode_return += np.where(valid, rewards, 0.0)
+            self._episode_length += valid
         else:
             self._count_episodes(rewards[None], valid[None], ended[None], stats)
         if "success" in info and ended.any():
