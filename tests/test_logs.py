@@ -33,6 +33,33 @@ def test_each_row_reaches_csv_and_tensorboard(tmp_path):
     }
 
 
+def test_a_resumed_runs_events_replace_those_past_its_checkpoint(tmp_path):
+    first = TensorBoardLogger(tmp_path, {}, None)
+    for step in (100, 200, 300):
+        first.log({"policy_loss": float(step)}, step)
+    first.close()
+    resumed = TensorBoardLogger(tmp_path, {}, resume_step=200)
+    for step in (200, 300):
+        resumed.log({"policy_loss": -float(step)}, step)
+    resumed.close()
+
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/policy_loss")]
+    assert logged == [(100, 100.0), (200, -200.0), (300, -300.0)]
+
+
+def test_event_records_carry_tensorflows_checksums(tmp_path):
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (
+        masked_crc32c as reference,
+    )
+
+    from pglab.loggers import masked_crc32c
+
+    for data in (b"", b"123456789", bytes(range(256)) * 3):
+        assert masked_crc32c(data) == reference(data)
+
+
 def test_the_bar_keeps_its_counter_and_one_time_left_at_80_columns():
     import io
     import re
