@@ -264,6 +264,7 @@ def test_written_gradient_is_autograds(rule, space, options):
     expected = torch.autograd.grad(loss, list(named.values()))
     net = DenseActorCritic.build(actor, critic)
     params = {k: p.detach() for k, p in named.items()}
+    mb.update(Rule.minibatch_constants(mb, hp))
     written_loss, written_stats, grads = Rule.loss_and_gradient(net, params, mb, hp)
     torch.testing.assert_close(written_loss, loss.detach())
     for key, value in stats.items():

@@ -312,8 +312,15 @@ class StackedRule:
         net: DenseActorCritic, params: dict[str, Tensor], mb: dict[str, Tensor], hp: dict[str, Any]
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """:meth:`loss` and its gradient by parameter name, without autograd (where
-        :attr:`WRITTEN_GRADIENT`)."""
+        :attr:`WRITTEN_GRADIENT`); ``mb`` holds its :meth:`minibatch_constants` too."""
         raise NotImplementedError
+
+    @staticmethod
+    def minibatch_constants(mb: dict[str, Tensor], hp: dict[str, Any]) -> dict[str, Tensor]:
+        """What :meth:`loss_and_gradient` computes from a minibatch ``mb`` alone (not from
+        the parameters), added to it before its gradient is taken: once per update
+        where every epoch's one minibatch is the whole batch."""
+        return {}
 
     @staticmethod
     def prepare(batch: Batch, config: AlgoConfig) -> dict[str, Tensor]:
@@ -376,6 +383,8 @@ class StackedRule:
         for actor in self.actors:
             actor.train()
         rows = torch.arange(len(members), device=device)[:, None]
+        if self.dense is not None and stacked and self.minibatches <= 1:
+            data = self._with_constants(data, {**fixed, **varying})  # the same every epoch
         for _ in range(self.epochs):
             # A member that has stopped draws no more (as it would alone).
             parts = [
@@ -397,6 +406,8 @@ class StackedRule:
                 hp = {**fixed, **varying}
                 if at != everyone:
                     hp.update({key: v[at] for key, v in varying.items()})
+                if self.dense is not None and mb is not data:
+                    mb = self._with_constants(mb, hp)
                 grads, stats = self.gradients([members[i] for i in at], mb, hp)
                 if at != everyone:  # rows of the members without a minibatch now
                     where = torch.tensor(at, device=device)
@@ -501,6 +512,17 @@ class StackedRule:
                 self.dense, self._member_params(member), mb, hp
             )
         return torch.cat([grads[n].flatten() for n in self.names]), stats
+
+    def _with_constants(
+        self, mb: dict[str, Tensor] | list[dict[str, Tensor]], hp: dict[str, Any]
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """``mb`` (stacked, or one dict per member) with its :meth:`minibatch_constants`."""
+        if isinstance(mb, dict):
+            return {**mb, **self.minibatch_constants(mb, hp)}
+        return [
+            {**one, **self.minibatch_constants(one, self._row_hp(hp, i))}
+            for i, one in enumerate(mb)
+        ]
 
     @staticmethod
     def _row_hp(hp: dict[str, Any], row: int) -> dict[str, Any]:

@@ -119,6 +119,17 @@ class PPO(JointOptimizer):
         }
 
     @staticmethod
+    def minibatch_constants(mb: dict[str, Tensor], hp: dict[str, Any]) -> dict[str, Tensor]:
+        r"""What :meth:`loss_and_gradient` takes from the minibatch alone: each sample's
+        weight :math:`w_b` (:func:`~pglab.losses.sample_weights`) and the advantages,
+        standardised over the valid samples (with ``normalize``, and more than one)."""
+        w = sample_weights(mb.get("valid"), mb["log_probs"])
+        adv = mb["advantages"]
+        if hp["normalize"] and adv.shape[-1] > 1:
+            adv = weighted_standardize(adv, w)
+        return {"weights": w, "weighted_advantages": adv}
+
+    @staticmethod
     def loss_and_gradient(
         net: DenseActorCritic, params: dict[str, Tensor], mb: dict[str, Tensor], hp: dict[str, Any]
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
@@ -144,17 +155,13 @@ class PPO(JointOptimizer):
         the two squared errors, the clipped one's gradient being zero where the clip
         holds). The networks' backward pass takes it from there.
         """
-        valid = mb.get("valid")
         log_probs, entropy, values, backward = net.forward(params, mb["obs"], mb["actions"])
-        w = sample_weights(valid, log_probs)
+        w, adv = mb["weights"], mb["weighted_advantages"]
 
         clip, vf_coef = per_sample(hp["clip_range"]), per_sample(hp["vf_coef"])
         entropy_coef = per_sample(hp["entropy_coef"])
         log_ratio = log_probs - mb["log_probs"]
         ratio = log_ratio.exp()
-        adv = mb["advantages"]
-        if hp["normalize"] and adv.shape[-1] > 1:  # standardised over the valid samples
-            adv = weighted_standardize(adv, w)
         unclipped = ratio * adv
         clipped = ratio.clamp(per_sample(hp["ratio_low"]), per_sample(hp["ratio_high"])) * adv
         g_log_probs = torch.where(unclipped <= clipped, unclipped, 0.0) * -w
