@@ -315,6 +315,9 @@ class StackedRule:
         :attr:`WRITTEN_GRADIENT`); ``mb`` holds its :meth:`minibatch_constants` too."""
         raise NotImplementedError
 
+    #: The keys :meth:`minibatch_constants` adds to a minibatch.
+    MINIBATCH_CONSTANTS: tuple[str, ...] = ()
+
     @staticmethod
     def minibatch_constants(mb: dict[str, Tensor], hp: dict[str, Any]) -> dict[str, Tensor]:
         """What :meth:`loss_and_gradient` computes from a minibatch ``mb`` alone (not from
@@ -406,8 +409,6 @@ class StackedRule:
                 hp = {**fixed, **varying}
                 if at != everyone:
                     hp.update({key: v[at] for key, v in varying.items()})
-                if self.dense is not None and mb is not data:
-                    mb = self._with_constants(mb, hp)
                 grads, stats = self.gradients([members[i] for i in at], mb, hp)
                 if at != everyone:  # rows of the members without a minibatch now
                     where = torch.tensor(at, device=device)
@@ -474,6 +475,8 @@ class StackedRule:
         ``hp`` the loss's hyperparameters, ``[K]`` tensors where members differ.
         Returns the gradients and the loss's diagnostics ``[K]``.
         """
+        if self.dense is not None:
+            mb = self._with_constants(mb, hp)
         if self.dense is not None and (isinstance(mb, list) or len(members) == 1):
             # One member at a time, in plain (2-D) matrix products.
             mbs = mb if isinstance(mb, list) else [{k: v[0] for k, v in mb.items()}]
@@ -516,8 +519,13 @@ class StackedRule:
     def _with_constants(
         self, mb: dict[str, Tensor] | list[dict[str, Tensor]], hp: dict[str, Any]
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """``mb`` (stacked, or one dict per member) with its :meth:`minibatch_constants`."""
+        """``mb`` (stacked, or one dict per member) with its :meth:`minibatch_constants`
+        (as it is where it has them)."""
+        if not self.MINIBATCH_CONSTANTS:
+            return mb
         if isinstance(mb, dict):
+            if all(key in mb for key in self.MINIBATCH_CONSTANTS):
+                return mb
             return {**mb, **self.minibatch_constants(mb, hp)}
         return [
             {**one, **self.minibatch_constants(one, self._row_hp(hp, i))}

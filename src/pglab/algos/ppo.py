@@ -118,6 +118,8 @@ class PPO(JointOptimizer):
             "clip_fraction": masked_mean(clipped, valid),
         }
 
+    MINIBATCH_CONSTANTS = ("weights", "weighted_advantages")
+
     @staticmethod
     def minibatch_constants(mb: dict[str, Tensor], hp: dict[str, Any]) -> dict[str, Tensor]:
         r"""What :meth:`loss_and_gradient` takes from the minibatch alone: each sample's
