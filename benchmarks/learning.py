@@ -9,6 +9,11 @@ evaluation reached the threshold, and the wall time.
     python benchmarks/learning.py --algo ppo --env CartPole-v1 --steps 100000 --seeds 0-4
     python benchmarks/learning.py --algo reinforce --weights gae --env CartPole-v1 \\
         --steps 200000 --seeds 0-4 --jobs 2
+    python benchmarks/learning.py --algo ppo --env HalfCheetah-v5 --steps 1000000 \\
+        --seeds 0-2 --jobs 2 --together
+
+``--together`` trains the seeds as populations (``pglab train --seeds``, the fastest
+mode), which gives every seed the numbers it has alone.
 
 The table goes to ``benchmarks/results/learning/<algo>-<env>-<steps>.md`` (or ``--out``).
 Each finished seed is also kept as ``<table>.seeds/seed-<N>.json``; a later call with
@@ -87,39 +92,58 @@ def curve_lines(rows: list[dict]) -> list[str]:
     ]
 
 
-def one_seed(args: argparse.Namespace, seed: int, threshold: float | None) -> dict:
-    torch.set_num_threads(1)
+def train(args: argparse.Namespace, out: str, **seeds: object) -> object:
+    """``pglab.train`` for the whole budget with the benchmark's options; ``seeds`` is
+    ``seed=N`` (one run) or ``seeds=[...], jobs=J`` (populations, a list of runs)."""
     options = dict(pglab.config.parse_override(text) for text in args.set)
     if args.weights:
         options["algo.weights"] = args.weights
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        run = pglab.train(
-            args.env,
-            args.algo,
-            seed=seed,
-            total_steps=args.steps,
-            stop_at_return="none",
-            out=out,
-            progress="off",
-            checkpoint_every=0,
-            **{key: value for key, value in options.items()},
-        )
-        summary = run.summary
-        solved_at = first_step_at(run.path / "metrics.csv", threshold)
-        curve = eval_curve(run.path / "metrics.csv")
-        result = pglab.evaluate(run.agent, episodes=args.episodes, seed=100_000 + seed)
-        wall = time.perf_counter() - start
+    return pglab.train(
+        args.env,
+        args.algo,
+        total_steps=args.steps,
+        stop_at_return="none",
+        out=out,
+        progress="off",
+        checkpoint_every=0,
+        **seeds,
+        **options,
+    )
+
+
+def row_of(args: argparse.Namespace, run: object, threshold: float | None, wall: float) -> dict:
+    """A trained run's row: its final evaluation, first step at the threshold, curve."""
+    summary = run.summary
+    seed = summary["seed"]
+    result = pglab.evaluate(run.agent, episodes=args.episodes, seed=100_000 + seed)
     return {
         "seed": seed,
         "final_mean": result.mean,
         "final_std": result.std,
-        "solved_at": solved_at,
+        "solved_at": first_step_at(run.path / "metrics.csv", threshold),
         "steps": summary["total_steps"],
         "wall": wall,
         "preset": summary["preset"],
-        "curve": curve,
+        "curve": eval_curve(run.path / "metrics.csv"),
     }
+
+
+def one_seed(args: argparse.Namespace, seed: int, threshold: float | None) -> dict:
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        run = train(args, out, seed=seed)
+        return row_of(args, run, threshold, time.perf_counter() - start)
+
+
+def seeds_together(args: argparse.Namespace, seeds: list[int], threshold: float | None) -> list:
+    """Every seed trained at once, as populations over ``--jobs`` processes (a seed's
+    numbers are those it has alone); each row's wall time is the whole group's."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        runs = train(args, out, seeds=seeds, jobs=args.jobs)
+        wall = time.perf_counter() - start
+        return [row_of(args, run, threshold, wall) for run in runs]
 
 
 def env_kwargs(options: list[str]) -> dict:
@@ -172,6 +196,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--fresh", action="store_true", help="ignore seeds kept from before")
     parser.add_argument(
+        "--together",
+        action="store_true",
+        help="train the seeds as populations over --jobs processes (pglab train --seeds): "
+        "the same numbers as alone, faster; a row's wall time is then the whole group's",
+    )
+    parser.add_argument(
         "--reference",
         action="append",
         default=[],
@@ -208,13 +238,15 @@ def main() -> None:
             if row is not None:
                 rows[seed] = row
                 print(f"seed {seed}: kept from {seed_file(kept, seed)}", flush=True)
-    with ProcessPoolExecutor(args.jobs) as pool:
-        futures = [
-            pool.submit(one_seed, args, seed, threshold) for seed in seeds if seed not in rows
-        ]
-        trained = set()
-        for future in futures:
-            row = future.result()
+    missing = [seed for seed in seeds if seed not in rows]
+    trained = set()
+    with ProcessPoolExecutor(args.jobs) as pool:  # (started only where seeds train apart)
+        if args.together and missing:
+            finished = iter(seeds_together(args, missing, threshold))
+        else:
+            futures = [pool.submit(one_seed, args, seed, threshold) for seed in missing]
+            finished = (future.result() for future in futures)
+        for row in finished:
             rows[row["seed"]] = row
             trained.add(row["seed"])
             save_row(kept, row, key)
@@ -250,6 +282,15 @@ def main() -> None:
                 "",
             ]
             if kept_seeds
+            else []
+        ),
+        *(
+            [
+                f"seeds {', '.join(map(str, sorted(trained)))} trained together, as populations "
+                f"over {args.jobs} process(es) (`--together`): each wall time is the group's",
+                "",
+            ]
+            if args.together and trained
             else []
         ),
         *(
