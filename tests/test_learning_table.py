@@ -1,0 +1,27 @@
+"""benchmarks/learning.py: a seed's row is the same trained alone or with the others."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def table(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    out = tmp_path / f"{name}.md"
+    command = [sys.executable, "learning.py", "--algo", "ppo", "--steps", "1024"]
+    command += ["--seeds", "0-2", "--episodes", "2", "--jobs", "2", "--out", str(out), *extra]
+    command += ["--set", "run.eval_every=512", "--set", "run.loggers=[]"]
+    subprocess.run(command, cwd=BENCHMARKS, check=True, capture_output=True)
+    return [line for line in out.read_text().splitlines() if line.startswith("| ")]
+
+
+def without_wall_times(rows: list[str]) -> list[str]:
+    return [row.rsplit("|", 2)[0] for row in rows]
+
+
+def test_seeds_trained_together_give_the_rows_they_give_apart(tmp_path):
+    apart = table(tmp_path, "apart")
+    together = table(tmp_path, "together", "--together")
+    assert len(apart) == 1 + 3 + 2  # the header, a row per seed, the curve's two rows
+    assert without_wall_times(together) == without_wall_times(apart)
