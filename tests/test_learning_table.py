@@ -16,7 +16,8 @@ def table(tmp_path: Path, name: str, *extra: str) -> list[str]:
     return [line for line in out.read_text().splitlines() if line.startswith("| ")]
 
 
-def without_wall_times(rows: list[str]) -> list[str]:
+def results(rows: list[str]) -> list[str]:
+    """Each row but its last column (the wall seconds, which no two runs share)."""
     return [row.rsplit("|", 2)[0] for row in rows]
 
 
@@ -24,4 +25,4 @@ def test_seeds_trained_together_give_the_rows_they_give_apart(tmp_path):
     apart = table(tmp_path, "apart")
     together = table(tmp_path, "together", "--together")
     assert len(apart) == 1 + 3 + 2  # the header, a row per seed, the curve's two rows
-    assert without_wall_times(together) == without_wall_times(apart)
+    assert results(together) == results(apart)
