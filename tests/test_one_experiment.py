@@ -51,6 +51,16 @@ CASES = {
         },
     ),
     "a2c": ("CartPole-v1", {"algo.name": "a2c", "run.total_steps": 2000}),
+    # the masks acted with come from the member's own stream, the update's from the keys
+    "ppo-dropout": (
+        "CartPole-v1",
+        {
+            "algo.name": "ppo",
+            "algo.minibatches": 4,
+            "policy.dropout": 0.5,
+            "run.total_steps": 1000,
+        },
+    ),
     "ppo-gaussian": (
         "Pendulum-v1",
         {

@@ -46,6 +46,29 @@ def test_mlp_shapes_and_dropout():
     assert len(mlp(4, [], None)) == 0
 
 
+def test_keyed_dropout_masks_are_a_function_of_the_key_and_drop_at_the_rate():
+    from pglab.nets import KeyedDropout, dropout_keys, keyed_uniform
+
+    keys = torch.randint(0, 2**30, (4000,))
+    layer = KeyedDropout(0.3)
+    x = torch.ones(4000, 64)
+    with dropout_keys(keys):
+        first, again = layer(x), layer(x)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert first.unique().tolist() == pytest.approx([0.0, 1 / 0.7])
+    assert abs((first == 0).float().mean().item() - 0.3) < 0.01
+    with dropout_keys(keys.flip(0)):  # each sample's mask follows its key
+        torch.testing.assert_close(layer(x), first.flip(0), rtol=0, atol=0)
+    other_layer = keyed_uniform(keys, 1, 64) >= 0.3
+    assert (other_layer != (first > 0)).float().mean() > 0.3  # layers draw apart
+    layer.eval()
+    with dropout_keys(keys):
+        assert torch.equal(layer(x), x)  # evaluation and export: the identity
+    layer.train()
+    with dropout_keys(keys[:10]), pytest.raises(ValueError, match="one key per sample"):
+        layer(x)
+
+
 def test_categorical_head_matches_torch():
     head = CategoricalHead(3, 4)
     logits = torch.randn(6, 4)

@@ -335,7 +335,10 @@ class PolicyConfig:
     hidden: list[int] = opt([64, 64], "actor hidden layer sizes; [] = linear policy")
     activation: str = opt("tanh", "hidden activation", Choice(tuple(ACTIVATIONS)))
     dropout: float = opt(
-        0.0, "dropout after each actor hidden layer (training only)", Range(0, 1, high_open=True)
+        0.0,
+        "dropout after each actor hidden layer: a training batch acts with a mask per "
+        "step and the update recomputes under the same masks; evaluation acts without",
+        Range(0, 1, high_open=True),
     )
     head: str = opt("auto", "action distribution", Choice(HEADS))
     log_std_init: float = opt(

@@ -1,5 +1,6 @@
 """Network bodies: multilayer perceptrons with configurable width, activation and
-dropout; convolutional bodies for images of any size; a body for observations that mix
+dropout (keyed, so that a mask drawn while acting is drawn again in the update);
+convolutional bodies for images of any size; a body for observations that mix
 images and vectors.
 
 (An MLP's forward and backward passes written out on explicit weights, the speed path
@@ -7,12 +8,15 @@ of PPO's update, are in :mod:`pglab.dense`.)"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 #: Activation functions selectable by name (``policy.activation``).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -33,20 +37,102 @@ def mlp(
 ) -> nn.Sequential:
     """A multilayer perceptron ``in_dim -> hidden[0] -> ... -> hidden[-1] (-> out_dim)``.
 
-    Each hidden layer is ``Linear -> activation (-> Dropout)``. With ``out_dim`` a
+    Each hidden layer is ``Linear -> activation (-> KeyedDropout)``. With ``out_dim`` a
     final linear layer without activation is added. With no hidden layers and no
     ``out_dim`` the body is the identity (so a head on it is a linear model).
     """
     layers: list[nn.Module] = []
     width = in_dim
-    for units in hidden:
+    for layer, units in enumerate(hidden):
         layers += [nn.Linear(width, units), ACTIVATIONS[activation]()]
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(KeyedDropout(dropout, salt=layer))
         width = units
     if out_dim is not None:
         layers.append(nn.Linear(width, out_dim))
     return nn.Sequential(*layers)
+
+
+_DROPOUT_KEYS: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar(
+    "dropout_keys", default=None
+)
+
+
+@contextlib.contextmanager
+def dropout_keys(keys: Tensor | None) -> Iterator[None]:
+    """Within the block, every :class:`KeyedDropout` in training mode draws its mask
+    from ``keys`` (one integer per sample, ``[B]``; None: fresh random masks)."""
+    token = _DROPOUT_KEYS.set(keys)
+    try:
+        yield
+    finally:
+        _DROPOUT_KEYS.reset(token)
+
+
+def draw_dropout_keys(count: int) -> Tensor:
+    """``count`` fresh sample keys (from torch's random stream), int64 in
+    :math:`[0, 2^{30})`."""
+    return torch.randint(0, 2**30, (count,), dtype=torch.int64)
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """An integer hash of 32-bit values (int64 tensors in :math:`[0, 2^{32})`): two
+    rounds of xor-shift and multiply, so that neighbouring inputs land far apart."""
+    for _ in range(2):
+        x = ((x >> 16) ^ x) * 0x45D9F3B & 0xFFFFFFFF
+    return (x >> 16) ^ x
+
+
+def keyed_uniform(keys: Tensor, salt: int, width: int) -> Tensor:
+    r"""Uniform numbers in :math:`[0, 1)`, ``[*keys.shape, width]``, a pure function of
+    (key, ``salt``, unit): :math:`u_{bj} = \lfloor h(h(k_b) \oplus (j\,c_1 + s\,c_2)) / 2^8 \rfloor / 2^{24}`
+    with :math:`h` the hash :func:`_mix32` (its top 24 bits, exact in float32). The same key gives the same numbers on
+    every call, on any device."""
+    units = torch.arange(width, device=keys.device, dtype=torch.int64)
+    spread = (units * 0x9E3779B1 + (salt + 1) * 0x632BE5AB) & 0xFFFFFFFF
+    x = _mix32(_mix32(keys & 0xFFFFFFFF).unsqueeze(-1) ^ spread)
+    return (x >> 8).to(torch.float32) * (1.0 / 2**24)
+
+
+class KeyedDropout(nn.Dropout):
+    r"""Dropout whose mask is a function of a per-sample key (inverted dropout,
+    :math:`h \cdot m / (1 - p)` with :math:`m_{bj} = [u_{bj} \ge p]`, :math:`u` from
+    :func:`keyed_uniform`).
+
+    The policy gradient needs the log-probability of the action under the very network
+    that drew it. With dropout that network includes the mask: the collector draws a
+    key per step, acts with the keyed masks and stores the keys in the batch; the
+    update recomputes every log-probability under the same keys (:func:`dropout_keys`),
+    so stored and recomputed log-probabilities agree and the estimator is unbiased.
+    Without keys it is ordinary dropout; in eval mode (evaluation, export) the identity.
+    ``salt`` tells the layers of one network apart (:func:`mlp` passes the layer index).
+    """
+
+    def __init__(self, p: float = 0.5, salt: int = 0) -> None:
+        super().__init__(p)
+        self.salt = salt
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keys = _DROPOUT_KEYS.get()
+        if keys is None:
+            return F.dropout(x, self.p, True)
+        if tuple(keys.shape) != tuple(x.shape[:-1]):
+            raise ValueError(
+                f"dropout keys of shape {tuple(keys.shape)} do not match features "
+                f"{tuple(x.shape)} (one key per sample)"
+            )
+        keep = keyed_uniform(keys, self.salt, x.shape[-1]) >= self.p
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, salt={self.salt}"
+
+
+def has_keyed_dropout(module: nn.Module) -> bool:
+    """Whether ``module`` holds a :class:`KeyedDropout` that drops anything."""
+    return any(isinstance(m, KeyedDropout) and m.p > 0 for m in module.modules())
 
 
 def output_dim(in_dim: int, hidden: Sequence[int]) -> int:

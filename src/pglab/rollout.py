@@ -23,8 +23,9 @@ bootstrap value of a truncated step ``t``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ from pglab.envs.normalize import Normalizer
 from pglab.envs.scores import SCORE_KEY
 from pglab.envs.spaces import ActionAdapter, ObsEncoder
 from pglab.mirror import NumpyActor
-from pglab.nets import ImageCNN
+from pglab.nets import ImageCNN, draw_dropout_keys, dropout_keys, has_keyed_dropout
 from pglab.policies import Actor, Critic, TanhGaussianHead, evaluate_actions
 
 
@@ -73,6 +74,9 @@ class Batch:
     values: Tensor | None
     next_values: Tensor | None
     episodes: EpisodeStats
+    #: The key of each step's dropout masks (:class:`~pglab.nets.KeyedDropout`), for
+    #: an actor with dropout; None otherwise.
+    dropout_keys: Tensor | None = None
 
     @property
     def episode_ends(self) -> Tensor:
@@ -102,6 +106,7 @@ class _Buffers:
         action_shape: tuple,
         action_dtype: Any,
         obs_dtype: Any = np.float32,
+        keyed: bool = False,
     ) -> None:
         self.capacity = capacity
         self.arrays = {
@@ -112,10 +117,13 @@ class _Buffers:
             "truncated": np.empty((capacity, n), dtype=bool),
             "valid": np.empty((capacity, n), dtype=bool),
         }
+        if keyed:  # last, so that the rows put takes in order come first
+            self.arrays["dropout_keys"] = np.empty((capacity, n), dtype=np.int64)
         self._rows = list(self.arrays.values())
 
     def put(self, t: int, *values: np.ndarray) -> None:
-        """Store row ``t``: obs, actions, rewards, terminated, truncated, valid (in that order)."""
+        """Store row ``t``: obs, actions, rewards, terminated, truncated, valid (in that
+        order; an actor's dropout keys are stored apart, after the step)."""
         if t == self.capacity:
             self.arrays = {k: np.concatenate([a, np.empty_like(a)]) for k, a in self.arrays.items()}
             self._rows = list(self.arrays.values())
@@ -211,6 +219,9 @@ class Collector:
         self.device = next(actor.parameters()).device
         # Small MLP actors act through a numpy mirror: same distribution, far less overhead.
         self.mirror = NumpyActor.build(actor)
+        #: The actor has dropout: a training batch acts with keyed masks (and stores the
+        #: keys), so that the update recomputes its log-probabilities under the same masks.
+        self.keyed = has_keyed_dropout(actor)
         #: Observations kept as the env's bytes (see :func:`reads_image_bytes`).
         self.image_bytes = normalizer is None and reads_image_bytes(self.encode, actor, critic)
         self._next_seed = seed
@@ -270,17 +281,38 @@ class Collector:
         stats: EpisodeStats,
     ) -> np.ndarray:
         """One step of every env, stored at row ``t``; returns where a counted episode ended."""
-        actions = self._act(deterministic)
+        keys = None
+        if self.keyed and buffers is not None:  # a training batch: masks of its own
+            keys = draw_dropout_keys(self.num_envs)
+        actions = self._act(deterministic, keys)
         outcome = self.envs.step(self.to_env(actions))
-        return self.observe(t, buffers, actions, outcome, active, stats)
+        ended = self.observe(t, buffers, actions, outcome, active, stats)
+        if keys is not None:
+            buffers.arrays["dropout_keys"][t] = keys.numpy()
+        return ended
 
-    def _act(self, deterministic: bool) -> np.ndarray:
-        """The actor's actions for the current observations."""
+    def _act(self, deterministic: bool, keys: Tensor | None = None) -> np.ndarray:
+        """The actor's actions for the current observations (with dropout masks keyed by
+        ``keys`` where given)."""
         if self.mirror is not None:
             return self.mirror.act(self._obs, deterministic)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._dropping(keys):
             device_obs = torch.from_numpy(self._obs).to(self.device)
             return self.actor.act(device_obs, deterministic).cpu().numpy()
+
+    @contextlib.contextmanager
+    def _dropping(self, keys: Tensor | None) -> Iterator[None]:
+        """Within the block the actor drops units by ``keys`` (None: no dropout, as the
+        collector acts otherwise)."""
+        if keys is None:
+            yield
+            return
+        self.actor.train()
+        try:
+            with dropout_keys(keys.to(self.device)):
+                yield
+        finally:
+            self.actor.eval()
 
     def observe(
         self,
@@ -353,7 +385,9 @@ class Collector:
             shape = (int(np.prod(shape)),)  # as the head draws them: one flat row
         dtype = np.float32 if np.issubdtype(space.dtype, np.floating) else np.int64
         obs_dtype = np.uint8 if self.image_bytes else np.float32
-        return _Buffers(capacity, self.num_envs, self.encode.dim, shape, dtype, obs_dtype)
+        return _Buffers(
+            capacity, self.num_envs, self.encode.dim, shape, dtype, obs_dtype, self.keyed
+        )
 
     def collect_steps(
         self, steps_per_env: int, deterministic: bool = False, scorer: Scorer | None = None
@@ -427,7 +461,10 @@ class Collector:
         ``scorer`` in one call)."""
         parts = [c._gather(b, length, s) for c, b, s in zip(collectors, buffers, stats)]
         if scorer is None:
-            scores = [c._score(*part[1:]) for c, part in zip(collectors, parts)]
+            scores = [
+                c._score(*part[1:], keys=part[0].get("dropout_keys"))
+                for c, part in zip(collectors, parts)
+            ]
         else:
             stacked = scorer(*(torch.stack(tensors) for tensors in list(zip(*parts))[1:]))
             scores = list(zip(*stacked))
@@ -457,13 +494,16 @@ class Collector:
         return data, flat_obs, data["actions"].flatten(0, 1), last_obs
 
     def _score(
-        self, obs: Tensor, actions: Tensor, last_obs: Tensor
+        self, obs: Tensor, actions: Tensor, last_obs: Tensor, keys: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """The actor's log-probabilities of ``actions`` at ``obs``, and the critic's
-        values of ``obs`` and of ``last_obs`` (None without a critic); a shared body
-        runs once over ``obs`` (:func:`~pglab.policies.evaluate_actions`)."""
+        """The actor's log-probabilities of ``actions`` at ``obs`` (under the dropout
+        masks the steps acted with, ``keys`` ``[T, N]``), and the critic's values of
+        ``obs`` and of ``last_obs`` (None without a critic); a shared body runs once
+        over ``obs`` (:func:`~pglab.policies.evaluate_actions`)."""
+        flat_keys = None if keys is None else keys.flatten()
         with torch.no_grad():
-            log_probs, _, values = evaluate_actions(self.actor, self.critic, obs, actions)
+            with self._dropping(flat_keys):
+                log_probs, _, values = evaluate_actions(self.actor, self.critic, obs, actions)
             if self.critic is None:
                 return log_probs, None, None
             return log_probs, values, self.critic(last_obs)
@@ -493,4 +533,5 @@ class Collector:
             values=values,
             next_values=next_values,
             episodes=stats,
+            dropout_keys=data.get("dropout_keys"),
         )

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from pglab.dense import DenseActorCritic
 from pglab.errors import PglabError, TrainingError
 from pglab.losses import explained_variance, value_loss
+from pglab.nets import dropout_keys
 from pglab.optim import FlatOptimizer, ParameterStack, make_optimizer
 from pglab.policies import Actor, Critic, GaussianHead, unique_parameters
 from pglab.returns import gae, masked_mean, masked_var
@@ -131,6 +132,7 @@ def valid_samples(batch: Batch, masked: bool = False, **extra: Tensor) -> dict[s
         "actions": batch.actions,
         "log_probs": batch.log_probs,
         "values": batch.values,
+        "dropout_keys": batch.dropout_keys,
         **extra,
     }
     flat = {k: v.flatten(0, 1) for k, v in tensors.items() if v is not None}
@@ -496,7 +498,10 @@ class StackedRule:
         rows, member_stats = [], []
         for k, m in enumerate(members):  # autograd on each member's own networks
             own_mb = mb[k] if isinstance(mb, list) else {key: value[k] for key, value in mb.items()}
-            loss, stats = self.loss(self.actors[m], self.critics[m], own_mb, self._row_hp(hp, k))
+            with dropout_keys(own_mb.get("dropout_keys")):  # the masks it acted with
+                loss, stats = self.loss(
+                    self.actors[m], self.critics[m], own_mb, self._row_hp(hp, k)
+                )
             self._check_finite(loss, m)
             params = self.stack.members[m]
             rows.append(self.stack.flatten(torch.autograd.grad(loss, params, allow_unused=True)))

@@ -36,6 +36,7 @@ from pglab.algos.base import (
 )
 from pglab.errors import TrainingError
 from pglab.losses import approx_kl
+from pglab.nets import dropout_keys
 from pglab.optim import FlatOptimizer
 from pglab.policies import Actor, Critic
 from pglab.returns import standardize
@@ -118,7 +119,14 @@ class TRPO:
         data = valid_samples(batch, advantages=advantages, returns=returns)
         adv = standardize(data["advantages"]) if cfg.normalize_weights else data["advantages"]
         self.actor.train()
+        with dropout_keys(data.get("dropout_keys")):  # the masks the batch acted with
+            return self._trust_region_step(data, adv, progress)
 
+    def _trust_region_step(
+        self, data: dict[str, Tensor], adv: Tensor, progress: float
+    ) -> dict[str, float]:
+        """The natural-gradient step with its line search, then the critic's fit."""
+        cfg = self.config
         with torch.no_grad():
             old_params = self.actor(data["obs"])
             head_std = getattr(self.actor.head, "_log_std", None)
