@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pglab.algos import ALGORITHMS, chooses_weights, critic_apart
+from pglab.algos import ALGORITHMS, chooses_weights, critic_apart, own_options, takes_option
 from pglab.envs.guard import DEFAULT_EPISODE_CAP, parse_max_episode_steps
 from pglab.envs.normalize import REWARD_METHODS
 from pglab.envs.wrappers import parse_wrappers, wrapper_module
 from pglab.errors import ConfigError
+from pglab.losses import REDUCTIONS
 from pglab.nets import ACTIVATIONS, PRECISIONS
 from pglab.paths import check_text, safe_name
 from pglab.policies import HEADS
@@ -107,6 +108,11 @@ class Choice:
 
     def describe(self) -> str:
         return "one of " + ", ".join(self.values)
+
+
+def _shown(value: Any) -> str:
+    """An option's value as a config file writes it (``true``, ``0.2``, ``sum``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _num(x: float) -> str:
@@ -407,6 +413,13 @@ class AlgoConfig:
         True, "standardise the weights (advantages) over each batch (ppo: each minibatch)"
     )
     entropy_coef: float = opt(0.0, "entropy bonus coefficient", NON_NEGATIVE)
+    loss_reduction: str = opt(
+        "mean",
+        "reinforce: reduce the policy loss over a batch's valid samples by their mean, or "
+        "their sum (-sum log pi Psi - entropy_coef sum H, as the PyTorch tutorial sums over "
+        "its episode: the same direction, a gradient as many times larger as there are samples)",
+        Choice(REDUCTIONS),
+    )
     max_grad_norm: float = opt(0.0, "clip the global gradient norm; 0 = no clipping", NON_NEGATIVE)
     weight_decay: float = opt(
         0.0, "weight decay of the policy optimizer (L2; adamw: decoupled)", NON_NEGATIVE
@@ -476,6 +489,15 @@ class AlgoConfig:
                 f"set lam=1 for Monte Carlo returns, lam=0 for TD; the other weights are "
                 f"REINFORCE's: --algo reinforce); got {self.weights!r}"
             )
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for option in own_options():
+            value, default = getattr(self, option), defaults[option]
+            if value != default and not takes_option(self.name, option):
+                takers = " and ".join(n for n in ALGOS if takes_option(n, option))
+                raise ConfigError(
+                    f"algo.{option} must be {_shown(default)} for {self.name} (only {takers} "
+                    f"takes another value); got {_shown(value)}"
+                )
 
     @property
     def uses_critic(self) -> bool:

@@ -248,6 +248,11 @@ def masked_mean(x: Tensor, valid: Tensor | None = None, dim: int | None = None) 
     return (x * weights).sum(dim) / weights.sum(dim).clamp(min=1.0)
 
 
+def masked_sum(x: Tensor, valid: Tensor | None = None) -> Tensor:
+    r"""Sum of ``x`` over the valid entries: :math:`\sum_i m_i x_i`."""
+    return x.sum() if valid is None else (x * _flag(valid)).sum()
+
+
 def masked_var(x: Tensor, valid: Tensor | None = None, dim: int | None = None) -> Tensor:
     r"""Population variance of ``x`` over the valid entries: mean of :math:`(x - \bar x)^2`
     (over all entries, or along ``dim`` only)."""

@@ -8,10 +8,11 @@ One update per batch:
    standardised over the batch;
 3. take gradient steps on
    :math:`L(\theta) = -\frac{1}{|\mathcal V|}\sum \log\pi_\theta(a_t \mid s_t)\,\Psi_t
-   - c_H\, \bar H`: one on the whole batch by default; ``epochs`` passes of
-   ``minibatches`` minibatches make the multi-epoch vanilla policy gradient (the
-   same weights reused for several steps, without PPO's clipping, which is what
-   makes it unstable at larger learning rates);
+   - c_H\, \bar H` (with ``loss_reduction = "sum"`` the sums over the valid
+   samples, without the :math:`\frac{1}{|\mathcal V|}`): one on the whole batch by
+   default; ``epochs`` passes of ``minibatches`` minibatches make the multi-epoch
+   vanilla policy gradient (the same weights reused for several steps, without PPO's
+   clipping, which is what makes it unstable at larger learning rates);
 4. for the critic weights (``dfrb``, ``td``, ``gae``), regress :math:`V_\phi(s_t)` on
    the targets :math:`\hat R_t = \Psi_t + V_\phi(s_t)` for ``value_epochs`` full-batch
    steps with its own optimizer (optionally re-created every batch, which keeps the
@@ -66,6 +67,7 @@ class Reinforce(StackedRule):
     JOINT = False  # the critic is fitted apart
     CHOOSES_WEIGHTS = True
     CRITIC_APART = True
+    OWN_OPTIONS = ("loss_reduction",)
 
     def setup(self) -> None:
         self.value_stack: ParameterStack | None = None
@@ -104,17 +106,20 @@ class Reinforce(StackedRule):
             "lr": scheduled(config, config.lr, config.lr_schedule, progress),
             "value_lr": scheduled(config, config.value_lr, config.lr_schedule, progress),
             "entropy_coef": config.entropy_coef,
+            "loss_reduction": config.loss_reduction,
         }
 
     @staticmethod
     def loss(
         actor: Actor, critic: Critic | None, mb: dict[str, Tensor], hp: dict[str, Any]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """:math:`-\\text{mean}(\\log\\pi \\cdot \\Psi) - c_H\\,\\text{mean}(H)` over the valid samples."""
-        valid = mb["valid"]
+        """:math:`-\\text{mean}(\\log\\pi \\cdot \\Psi) - c_H\\,\\text{mean}(H)` over the valid
+        samples, or with ``loss_reduction = "sum"``
+        :math:`-\\sum_t \\log\\pi(a_t \\mid s_t)\\,\\Psi_t - c_H \\sum_t H_t`."""
+        valid, reduction = mb["valid"], hp["loss_reduction"]
         log_probs, entropy = actor.log_prob_entropy(mb["obs"], mb["actions"])
-        pg_loss = policy_gradient_loss(log_probs, mb["weights"], valid)
-        loss = pg_loss + hp["entropy_coef"] * entropy_loss(entropy, valid)
+        pg_loss = policy_gradient_loss(log_probs, mb["weights"], valid, reduction)
+        loss = pg_loss + hp["entropy_coef"] * entropy_loss(entropy, valid, reduction)
         _, kl = approx_kl(log_probs.detach() - mb["log_probs"], valid)
         return loss, {
             "policy_loss": pg_loss.detach(),
