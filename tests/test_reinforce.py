@@ -1,13 +1,17 @@
 """REINFORCE's own options: the loss summed over the batch, weights of the user's own, a
 critic redrawn before every fit, and the critic's loss on samples it was not fitted to."""
 
+import csv
+import math
+
 import pytest
 import torch
 
+import pglab
 from pglab.algos import make_algo
 from pglab.config import build_config
 from pglab.envs import make_vec_env
-from pglab.errors import ConfigError
+from pglab.errors import CheckpointError, ConfigError, TrainingError
 from pglab.policies import make_actor, make_critic
 from pglab.rollout import Collector
 
@@ -61,3 +65,89 @@ def test_only_reinforce_sums_its_loss(algo):
         ConfigError, match="algo.loss_reduction must be one of mean, sum; got 'max'"
     ):
         build_config(overrides=["algo=reinforce", "loss_reduction=max"])
+
+
+TINY = {
+    "total_steps": 1500,
+    "eval_every": 1000,
+    "eval_episodes": 2,
+    "checkpoint_every": 0,
+    "progress": "off",
+    "stop_at_return": "none",
+    "preset": "none",
+}
+
+#: Columns that time the run; every other column must match exactly.
+TIMING = ("wall_seconds", "steps_per_second")
+
+
+def _metrics(run) -> list[dict[str, str]]:
+    with open(run.path / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(handle)]
+
+
+def test_a_weight_function_equal_to_reward_to_go_trains_as_fr_and_is_stored_by_name(tmp_path):
+    from weight_functions import reward_to_go
+
+    mine = pglab.train("CartPole-v1", "reinforce", weights=reward_to_go, out=str(tmp_path), **TINY)
+    fr = pglab.train("CartPole-v1", "reinforce", weights="fr", out=str(tmp_path / "fr"), **TINY)
+    assert mine.agent.config.algo.weights == "weight_functions:reward_to_go"
+    assert mine.agent.config.algo.batch_mode == "episodes"  # no critic: whole episodes
+    assert mine.path.name.startswith("reinforce-reward_to_go-seed0-")
+    rows = _metrics(mine)
+    assert len(rows) > 2 and rows == _metrics(fr)
+
+
+def test_a_weight_function_that_names_the_values_gets_a_critic(tmp_path):
+    from pglab.algos.reinforce import weights_need_critic
+
+    assert weights_need_critic("weight_functions:one_step_advantage")
+    assert not weights_need_critic("weight_functions:every_argument")  # **kwargs names none
+    config = build_config(
+        overrides=["algo=reinforce", "weights=weight_functions:one_step_advantage"]
+    ).resolve(None)
+    assert config.algo.uses_critic and config.algo.batch_mode == "steps"
+    options = {**TINY, "batch_size": 256, "total_steps": 512}
+    run = pglab.train(
+        "CartPole-v1", "reinforce", weights="weight_functions:one_step_advantage",
+        out=str(tmp_path), **options,
+    )  # fmt: skip
+    assert all(math.isfinite(float(row["value_loss"])) for row in _metrics(run))
+    rule, collector = _rule("weight_functions:every_argument", num_envs=2)
+    batch = collector.collect_episodes(2)
+    data = rule.prepare(batch, rule.config)  # the function's rewards, 0 off the samples
+    torch.testing.assert_close(data["psi"], (batch.rewards * batch.valid).flatten())
+
+
+def test_a_run_whose_weights_are_a_function_is_loaded_only_when_its_module_is_allowed(tmp_path):
+    run = pglab.train(
+        "CartPole-v1", "reinforce", weights="weight_functions:reward_to_go",
+        out=str(tmp_path), **{**TINY, "total_steps": 300},
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match="--allow-import weight_functions"):
+        pglab.load(run.path)
+    agent = pglab.load(run.path, allow_import=["weight_functions"])
+    assert agent.config.algo.weights == "weight_functions:reward_to_go"
+
+
+@pytest.mark.parametrize(
+    ("weights", "error", "says"),
+    [
+        ("weight_functions:a_number", TrainingError, "must return Psi as a float tensor.*a float"),
+        ("weight_functions:one_per_env", TrainingError, r"shape \(\d+, \d+\).*shape \(\d+,\)"),
+        ("weight_functions:needs_a_discount_table", ConfigError, "takes 'discounts'"),
+        ("weight_functions:missing", ConfigError, "has no 'missing'"),
+        ("no.such_module:psi", ConfigError, "cannot import module 'no.such_module'"),
+        (lambda rewards: rewards, ConfigError, "top of a module"),
+        ("psi", ConfigError, "r, fr, dfr, dfrb, td, gae or a function's import path"),
+    ],
+)
+def test_a_bad_weight_function_is_one_line(tmp_path, weights, error, says):
+    with pytest.raises(error, match=says) as raised:
+        pglab.train("CartPole-v1", "reinforce", weights=weights, out=str(tmp_path), **TINY)
+    assert "\n" not in str(raised.value)
+
+
+def test_only_reinforce_takes_a_weight_function():
+    with pytest.raises(ConfigError, match="algo.weights must be gae for ppo"):
+        build_config(overrides=["algo=ppo", "weights=weight_functions:reward_to_go"])

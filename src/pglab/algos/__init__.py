@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pglab.algos.a2c import A2C
 from pglab.algos.base import StackedRule
 from pglab.algos.ppo import PPO
-from pglab.algos.reinforce import Reinforce
+from pglab.algos.reinforce import Reinforce, weights_need_critic
 from pglab.algos.trpo import TRPO
 from pglab.policies import Actor, Critic
 
@@ -49,6 +49,13 @@ def chooses_weights(name: str) -> bool:
 def critic_apart(name: str) -> bool:
     """Whether the rule named ``name`` fits its critic apart from its policy."""
     return ALGORITHMS[name].CRITIC_APART
+
+
+def uses_critic(name: str, weights: str) -> bool:
+    """Whether the rule named ``name`` fits a critic with ``algo.weights`` ``weights``:
+    always where its weights are GAE advantages; for REINFORCE, as its weights need
+    (a function of the user's is imported to read its signature)."""
+    return not chooses_weights(name) or weights_need_critic(weights)
 
 
 def own_options() -> tuple[str, ...]:

@@ -4,8 +4,9 @@ Williams (1992); Sutton et al. (2000); Schulman et al. (2016) for the weights.
 One update per batch:
 
 1. collect a batch (complete episodes for ``r``/``fr``/``dfr``, or T steps of N envs);
-2. compute the weights :math:`\Psi_t` (see :mod:`pglab.returns`), optionally
-   standardised over the batch;
+2. compute the weights :math:`\Psi_t` (see :mod:`pglab.returns`; or a function of
+   the user's, ``algo.weights = "package.module:name"``), optionally standardised over
+   the batch;
 3. take gradient steps on
    :math:`L(\theta) = -\frac{1}{|\mathcal V|}\sum \log\pi_\theta(a_t \mid s_t)\,\Psi_t
    - c_H\, \bar H` (with ``loss_reduction = "sum"`` the sums over the valid
@@ -13,7 +14,8 @@ One update per batch:
    default; ``epochs`` passes of ``minibatches`` minibatches make the multi-epoch
    vanilla policy gradient (the same weights reused for several steps, without PPO's
    clipping, which is what makes it unstable at larger learning rates);
-4. for the critic weights (``dfrb``, ``td``, ``gae``), regress :math:`V_\phi(s_t)` on
+4. for the critic weights (``dfrb``, ``td``, ``gae``, and a function of the user's
+   that takes ``values`` or ``next_values``), regress :math:`V_\phi(s_t)` on
    the targets :math:`\hat R_t = \Psi_t + V_\phi(s_t)` for ``value_epochs`` full-batch
    steps with its own optimizer (optionally re-created every batch, which keeps the
    critic from carrying momentum into a moving target).
@@ -24,6 +26,7 @@ Members of a population stack: the policy steps by the schedule of
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +34,7 @@ import torch
 from torch import Tensor
 
 from pglab.algos.base import StackedRule, clip_rows, scheduled, valid_samples
+from pglab.errors import ConfigError
 from pglab.losses import (
     approx_kl,
     entropy_loss,
@@ -40,15 +44,51 @@ from pglab.losses import (
 )
 from pglab.optim import ParameterStack, make_optimizer
 from pglab.policies import Actor, Critic
-from pglab.returns import masked_mean, masked_var, policy_gradient_weights, standardize
+from pglab.returns import (
+    CRITIC_WEIGHTS,
+    WEIGHT_KINDS,
+    WeightFunction,
+    masked_mean,
+    masked_var,
+    policy_gradient_weights,
+    standardize,
+    takes_values,
+    weight_parameters,
+)
 from pglab.rollout import Batch
 
 if TYPE_CHECKING:  # the config layer sits above; only its type is named here
     from pglab.config import AlgoConfig
 
 
+@functools.cache
+def user_weights(name: str) -> WeightFunction:
+    """The user's weight function ``package.module:name`` (``algo.weights``), imported
+    once (a run read from a file has had the import checked, see
+    :func:`pglab.agent.stored_config`); one that cannot be imported, or takes an argument
+    it is not given, is one :class:`~pglab.errors.ConfigError` line."""
+    from pglab.envs.wrappers import import_named
+
+    function = import_named(name, "algo.weights", ConfigError)
+    try:
+        weight_parameters(function)
+    except ValueError as error:
+        raise ConfigError(f"algo.weights {name!r} {error}") from None
+    return function
+
+
+def weights_need_critic(weights: str) -> bool:
+    """Whether REINFORCE's ``algo.weights`` need a critic: the kinds of
+    :data:`~pglab.returns.CRITIC_WEIGHTS`, and a function of the user's that names
+    ``values`` or ``next_values`` as a parameter (imported to read its signature)."""
+    if weights in WEIGHT_KINDS:
+        return weights in CRITIC_WEIGHTS
+    return takes_values(user_weights(weights))
+
+
 class Reinforce(StackedRule):
-    """The REINFORCE family of ``--weights r|fr|dfr|dfrb|td|gae``."""
+    """The REINFORCE family of ``--weights r|fr|dfr|dfrb|td|gae`` (or a function of the
+    user's, ``--weights package.module:name``)."""
 
     #: Diagnostics returned by :meth:`update`, in logging order.
     METRICS = (
@@ -86,8 +126,9 @@ class Reinforce(StackedRule):
         terminated = batch.terminated
         if config.reset_return_at_reward:
             terminated = terminated | (batch.rewards != 0)
+        kind = config.weights
         psi = policy_gradient_weights(
-            config.weights,
+            kind if kind in WEIGHT_KINDS else user_weights(kind),
             rewards=batch.rewards,
             terminated=terminated,
             truncated=batch.truncated,
