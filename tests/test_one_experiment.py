@@ -89,6 +89,17 @@ CASES = {
             "run.total_steps": 1024,
         },
     ),
+    "reinforce-redrawn-critic": (
+        "CartPole-v1",
+        {
+            "algo.name": "reinforce",
+            "algo.weights": "gae",
+            "algo.batch_size": 256,
+            "algo.value_reinit": True,
+            "algo.value_epochs": 5,
+            "run.total_steps": 1024,
+        },
+    ),
     "reinforce-gae-steps": (
         "CartPole-v1",
         {

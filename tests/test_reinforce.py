@@ -1,9 +1,11 @@
 """REINFORCE's own options: the loss summed over the batch, weights of the user's own, a
-critic redrawn before every fit, and the critic's loss on samples it was not fitted to."""
+critic redrawn before every fit."""
 
+import copy
 import csv
 import math
 
+import gymnasium as gym
 import pytest
 import torch
 
@@ -151,3 +153,117 @@ def test_a_bad_weight_function_is_one_line(tmp_path, weights, error, says):
 def test_only_reinforce_takes_a_weight_function():
     with pytest.raises(ConfigError, match="algo.weights must be gae for ppo"):
         build_config(overrides=["algo=ppo", "weights=weight_functions:reward_to_go"])
+
+
+@pytest.mark.parametrize("orthogonal", [False, True])
+def test_a_redrawn_critic_has_a_fresh_draw_of_the_initialisation_it_was_built_with(orthogonal):
+    from pglab.policies import init_layer, orthogonal_init, redraw_critic
+
+    critic = make_critic(4, [64, 64])
+    if orthogonal:
+        orthogonal_init(make_actor(4, gym.spaces.Discrete(2), [8]), critic)
+    before = [p.detach().clone() for p in critic.parameters()]
+    torch.manual_seed(0)
+    global_stream = torch.get_rng_state()
+    redraw_critic(critic, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), global_stream)  # the member's stream alone
+    layers = [critic.body[0], critic.body[2], critic.value]
+    for layer, weight in zip(layers, before[::2]):
+        assert not torch.equal(layer.weight, weight)
+        if orthogonal:  # orthogonal rows (or columns) scaled by the gain, zero biases
+            gain = 1.0 if layer is critic.value else math.sqrt(2)
+            w = layer.weight.detach()
+            product = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+            torch.testing.assert_close(
+                product, gain**2 * torch.eye(min(w.shape)), atol=1e-5, rtol=0
+            )
+            assert not layer.bias.any()
+        else:  # torch's own: U(-k, k) with k = 1 / sqrt(fan_in), for weights and biases
+            bound = 1 / math.sqrt(layer.in_features)
+            for p in (layer.weight, layer.bias):
+                assert p.abs().max() <= bound
+            if layer.weight.numel() > 1000:
+                assert layer.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    if not orthogonal:  # exactly torch's reset_parameters, drawn from the generator
+        mine, theirs = torch.nn.Linear(64, 8), torch.nn.Linear(64, 8)
+        init_layer(mine, None, torch.Generator().manual_seed(5))
+        torch.manual_seed(5)
+        theirs.reset_parameters()
+        assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.bias, theirs.bias)
+
+
+def test_value_reinit_redraws_each_critic_into_its_stack_before_its_fit(monkeypatch):
+    import pglab.algos.reinforce as reinforce
+
+    rule, collector = _rule("gae", 2, **{"algo.value_reinit": True, "algo.value_epochs": 3})
+    drawn = []
+
+    def redraw_and_look(critic, generator):
+        before = [p.detach().clone() for p in critic.parameters()]
+        real_redraw(critic, generator)
+        drawn.append((before, [p.detach().clone() for p in critic.parameters()]))
+
+    real_redraw = reinforce.redraw_critic
+    monkeypatch.setattr(reinforce, "redraw_critic", redraw_and_look)
+    for update in range(2):
+        rule.update(collector.collect_steps(64), progress=0.0)
+        before, after = drawn[update]
+        assert all(not torch.equal(a, b) for a, b in zip(before, after))
+        assert rule.value_optimizer.steps[0] == 3  # a new optimizer each batch
+    first_draw, second_draw = drawn[0][1], drawn[1][1]
+    assert all(not torch.equal(a, b) for a, b in zip(first_draw, second_draw))
+    rule.value_stack.check()  # the critic's parameters are still the stack's rows
+    own = torch.cat([p.detach().flatten() for p in rule.critic.parameters()])
+    assert torch.equal(rule.value_stack.flat[0], own)
+
+
+def test_the_critics_draws_continue_from_a_checkpoint_as_if_never_stopped():
+    options = {"algo.value_reinit": True, "algo.value_epochs": 2}
+    rule, collector = _rule("gae", 2, **options)
+    rule.update(collector.collect_steps(32), progress=0.0)
+    saved = {
+        "actor": copy.deepcopy(rule.actor.state_dict()),
+        "critic": copy.deepcopy(rule.critic.state_dict()),
+        "algo": copy.deepcopy(rule.state_dict(0)),
+    }
+    batch = collector.collect_steps(32)
+    expected = rule.update(batch, progress=0.5)
+    again, _ = _rule("gae", 2, **options)  # another rule, another generator state
+    for generators in again.value_samplers.values():
+        generators[0].manual_seed(99)
+    again.actor.load_state_dict(saved["actor"])
+    again.critic.load_state_dict(saved["critic"])
+    again.load_state_dict(saved["algo"], 0)
+    assert again.update(batch, progress=0.5) == expected
+    for a, b in zip(again.critic.parameters(), rule.critic.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_member_with_its_critic_redrawn_trains_as_its_seed_alone(tmp_path):
+    options = {
+        **TINY, "weights": "gae", "value_reinit": True,
+        "batch_size": 128, "num_envs": 2, "total_steps": 640,
+    }  # fmt: skip
+    runs = pglab.train("CartPole-v1", "reinforce", out=str(tmp_path / "p"), seeds=[0, 1], **options)
+    alone = pglab.train("CartPole-v1", "reinforce", out=str(tmp_path / "a"), seed=1, **options)
+    rows = _metrics(alone)
+    assert len(rows) > 3 and rows == _metrics(runs[1]) and rows != _metrics(runs[0])
+
+
+def test_the_critics_options_are_one_line_where_they_cannot_apply(tmp_path):
+    from custom_nets import TwoTowerCritic
+
+    for flags, says in [
+        (["algo=ppo", "value_reinit=true"], "algo.value_reinit must be false for ppo"),
+    ]:
+        with pytest.raises(ConfigError, match=says):
+            build_config(overrides=flags)
+    for weights, option in [("fr", "value_reinit=true")]:
+        config = build_config(overrides=["algo=reinforce", f"weights={weights}", option])
+        with pytest.raises(ConfigError, match=f"needs a critic, which weights {weights} do not"):
+            config.resolve(None)
+    with pytest.raises(ConfigError, match="a critic or body of your own"):
+        pglab.train(
+            "CartPole-v1", "reinforce", weights="gae", value_reinit=True, out=str(tmp_path),
+            policy={"critic": TwoTowerCritic}, **TINY,
+        )  # fmt: skip

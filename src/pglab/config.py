@@ -461,6 +461,12 @@ class AlgoConfig:
     value_lr: float = opt(0.01, "critic learning rate", POSITIVE)
     value_epochs: int = opt(25, "critic gradient steps on each batch", Range(1, None))
     value_reset_optimizer: bool = opt(False, "re-create the critic optimizer every batch")
+    value_reinit: bool = opt(
+        False,
+        "reinforce: before every batch's critic fit, redraw the critic's weights from the "
+        "initialisation it was built with (and re-create its optimizer): a critic fitted "
+        "afresh to each batch",
+    )
     reset_return_at_reward: bool = opt(
         False, "restart the return after every non-zero reward (a point scored in Pong)"
     )
@@ -521,6 +527,13 @@ class AlgoConfig:
         return uses_critic(self.name, self.weights)
 
     def resolve(self) -> AlgoConfig:
+        for option in ("value_reinit",):  # what REINFORCE does to its critic
+            value = getattr(self, option)
+            if value and not self.uses_critic:
+                raise ConfigError(
+                    f"algo.{option} needs a critic, which weights {self.weights} do not fit "
+                    f"(dfrb, td, gae and functions that take values do); got {_shown(value)}"
+                )
         mode = self.batch_mode
         if mode == "auto":
             mode = "steps" if self.uses_critic else "episodes"

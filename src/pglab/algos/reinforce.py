@@ -18,7 +18,9 @@ One update per batch:
    that takes ``values`` or ``next_values``), regress :math:`V_\phi(s_t)` on
    the targets :math:`\hat R_t = \Psi_t + V_\phi(s_t)` for ``value_epochs`` full-batch
    steps with its own optimizer (optionally re-created every batch, which keeps the
-   critic from carrying momentum into a moving target).
+   critic from carrying momentum into a moving target; or with the critic's weights
+   redrawn from their initialisation too, ``value_reinit``: a critic fitted afresh to
+   each batch).
 
 Members of a population stack: the policy steps by the schedule of
 :class:`~pglab.algos.base.StackedRule`, the critics by one stacked optimizer of their own.
@@ -30,6 +32,7 @@ import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,7 +46,7 @@ from pglab.losses import (
     value_loss,
 )
 from pglab.optim import ParameterStack, make_optimizer
-from pglab.policies import Actor, Critic
+from pglab.policies import Actor, Critic, redraw_critic, redrawable
 from pglab.returns import (
     CRITIC_WEIGHTS,
     WEIGHT_KINDS,
@@ -86,6 +89,14 @@ def weights_need_critic(weights: str) -> bool:
     return takes_values(user_weights(weights))
 
 
+def member_stream(seed: int, stream: int) -> torch.Generator:
+    """A random stream of a member's own: the torch generator seeded by stream number
+    ``stream`` of its run's ``seed`` (numpy's ``SeedSequence([seed, stream])``), apart
+    from its minibatch sampler (seeded by ``seed`` itself) and from every other run's."""
+    state = np.random.SeedSequence([seed, stream]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0]))
+
+
 class Reinforce(StackedRule):
     """The REINFORCE family of ``--weights r|fr|dfr|dfrb|td|gae`` (or a function of the
     user's, ``--weights package.module:name``)."""
@@ -107,16 +118,32 @@ class Reinforce(StackedRule):
     JOINT = False  # the critic is fitted apart
     CHOOSES_WEIGHTS = True
     CRITIC_APART = True
-    OWN_OPTIONS = ("loss_reduction",)
+    OWN_OPTIONS = ("loss_reduction", "value_reinit")
+    #: The streams of its own (:func:`member_stream`, by number) from which a member draws
+    #: its critic's new weights (``value_reinit``).
+    VALUE_STREAMS = {"redraw": 1}
 
     def setup(self) -> None:
         self.value_stack: ParameterStack | None = None
-        if self.critic is not None:
-            self.value_stack = ParameterStack([list(c.parameters()) for c in self.critics])
-            cfg = self.config
-            self.value_optimizer = make_optimizer(
-                cfg.optimizer, self.value_stack.flat, cfg.eps, 0.0, cfg.optimizer_kwargs
+        if self.critic is None:
+            return
+        self.value_stack = ParameterStack([list(c.parameters()) for c in self.critics])
+        cfg = self.config
+        self.value_optimizer = make_optimizer(
+            cfg.optimizer, self.value_stack.flat, cfg.eps, 0.0, cfg.optimizer_kwargs
+        )
+        if cfg.value_reinit and not all(redrawable(c) for c in self.critics):
+            raise ConfigError(
+                "algo.value_reinit redraws the initialisation of the critics pglab builds "
+                "(policy.value_hidden, linear and convolutional layers); a critic or body of "
+                "your own (policy.critic, policy.body) keeps its own; got true"
             )
+        seeds = [g.initial_seed() for g in self.generators]  # each member's run seed
+        #: Each member's generators of :attr:`VALUE_STREAMS`, by name.
+        self.value_samplers = {
+            name: [member_stream(seed, stream) for seed in seeds]
+            for name, stream in self.VALUE_STREAMS.items()
+        }
 
     @staticmethod
     def prepare(batch: Batch, config: AlgoConfig) -> dict[str, Tensor]:
@@ -180,13 +207,20 @@ class Reinforce(StackedRule):
     ) -> list[dict[str, float]]:
         r"""The critics' fit: ``value_epochs`` full-batch steps of the MSE of
         :math:`V_\phi(s_t)` on :math:`\hat R_t = \Psi_t + V(s_t)` over the valid samples,
-        each member by autograd on its own critic, one stacked optimizer step each."""
+        each member by autograd on its own critic, one stacked optimizer step each.
+
+        With ``value_reinit``, a member's critic first gets a fresh draw of its
+        initialisation (from the member's own generator, into the stacked parameters)
+        and a new optimizer."""
         if self.value_stack is None:
             return [{} for _ in members]
         self.value_stack.check()
         configs = [self.configs[m] for m in members]
         lrs = [self.hyperparameters(c, p)["value_lr"] for c, p in zip(configs, progress)]
-        resets = [m for m, c in zip(members, configs) if c.value_reset_optimizer]
+        for m, c in zip(members, configs):
+            if c.value_reinit:
+                redraw_critic(self.critics[m], self.value_samplers["redraw"][m])
+        resets = [m for m, c in zip(members, configs) if c.value_reset_optimizer or c.value_reinit]
         if resets:  # a fresh optimizer for these members: no steps, no moments
             self.value_optimizer.reset(resets)
         targets = [d["psi"] + d["values"] for d in datas]
@@ -210,9 +244,15 @@ class Reinforce(StackedRule):
         ]
 
     def state_dict(self, member: int = 0) -> dict:
+        """Member ``member``'s optimizers' state and random streams (its minibatch
+        sampler, and with a critic the draws of its new weights)."""
         state = super().state_dict(member)
         if self.value_stack is not None:
             state["value_optimizer"] = self.value_optimizer.member_state(member)
+            state["value_samplers"] = {
+                name: generators[member].get_state()
+                for name, generators in self.value_samplers.items()
+            }
         return state
 
     def load_state_dict(self, state: dict, member: int = 0) -> None:
@@ -222,3 +262,6 @@ class Reinforce(StackedRule):
         if self.value_stack is not None and "value_optimizer" in state:
             params = self.value_stack.members[member]
             self.value_optimizer.load_member_state(member, state["value_optimizer"], params)
+        if self.value_stack is not None:  # (older checkpoints hold none)
+            for name, sampler in state.get("value_samplers", {}).items():
+                self.value_samplers[name][member].set_state(sampler)
