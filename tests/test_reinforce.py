@@ -1,5 +1,5 @@
 """REINFORCE's own options: the loss summed over the batch, weights of the user's own, a
-critic redrawn before every fit."""
+critic redrawn before every fit, and the critic's loss on samples it was not fitted to."""
 
 import copy
 import csv
@@ -218,7 +218,7 @@ def test_value_reinit_redraws_each_critic_into_its_stack_before_its_fit(monkeypa
 
 
 def test_the_critics_draws_continue_from_a_checkpoint_as_if_never_stopped():
-    options = {"algo.value_reinit": True, "algo.value_epochs": 2}
+    options = {"algo.value_reinit": True, "algo.value_holdout": 0.3, "algo.value_epochs": 2}
     rule, collector = _rule("gae", 2, **options)
     rule.update(collector.collect_steps(32), progress=0.0)
     saved = {
@@ -239,15 +239,28 @@ def test_the_critics_draws_continue_from_a_checkpoint_as_if_never_stopped():
         assert torch.equal(a, b)
 
 
-def test_a_member_with_its_critic_redrawn_trains_as_its_seed_alone(tmp_path):
+def test_a_member_with_its_critic_redrawn_and_held_out_trains_as_its_seed_alone(tmp_path):
     options = {
-        **TINY, "weights": "gae", "value_reinit": True,
+        **TINY, "weights": "gae", "value_reinit": True, "value_holdout": 0.25,
         "batch_size": 128, "num_envs": 2, "total_steps": 640,
     }  # fmt: skip
     runs = pglab.train("CartPole-v1", "reinforce", out=str(tmp_path / "p"), seeds=[0, 1], **options)
     alone = pglab.train("CartPole-v1", "reinforce", out=str(tmp_path / "a"), seed=1, **options)
     rows = _metrics(alone)
     assert len(rows) > 3 and rows == _metrics(runs[1]) and rows != _metrics(runs[0])
+    assert all(math.isfinite(float(row["value_loss_heldout"])) for row in rows)
+
+
+def test_a_critic_over_trained_on_a_tiny_batch_loses_more_on_the_samples_it_never_saw():
+    """Experiment 2 of the REINFORCE notes: many value steps at a high learning rate on a
+    small batch fit its noise; the samples held out of the fit show it."""
+    options = {"algo.value_holdout": 0.5, "algo.value_epochs": 500, "algo.value_lr": 0.1}
+    rule, collector = _rule("gae", 2, **options)
+    metrics = rule.update(collector.collect_steps(16), progress=0.0)
+    assert math.isfinite(metrics["value_loss_heldout"])
+    assert metrics["value_loss_heldout"] > 2 * metrics["value_loss"]
+    plain, collector = _rule("gae", 2)
+    assert "value_loss_heldout" not in plain.update(collector.collect_steps(16), progress=0.0)
 
 
 def test_the_critics_options_are_one_line_where_they_cannot_apply(tmp_path):
@@ -255,10 +268,12 @@ def test_the_critics_options_are_one_line_where_they_cannot_apply(tmp_path):
 
     for flags, says in [
         (["algo=ppo", "value_reinit=true"], "algo.value_reinit must be false for ppo"),
+        (["algo=a2c", "value_holdout=0.1"], "algo.value_holdout must be 0.0 for a2c"),
+        (["algo=reinforce", "value_holdout=1"], r"algo.value_holdout must be a number in \[0, 1\)"),
     ]:
         with pytest.raises(ConfigError, match=says):
             build_config(overrides=flags)
-    for weights, option in [("fr", "value_reinit=true")]:
+    for weights, option in [("fr", "value_reinit=true"), ("r", "value_holdout=0.2")]:
         config = build_config(overrides=["algo=reinforce", f"weights={weights}", option])
         with pytest.raises(ConfigError, match=f"needs a critic, which weights {weights} do not"):
             config.resolve(None)

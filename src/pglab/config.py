@@ -467,6 +467,13 @@ class AlgoConfig:
         "initialisation it was built with (and re-create its optimizer): a critic fitted "
         "afresh to each batch",
     )
+    value_holdout: float = opt(
+        0.0,
+        "reinforce: the fraction of each batch's samples kept out of the critic's fit; "
+        "value_loss_heldout, the fitted critic's MSE on them, beside value_loss shows a "
+        "critic that fits its batch's noise; 0 = off",
+        Range(0, 1, high_open=True),
+    )
     reset_return_at_reward: bool = opt(
         False, "restart the return after every non-zero reward (a point scored in Pong)"
     )
@@ -527,7 +534,7 @@ class AlgoConfig:
         return uses_critic(self.name, self.weights)
 
     def resolve(self) -> AlgoConfig:
-        for option in ("value_reinit",):  # what REINFORCE does to its critic
+        for option in ("value_reinit", "value_holdout"):  # what REINFORCE does to its critic
             value = getattr(self, option)
             if value and not self.uses_critic:
                 raise ConfigError(

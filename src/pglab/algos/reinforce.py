@@ -20,7 +20,9 @@ One update per batch:
    steps with its own optimizer (optionally re-created every batch, which keeps the
    critic from carrying momentum into a moving target; or with the critic's weights
    redrawn from their initialisation too, ``value_reinit``: a critic fitted afresh to
-   each batch).
+   each batch). With ``value_holdout`` :math:`h`, a fraction :math:`h` of the batch's
+   samples stays out of this fit, and the fitted critic's MSE on them
+   (``value_loss_heldout``) shows whether it learned the values or the batch's noise.
 
 Members of a population stack: the policy steps by the schedule of
 :class:`~pglab.algos.base.StackedRule`, the critics by one stacked optimizer of their own.
@@ -112,16 +114,18 @@ class Reinforce(StackedRule):
         "weights_mean",
         "weights_var",
         "value_loss",
+        "value_loss_heldout",
         "explained_variance",
     )
     LOSS_HYPERPARAMETERS = ("entropy_coef",)
     JOINT = False  # the critic is fitted apart
     CHOOSES_WEIGHTS = True
     CRITIC_APART = True
-    OWN_OPTIONS = ("loss_reduction", "value_reinit")
+    OWN_OPTIONS = ("loss_reduction", "value_reinit", "value_holdout")
     #: The streams of its own (:func:`member_stream`, by number) from which a member draws
-    #: its critic's new weights (``value_reinit``).
-    VALUE_STREAMS = {"redraw": 1}
+    #: its critic's new weights (``value_reinit``) and its held-out samples
+    #: (``value_holdout``).
+    VALUE_STREAMS = {"redraw": 1, "holdout": 2}
 
     def setup(self) -> None:
         self.value_stack: ParameterStack | None = None
@@ -211,7 +215,11 @@ class Reinforce(StackedRule):
 
         With ``value_reinit``, a member's critic first gets a fresh draw of its
         initialisation (from the member's own generator, into the stacked parameters)
-        and a new optimizer."""
+        and a new optimizer. With ``value_holdout`` :math:`h`, the fit leaves out
+        :math:`\mathcal H`, :math:`\operatorname{round}(h |\mathcal V|)` of the valid
+        samples (at least one, never all; drawn by the member's own generator), and
+        ``value_loss_heldout`` is the fitted critic's
+        :math:`\frac{1}{|\mathcal H|}\sum_{\mathcal H} (V_\phi(s_t) - \hat R_t)^2`."""
         if self.value_stack is None:
             return [{} for _ in members]
         self.value_stack.check()
@@ -224,28 +232,54 @@ class Reinforce(StackedRule):
         if resets:  # a fresh optimizer for these members: no steps, no moments
             self.value_optimizer.reset(resets)
         targets = [d["psi"] + d["values"] for d in datas]
+        splits = [
+            self._holdout(m, d["valid"], c.value_holdout)
+            for m, d, c in zip(members, datas, configs)
+        ]
         losses = [torch.zeros(())] * len(members)
         for _ in range(self.config.value_epochs):
             rows = []
             for k, (m, d) in enumerate(zip(members, datas)):
-                losses[k] = value_loss(self.critics[m](d["obs"]), targets[k], d["valid"])
+                losses[k] = value_loss(self.critics[m](d["obs"]), targets[k], splits[k][0])
                 self._check_finite(losses[k], m)
                 params = self.value_stack.members[m]
                 rows.append(self.value_stack.flatten(torch.autograd.grad(losses[k], params)))
             grads = torch.stack(rows)
             clip_rows(grads, self.config.max_grad_norm, None, members, "value")
             self.value_optimizer.step(grads, members, lrs)
-        return [
-            {
-                "value_loss": loss.item(),
-                "explained_variance": explained_variance(d["values"], t, d["valid"]).item(),
+        results = []
+        for k, (m, d) in enumerate(zip(members, datas)):
+            metrics = {
+                "value_loss": losses[k].item(),
+                "explained_variance": explained_variance(
+                    d["values"], targets[k], d["valid"]
+                ).item(),
             }
-            for loss, d, t in zip(losses, datas, targets)
-        ]
+            held = splits[k][1]
+            if held is not None:
+                with torch.no_grad():
+                    heldout = value_loss(self.critics[m](d["obs"]), targets[k], held)
+                metrics["value_loss_heldout"] = heldout.item()
+            results.append(metrics)
+        return results
+
+    def _holdout(self, member: int, valid: Tensor, fraction: float) -> tuple[Tensor, Tensor | None]:
+        """Member ``member``'s samples to fit its critic on, and those held out of the
+        fit (None where ``fraction`` is 0 or there are fewer than two samples), as masks
+        like ``valid``; drawn by the member's own generator."""
+        index = valid.nonzero().squeeze(1)
+        count = len(index)
+        if fraction <= 0 or count < 2:
+            return valid, None
+        kept_out = min(max(round(fraction * count), 1), count - 1)
+        drawn = torch.randperm(count, generator=self.value_samplers["holdout"][member])
+        held = torch.zeros_like(valid)
+        held[index[drawn[:kept_out].to(index.device)]] = True
+        return valid & ~held, held
 
     def state_dict(self, member: int = 0) -> dict:
         """Member ``member``'s optimizers' state and random streams (its minibatch
-        sampler, and with a critic the draws of its new weights)."""
+        sampler, and with a critic the draws of its new weights and held-out samples)."""
         state = super().state_dict(member)
         if self.value_stack is not None:
             state["value_optimizer"] = self.value_optimizer.member_state(member)
