@@ -92,7 +92,11 @@ def test_eval_command(tmp_path, capsys):
         (["--set", "gamma=2"], "algo.gamma must be a number in [0, 1]; got 2.0"),
         (["--set", "lam=1.01"], "algo.lam must be a number in [0, 1]; got 1.01"),
         (["--algo", "sarsa"], "algo.name must be one of"),
-        (["--weights", "q"], "algo.weights must be one of r, fr, dfr, dfrb, td, gae; got 'q'"),
+        (
+            ["--weights", "q"],
+            "algo.weights must be one of r, fr, dfr, dfrb, td, gae or a function's import path "
+            "(package.module:name); got 'q'",
+        ),
         (["--env", "CartPol-v1"], "closest registered ids: CartPole-v1"),
         (["--seed", "x"], "run.seed must be an integer; got 'x'"),
         (["--set", "nonsense=1"], "unknown option 'nonsense'"),

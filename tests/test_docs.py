@@ -60,7 +60,12 @@ def test_the_site_builds_strictly(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={"NO_MKDOCS_2_WARNING": "1", "PATH": "", "HOME": str(tmp_path)},
+        env={  # the docstrings of this checkout's source, not of whichever pglab is installed
+            "NO_MKDOCS_2_WARNING": "1",
+            "PATH": "",
+            "HOME": str(tmp_path),
+            "PYTHONPATH": str(ROOT / "src"),
+        },
     )
     assert done.returncode == 0, done.stderr[-3000:]
     concepts = (tmp_path / "site" / "concepts" / "index.html").read_text()

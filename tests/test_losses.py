@@ -59,3 +59,13 @@ def test_actor_critic_loss_weighs_its_terms():
     assert not actor_critic_loss(p, v, h, 0.5, 0.0).requires_grad  # entropy left out
     members = actor_critic_loss(p, v, h, torch.tensor([0.5, 1.0]), torch.tensor([0.0, 0.1]))
     torch.testing.assert_close(members, torch.tensor([2.0, 2.7]))
+
+
+def test_summed_losses_add_the_valid_samples_only():
+    log_probs = torch.tensor([[1.0, 3.0], [100.0, 0.5]])
+    weights = torch.tensor([[2.0, -1.0], [2.0, 4.0]])
+    valid = torch.tensor([[True, True], [False, True]])
+    assert policy_gradient_loss(log_probs, weights, valid, "sum").item() == -(2.0 - 3.0 + 2.0)
+    assert entropy_loss(torch.tensor([[0.5], [9.0]]), valid[:, :1], "sum").item() == -0.5
+    with pytest.raises(ValueError, match="reduction must be one of mean, sum; got 'max'"):
+        policy_gradient_loss(log_probs, weights, valid, "max")

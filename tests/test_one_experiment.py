@@ -99,6 +99,18 @@ CASES = {
             "run.total_steps": 1024,
         },
     ),
+    "reinforce-redrawn-critic-with-held-out-samples": (
+        "CartPole-v1",
+        {
+            "algo.name": "reinforce",
+            "algo.weights": "gae",
+            "algo.batch_size": 256,
+            "algo.value_reinit": True,
+            "algo.value_holdout": 0.2,
+            "algo.value_epochs": 5,
+            "run.total_steps": 1024,
+        },
+    ),
     "reinforce-gae-steps": (
         "CartPole-v1",
         {

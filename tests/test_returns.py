@@ -15,6 +15,7 @@ from pglab.returns import (
     standardize,
     td_residual,
     total_return,
+    weight_parameters,
 )
 
 T, F = torch.tensor(True), torch.tensor(False)
@@ -299,3 +300,22 @@ def test_critic_weights_need_values():
             truncated=col(False, dtype=torch.bool),
             gamma=0.9,
         )
+
+
+def test_a_function_of_ones_own_is_given_what_it_names_and_zeroed_off_the_samples():
+    seen = {}
+
+    def doubled(rewards, valid, gamma):
+        seen.update(valid=valid, gamma=gamma)
+        return 2 * rewards + 1
+
+    rewards, valid = col(1.0, 2.0, 0.0), col(True, True, False, dtype=torch.bool)
+    ends = col(False, True, False, dtype=torch.bool)
+    psi = policy_gradient_weights(
+        doubled, rewards=rewards, terminated=ends, truncated=~ends & ends, gamma=0.9, valid=valid
+    )
+    torch.testing.assert_close(psi, col(3.0, 5.0, 0.0))
+    assert seen["valid"] is valid and seen["gamma"] == 0.9
+    with pytest.raises(ValueError, match="takes 'extra', which it is not given"):
+        weight_parameters(lambda rewards, extra: rewards)
+    assert weight_parameters(lambda rewards, extra=1, **rest: rewards)[-1] == "valid"

@@ -77,6 +77,7 @@ def stored_config(state: dict[str, Any], source: str, allow_import: Iterable[str
         "policy.critic": p.critic,
         "algo.lr_schedule": config.algo.lr_schedule,
         "algo.clip_schedule": config.algo.clip_schedule,
+        "algo.weights": config.algo.weights,
     }
     for option, name in own.items():
         if ":" in name or "." in name:  # a user's class or function, by its import path

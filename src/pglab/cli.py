@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--env", help="Gymnasium id or package.module:Class (default: CartPole-v1)")
     train.add_argument("--algo", help="learning rule reinforce|a2c|ppo|trpo (default: ppo)")
     train.add_argument(
-        "--weights", help="policy-gradient weights r|fr|dfr|dfrb|td|gae (default: gae)"
+        "--weights",
+        help="policy-gradient weights r|fr|dfr|dfrb|td|gae, or your own function "
+        "package.module:name (default: gae)",
     )
     train.add_argument("--seed", help="random seed (default: 0)")
     train.add_argument(

@@ -32,15 +32,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pglab.algos import ALGORITHMS, chooses_weights, critic_apart
+from pglab.algos import (
+    ALGORITHMS,
+    chooses_weights,
+    critic_apart,
+    own_options,
+    takes_option,
+    uses_critic,
+)
 from pglab.envs.guard import DEFAULT_EPISODE_CAP, parse_max_episode_steps
 from pglab.envs.normalize import REWARD_METHODS
 from pglab.envs.wrappers import parse_wrappers, wrapper_module
 from pglab.errors import ConfigError
+from pglab.losses import REDUCTIONS
 from pglab.nets import ACTIVATIONS, PRECISIONS
 from pglab.paths import check_text, safe_name
 from pglab.policies import HEADS
-from pglab.returns import CRITIC_WEIGHTS, WEIGHT_KINDS
+from pglab.returns import WEIGHT_KINDS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -107,6 +115,11 @@ class Choice:
 
     def describe(self) -> str:
         return "one of " + ", ".join(self.values)
+
+
+def _shown(value: Any) -> str:
+    """An option's value as a config file writes it (``true``, ``0.2``, ``sum``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _num(x: float) -> str:
@@ -189,7 +202,9 @@ def _validate(section: Any) -> None:
         elif f.name in ("actor", "critic"):  # empty (built), or a class of the user's
             value = _class_path(value, key, ("",))
         elif f.name in ("lr_schedule", "clip_schedule"):  # built in, or a user's function
-            value = _class_path(value, key, LR_SCHEDULES)
+            value = _class_path(value, key, LR_SCHEDULES, "function")
+        elif f.name == "weights":  # built in, or a user's function
+            value = _class_path(value, key, WEIGHT_KINDS, "function")
         elif f.name == "optimizer":  # pglab's own, or one of torch.optim's by name
             value = _optimizer(value, key)
         else:
@@ -205,25 +220,25 @@ def _validate(section: Any) -> None:
         checker()
 
 
-def _class_path(value: Any, key: str, builtins: tuple[str, ...]) -> str:
-    """A class (or function) of the user's as its import path (one given in Python is
-    stored by name), or one of ``builtins``; anything else is one :class:`ConfigError`
-    line."""
+def _class_path(value: Any, key: str, builtins: tuple[str, ...], kind: str = "class") -> str:
+    """A class (or function: ``kind``) of the user's as its import path (one given in
+    Python is stored by name), or one of ``builtins``; anything else is one
+    :class:`ConfigError` line."""
     if isinstance(value, type) or inspect.isfunction(
         value
     ):  # a class given in Python: stored by its import path
-        if value.__module__ == "__main__" or "<locals>" in value.__qualname__:
+        if value.__module__ == "__main__" or "<" in value.__qualname__:  # <locals>, <lambda>
             raise ConfigError(
-                f"{key}: {value.__qualname__} must be defined at the top of a module other "
-                "than __main__ (runs store it by name and rebuild it on load)"
+                f"{key}: {value.__qualname__} must be defined by name (def, class) at the top "
+                "of a module other than __main__ (runs store it by name and rebuild it on load)"
             )
         value = f"{value.__module__}:{value.__qualname__}"
     if isinstance(value, str) and (value in builtins or wrapper_module(value) is not None):
         return value
     named = ", ".join(b or repr(b) for b in builtins)
+    path = "package.module:Class" if kind == "class" else "package.module:name"
     raise ConfigError(
-        f"{key} must be one of {named} or a class's import path (package.module:Class); "
-        f"got {value!r}"
+        f"{key} must be one of {named} or a {kind}'s import path ({path}); got {value!r}"
     )
 
 
@@ -394,7 +409,12 @@ class AlgoConfig:
 
     name: str = opt("ppo", "learning rule", Choice(ALGOS))
     weights: str = opt(
-        "gae", "policy-gradient weights Psi_t (a2c, ppo, trpo: gae only)", Choice(WEIGHT_KINDS)
+        "gae",
+        "policy-gradient weights Psi_t: " + ", ".join(WEIGHT_KINDS) + ", or your own function "
+        "package.module:name of keyword arguments among rewards, terminated, truncated, gamma, "
+        "lam, values, next_values, valid ([T, N] tensors) giving Psi [T, N]; one that takes "
+        "values or next_values gets a critic (from a file it is imported only with "
+        "--allow-import; a2c, ppo, trpo: gae only)",
     )
     lr: float = opt(0.003, "policy learning rate", POSITIVE)
     gamma: float = opt(0.99, "discount factor", UNIT)
@@ -402,7 +422,8 @@ class AlgoConfig:
     batch_mode: str = opt(
         "auto",
         "fill batches with complete episodes or a fixed number of "
-        "steps; auto = episodes for r/fr/dfr, steps for critic weights",
+        "steps; auto = episodes for weights without a critic (r/fr/dfr), steps for those "
+        "with one",
         Choice(BATCH_MODES),
     )
     batch_size: int = opt(0, "episodes (or steps, over all envs) per batch; 0 = auto", NON_NEGATIVE)
@@ -410,6 +431,13 @@ class AlgoConfig:
         True, "standardise the weights (advantages) over each batch (ppo: each minibatch)"
     )
     entropy_coef: float = opt(0.0, "entropy bonus coefficient", NON_NEGATIVE)
+    loss_reduction: str = opt(
+        "mean",
+        "reinforce: reduce the policy loss over a batch's valid samples by their mean, or "
+        "their sum (-sum log pi Psi - entropy_coef sum H, as the PyTorch tutorial sums over "
+        "its episode: the same direction, a gradient as many times larger as there are samples)",
+        Choice(REDUCTIONS),
+    )
     max_grad_norm: float = opt(0.0, "clip the global gradient norm; 0 = no clipping", NON_NEGATIVE)
     weight_decay: float = opt(
         0.0, "weight decay of the policy optimizer (L2; adamw: decoupled)", NON_NEGATIVE
@@ -436,6 +464,19 @@ class AlgoConfig:
     value_lr: float = opt(0.01, "critic learning rate", POSITIVE)
     value_epochs: int = opt(25, "critic gradient steps on each batch", Range(1, None))
     value_reset_optimizer: bool = opt(False, "re-create the critic optimizer every batch")
+    value_reinit: bool = opt(
+        False,
+        "reinforce: before every batch's critic fit, redraw the critic's weights from the "
+        "initialisation it was built with (and re-create its optimizer): a critic fitted "
+        "afresh to each batch",
+    )
+    value_holdout: float = opt(
+        0.0,
+        "reinforce: the fraction of each batch's samples kept out of the critic's fit; "
+        "value_loss_heldout, the fitted critic's MSE on them, beside value_loss shows a "
+        "critic that fits its batch's noise; 0 = off",
+        Range(0, 1, high_open=True),
+    )
     reset_return_at_reward: bool = opt(
         False, "restart the return after every non-zero reward (a point scored in Pong)"
     )
@@ -479,12 +520,30 @@ class AlgoConfig:
                 f"set lam=1 for Monte Carlo returns, lam=0 for TD; the other weights are "
                 f"REINFORCE's: --algo reinforce); got {self.weights!r}"
             )
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for option in own_options():
+            value, default = getattr(self, option), defaults[option]
+            if value != default and not takes_option(self.name, option):
+                takers = " and ".join(n for n in ALGOS if takes_option(n, option))
+                raise ConfigError(
+                    f"algo.{option} must be {_shown(default)} for {self.name} (only {takers} "
+                    f"takes another value); got {_shown(value)}"
+                )
 
     @property
     def uses_critic(self) -> bool:
-        return not chooses_weights(self.name) or self.weights in CRITIC_WEIGHTS
+        """Whether the run fits a critic (REINFORCE with a function of the user's as its
+        weights: imports it, to read its signature)."""
+        return uses_critic(self.name, self.weights)
 
     def resolve(self) -> AlgoConfig:
+        for option in ("value_reinit", "value_holdout"):  # what REINFORCE does to its critic
+            value = getattr(self, option)
+            if value and not self.uses_critic:
+                raise ConfigError(
+                    f"algo.{option} needs a critic, which weights {self.weights} do not fit "
+                    f"(dfrb, td, gae and functions that take values do); got {_shown(value)}"
+                )
         mode = self.batch_mode
         if mode == "auto":
             mode = "steps" if self.uses_critic else "episodes"

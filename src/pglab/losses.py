@@ -1,8 +1,9 @@
 r"""Losses minimised by the learning rules, as pure tensor functions.
 
 Every loss averages over the valid samples of a time-major ``[T, N]`` batch (reset
-steps of Gymnasium's autoreset are not samples). Weights and targets are detached
-inside the losses: they are data, never a path for the gradient.
+steps of Gymnasium's autoreset are not samples); REINFORCE's two may sum over them
+instead (``reduction``). Weights and targets are detached inside the losses: they are
+data, never a path for the gradient.
 """
 
 from __future__ import annotations
@@ -10,10 +11,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pglab.returns import masked_mean, masked_var
+from pglab.returns import masked_mean, masked_sum, masked_var
+
+#: How a loss reduces over the valid samples (``algo.loss_reduction``): their mean, or
+#: their sum.
+REDUCTIONS: tuple[str, ...] = ("mean", "sum")
 
 
-def policy_gradient_loss(log_probs: Tensor, weights: Tensor, valid: Tensor | None = None) -> Tensor:
+def reduce_samples(x: Tensor, valid: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    r"""``x`` reduced over the valid samples :math:`\mathcal V`: their mean
+    :math:`\frac{1}{|\mathcal V|}\sum_{\mathcal V} x` (``mean``) or their sum
+    :math:`\sum_{\mathcal V} x` (``sum``). Any shape."""
+    if reduction == "mean":
+        return masked_mean(x, valid)
+    if reduction == "sum":
+        return masked_sum(x, valid)
+    raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+
+
+def policy_gradient_loss(
+    log_probs: Tensor, weights: Tensor, valid: Tensor | None = None, reduction: str = "mean"
+) -> Tensor:
     r"""Surrogate loss whose gradient is minus the policy-gradient estimate.
 
     .. math::
@@ -23,8 +41,12 @@ def policy_gradient_loss(log_probs: Tensor, weights: Tensor, valid: Tensor | Non
 
     (Williams 1992; Sutton et al. 2000). :math:`\mathcal V` is the set of valid
     samples. ``weights`` (:math:`\Psi`) carry no gradient. Shapes ``[T, N]``.
+
+    With ``reduction="sum"`` the sum without the :math:`\frac{1}{|\mathcal V|}`, as
+    the PyTorch tutorial's REINFORCE sums over its episode: the same direction, a
+    gradient :math:`|\mathcal V|` times larger.
     """
-    return -masked_mean(log_probs * weights.detach(), valid)
+    return -reduce_samples(log_probs * weights.detach(), valid, reduction)
 
 
 def value_loss(values: Tensor, targets: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -35,12 +57,13 @@ def value_loss(values: Tensor, targets: Tensor, valid: Tensor | None = None) -> 
     return masked_mean((values - targets.detach()) ** 2, valid)
 
 
-def entropy_loss(entropy: Tensor, valid: Tensor | None = None) -> Tensor:
-    r"""Minus the mean policy entropy, :math:`-\frac{1}{|\mathcal V|}\sum H(\pi(\cdot \mid s_t))`.
+def entropy_loss(entropy: Tensor, valid: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    r"""Minus the mean policy entropy, :math:`-\frac{1}{|\mathcal V|}\sum H(\pi(\cdot \mid s_t))`
+    (with ``reduction="sum"``, minus the sum :math:`-\sum H(\pi(\cdot \mid s_t))`).
 
     Adding ``coef * entropy_loss`` to a loss rewards exploration. Shapes ``[T, N]``.
     """
-    return -masked_mean(entropy, valid)
+    return -reduce_samples(entropy, valid, reduction)
 
 
 def actor_critic_loss(

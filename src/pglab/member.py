@@ -18,6 +18,7 @@ import collections
 import dataclasses
 import json
 import math
+import re
 import signal
 import threading
 import time
@@ -82,9 +83,12 @@ def _auto_num_envs(config: Config) -> int:
 
 
 def run_label(config: Config) -> str:
-    """``ppo``, ``a2c``, ``trpo``, or ``reinforce-<weights>``."""
+    """``ppo``, ``a2c``, ``trpo``, or ``reinforce-<weights>`` (a function of the user's
+    by its name alone: ``package.module:name`` gives ``reinforce-name``)."""
     algo = config.algo
-    return f"{algo.name}-{algo.weights}" if chooses_weights(algo.name) else algo.name
+    if not chooses_weights(algo.name):
+        return algo.name
+    return f"{algo.name}-{re.split('[:.]', algo.weights)[-1]}"
 
 
 def new_run_dir(config: Config) -> Path:

@@ -88,8 +88,10 @@ def read_schedule(path: str | Path) -> Schedule:
 def donor_state(trainer: Any) -> dict[str, Any]:
     """What a member takes from its donor: weights, optimizer state, normalisation."""
     state = trainer.learned()
-    # the optimizers' states, not the donor's minibatch sampler
-    state["algo"] = {key: value for key, value in state["algo"].items() if key != "sampler"}
+    # the optimizers' states, not the donor's random streams (its minibatch sampler, its
+    # critic's draws): a member keeps drawing from its own
+    own = ("sampler", "value_samplers")
+    state["algo"] = {key: value for key, value in state["algo"].items() if key not in own}
     return state
 
 

@@ -518,6 +518,9 @@ class Critic(nn.Module):
         super().__init__()
         self.body = body
         self.value = nn.Linear(feature_dim, 1)
+        #: Whether its layers have :func:`orthogonal_init`'s initialisation (else
+        #: torch's own): what :func:`redraw_critic` draws.
+        self.orthogonal = False
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.value(self.body(obs)).squeeze(-1)
@@ -631,24 +634,69 @@ def shared_critic(actor: Actor) -> Critic:
     return Critic(actor.body, width)
 
 
+def init_layer(
+    module: nn.Module, gain: float | None, generator: torch.Generator | None = None
+) -> None:
+    r"""Draw a linear or convolutional layer's weights afresh (any other module: nothing).
+
+    With ``gain`` None, torch's own initialisation of the layer: with :math:`k =
+    1/\sqrt{\text{fan}_\text{in}}`, :math:`W_{ij} \sim U(-k, k)` (Kaiming uniform with
+    :math:`a = \sqrt 5`) and :math:`b_i \sim U(-k, k)`. With a gain :math:`g`, an
+    orthogonal :math:`W` scaled by :math:`g` and :math:`b = 0` (Saxe et al. 2014). The
+    numbers come from ``generator`` (torch's global stream where None), drawn on the CPU
+    in torch's order and copied into the layer: a layer on any device gets the same.
+    """
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        return
+    weight = torch.empty(module.weight.shape, dtype=module.weight.dtype)
+    bias = (
+        torch.zeros(module.bias.shape, dtype=module.bias.dtype) if module.bias is not None else None
+    )
+    if gain is None:
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+        if bias is not None:
+            bound = 1.0 / math.sqrt(weight[0].numel())  # fan in
+            nn.init.uniform_(bias, -bound, bound, generator=generator)
+    else:
+        nn.init.orthogonal_(weight, gain, generator=generator)
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        if bias is not None:
+            module.bias.copy_(bias)
+
+
 def orthogonal_init(actor: Actor, critic: Critic | None) -> None:
     r"""Orthogonal initialisation with the usual gains (Engstrom et al. 2020; Huang et al. 2022).
 
     Hidden layers: gain :math:`\sqrt 2`; the policy output: 0.01 (a near-uniform
     initial policy); the value output: 1. Biases are zero.
     """
-
-    def init(module: nn.Module, gain: float) -> None:
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.orthogonal_(module.weight, gain)
-            nn.init.zeros_(module.bias)
-
     for network in [actor.body] + ([critic.body] if critic is not None else []):
         for module in network.modules():
-            init(module, math.sqrt(2))
-    init(actor.head.linear, 0.01)
+            init_layer(module, math.sqrt(2))
+    init_layer(actor.head.linear, 0.01)
     if critic is not None:
-        init(critic.value, 1.0)
+        init_layer(critic.value, 1.0)
+        critic.orthogonal = True
+
+
+def redrawable(critic: nn.Module) -> bool:
+    """Whether :func:`redraw_critic` can redraw ``critic``: a :class:`Critic` whose every
+    parameter lies in a linear or convolutional layer (pglab's own bodies)."""
+    layers = (m for m in critic.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    covered = {id(p) for m in layers for p in m.parameters(recurse=False)}
+    return isinstance(critic, Critic) and all(id(p) in covered for p in critic.parameters())
+
+
+def redraw_critic(critic: Critic, generator: torch.Generator) -> None:
+    r"""Give ``critic`` (one that is :func:`redrawable`) a fresh draw of the
+    initialisation it was built with, from ``generator``, layer by layer
+    (:func:`init_layer`): torch's own, or :func:`orthogonal_init`'s (gain :math:`\sqrt 2`
+    in the body, 1 for the value) where :attr:`Critic.orthogonal`. Its parameters keep
+    their storage: views of a parameter stack stay views, and the stack holds the draw."""
+    for module in critic.body.modules():
+        init_layer(module, math.sqrt(2) if critic.orthogonal else None, generator)
+    init_layer(critic.value, 1.0 if critic.orthogonal else None, generator)
 
 
 def unique_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:

@@ -19,6 +19,8 @@ td    :func:`td_residual`              :math:`\delta_t = r_t + \gamma V(s_{t+1})
 gae   :func:`gae`                      :math:`\sum_k (\gamma\lambda)^k \delta_{t+k}`
 ====  ===============================  ===================================================
 
+A function of the user's may give :math:`\Psi_t` instead (:func:`custom_weights`).
+
 Conventions (shared by every function here):
 
 * Tensors are time-major, ``[T, N]``: T steps of N parallel environments.
@@ -35,15 +37,41 @@ Conventions (shared by every function here):
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
+
+from pglab.errors import TrainingError
 
 #: The short codes of the weights, in the order of increasing use of a critic.
 WEIGHT_KINDS: tuple[str, ...] = ("r", "fr", "dfr", "dfrb", "td", "gae")
 
 #: The weight kinds that need a learned value function V(s).
 CRITIC_WEIGHTS: frozenset[str] = frozenset({"dfrb", "td", "gae"})
+
+#: A function of the user's giving the weights :math:`\Psi_t` ``[T, N]`` from keyword
+#: arguments among :data:`WEIGHT_ARGUMENTS` (see :func:`custom_weights`).
+WeightFunction = Callable[..., Tensor]
+
+#: What a weight function of the user's may take, by name: those of
+#: :func:`policy_gradient_weights` but ``kind``.
+WEIGHT_ARGUMENTS: tuple[str, ...] = (
+    "rewards",
+    "terminated",
+    "truncated",
+    "gamma",
+    "lam",
+    "values",
+    "next_values",
+    "valid",
+)
+
+#: The arguments that make a weight function's run fit a critic: :math:`V(s_t)` and
+#: :math:`V(s_{t+1})`.
+CRITIC_ARGUMENTS: tuple[str, ...] = ("values", "next_values")
 
 
 def _mask(x: Tensor, valid: Tensor | None) -> Tensor:
@@ -248,6 +276,11 @@ def masked_mean(x: Tensor, valid: Tensor | None = None, dim: int | None = None) 
     return (x * weights).sum(dim) / weights.sum(dim).clamp(min=1.0)
 
 
+def masked_sum(x: Tensor, valid: Tensor | None = None) -> Tensor:
+    r"""Sum of ``x`` over the valid entries: :math:`\sum_i m_i x_i`."""
+    return x.sum() if valid is None else (x * _flag(valid)).sum()
+
+
 def masked_var(x: Tensor, valid: Tensor | None = None, dim: int | None = None) -> Tensor:
     r"""Population variance of ``x`` over the valid entries: mean of :math:`(x - \bar x)^2`
     (over all entries, or along ``dim`` only)."""
@@ -278,8 +311,40 @@ def standardize(
     return _mask((x - mean) / (var.sqrt() + eps), valid)
 
 
-def policy_gradient_weights(
-    kind: str,
+def weight_parameters(function: WeightFunction) -> tuple[str, ...]:
+    """The arguments of :data:`WEIGHT_ARGUMENTS` that ``function`` is called with: those
+    its signature names (all of them where it takes ``**kwargs``).
+
+    Raises ValueError when it is not a function, or needs an argument that is not one
+    of them (or one by position only).
+    """
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        raise ValueError(f"must be a function; got {function!r}") from None
+    for p in parameters:
+        required = p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        by_name = p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        if required and not (by_name and p.name in WEIGHT_ARGUMENTS):
+            raise ValueError(
+                f"takes {p.name!r}, which it is not given; a weight function takes keyword "
+                f"arguments among {', '.join(WEIGHT_ARGUMENTS)}"
+            )
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return WEIGHT_ARGUMENTS
+    names = {p.name for p in parameters}
+    return tuple(a for a in WEIGHT_ARGUMENTS if a in names)
+
+
+def takes_values(function: WeightFunction) -> bool:
+    """Whether the weight function names ``values`` or ``next_values`` as a parameter:
+    its run then fits a critic, whose values it is given (else they are None)."""
+    names = inspect.signature(function).parameters
+    return any(name in names for name in CRITIC_ARGUMENTS)
+
+
+def custom_weights(
+    function: WeightFunction,
     *,
     rewards: Tensor,
     terminated: Tensor,
@@ -290,11 +355,74 @@ def policy_gradient_weights(
     next_values: Tensor | None = None,
     valid: Tensor | None = None,
 ) -> Tensor:
-    r"""The weights :math:`\Psi_t` named by ``kind`` (one of :data:`WEIGHT_KINDS`).
+    r"""The weights of a function :math:`f` of the user's (``algo.weights =
+    "package.module:name"``):
+
+    .. math:: \Psi_t = f(r, d, u, \gamma, \lambda, V, V', m)_t \ \text{where } m_t,
+        \qquad 0 \text{ elsewhere}
+
+    :math:`f` is called with the keyword arguments of :data:`WEIGHT_ARGUMENTS` that it
+    names (:func:`weight_parameters`), the same as :func:`policy_gradient_weights`
+    takes; ``values`` and ``next_values`` are None without a critic. It must return a
+    floating-point tensor of the rewards' shape ``[T, N]``, else
+    :class:`~pglab.errors.TrainingError`. Samples that are not transitions get 0
+    whatever :math:`f` gives them.
+    """
+    given = {
+        "rewards": rewards,
+        "terminated": terminated,
+        "truncated": truncated,
+        "gamma": gamma,
+        "lam": lam,
+        "values": values,
+        "next_values": next_values,
+        "valid": valid,
+    }
+    psi = function(**{name: given[name] for name in weight_parameters(function)})
+    if not (isinstance(psi, Tensor) and psi.shape == rewards.shape and psi.is_floating_point()):
+        got = (
+            f"a {psi.dtype} tensor of shape {tuple(psi.shape)}"
+            if isinstance(psi, Tensor)
+            else f"a {type(psi).__name__}"
+        )
+        name = f"{getattr(function, '__module__', '?')}:{getattr(function, '__qualname__', '?')}"
+        raise TrainingError(
+            f"weights {name} must return Psi as a float tensor of the rewards' shape "
+            f"{tuple(rewards.shape)} ([T, N]); it returned {got}"
+        )
+    return _mask(psi, valid)
+
+
+def policy_gradient_weights(
+    kind: str | WeightFunction,
+    *,
+    rewards: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    gamma: float,
+    lam: float = 0.95,
+    values: Tensor | None = None,
+    next_values: Tensor | None = None,
+    valid: Tensor | None = None,
+) -> Tensor:
+    r"""The weights :math:`\Psi_t` named by ``kind`` (one of :data:`WEIGHT_KINDS`), or
+    given by ``kind``, a function of the user's (:func:`custom_weights`).
 
     ``values`` and ``next_values`` are needed for the kinds in :data:`CRITIC_WEIGHTS`.
     Shapes ``[T, N]``.
     """
+    if callable(kind):
+        return custom_weights(
+            kind,
+            rewards=rewards,
+            terminated=terminated,
+            truncated=truncated,
+            gamma=gamma,
+            lam=lam,
+            values=values,
+            next_values=next_values,
+            valid=valid,
+        )
     episode_ends = terminated | truncated
     if kind == "r":
         return total_return(rewards, episode_ends, valid=valid)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pglab.algos.a2c import A2C
 from pglab.algos.base import StackedRule
 from pglab.algos.ppo import PPO
-from pglab.algos.reinforce import Reinforce
+from pglab.algos.reinforce import Reinforce, weights_need_critic
 from pglab.algos.trpo import TRPO
 from pglab.policies import Actor, Critic
 
@@ -25,7 +25,9 @@ Algorithm = Reinforce | A2C | PPO | TRPO
 #: line and the training loop read. A rule's traits are its class attributes:
 #: ``CHOOSES_WEIGHTS`` (takes ``algo.weights``; otherwise its weights are GAE
 #: advantages), ``CRITIC_APART`` (its critic is fitted apart from the policy, so the two
-#: cannot share a body), and whether it stacks (:func:`stacks`).
+#: cannot share a body), ``OWN_OPTIONS`` (``algo`` options that only it takes: every
+#: other rule refuses a value other than the default, see :func:`takes_option`), and
+#: whether it stacks (:func:`stacks`).
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "reinforce": Reinforce,
     "a2c": A2C,
@@ -47,6 +49,27 @@ def chooses_weights(name: str) -> bool:
 def critic_apart(name: str) -> bool:
     """Whether the rule named ``name`` fits its critic apart from its policy."""
     return ALGORITHMS[name].CRITIC_APART
+
+
+def uses_critic(name: str, weights: str) -> bool:
+    """Whether the rule named ``name`` fits a critic with ``algo.weights`` ``weights``:
+    always where its weights are GAE advantages; for REINFORCE, as its weights need
+    (a function of the user's is imported to read its signature)."""
+    return not chooses_weights(name) or weights_need_critic(weights)
+
+
+def own_options() -> tuple[str, ...]:
+    """The ``algo`` options that only some rules take (their ``OWN_OPTIONS``), in order."""
+    found: dict[str, None] = {}
+    for rule in ALGORITHMS.values():
+        found.update(dict.fromkeys(getattr(rule, "OWN_OPTIONS", ())))
+    return tuple(found)
+
+
+def takes_option(name: str, option: str) -> bool:
+    """Whether the rule named ``name`` takes ``algo.<option>``, one of :func:`own_options`
+    (any other rule leaves it at its default)."""
+    return option in getattr(ALGORITHMS[name], "OWN_OPTIONS", ())
 
 
 def make_algo(config: AlgoConfig, actor: Actor, critic: Critic | None, seed: int = 0) -> Algorithm:
