@@ -223,6 +223,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw each run's curve as a moving average of K updates (default: 1, raw)",
     )
 
+    rep = commands.add_parser(
+        "reproduce",
+        help="rerun the experiments behind the docs' tables and write them back",
+        description="Rerun the sweeps of the experiments in experiments/reproduce.toml (of "
+        "the source checkout this runs in) and write each table into its page of docs/, "
+        "with the commit, the command and the machine, its plot and its runs' figures into "
+        "docs/experiments/. --check reruns each experiment's check runs and fails if any "
+        "figure differs from the committed one.",
+    )
+    rep.add_argument("names", nargs="*", metavar="NAME", help="experiments to rerun")
+    rep.add_argument("--all", action="store_true", help="every experiment of the registry")
+    rep.add_argument(
+        "--check",
+        action="store_true",
+        help="rerun the check runs and compare (exit 1 if any differ)",
+    )
+    rep.add_argument("--list", action="store_true", help="list the experiments")
+    rep.add_argument("--out", help="folder for the runs (default: runs/reproduce/<commit>)")
+
     rec = commands.add_parser(
         "record",
         help="render a trained agent to a GIF or MP4",
@@ -444,6 +463,32 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pglab.experiments import reproduce as rp
+
+    root = rp.find_root()
+    registry = rp.load_registry(root)
+    if args.list:
+        for experiment in registry.values():
+            n = len(experiment.check)
+            checked = f" (--check reruns {n} run{'s' if n > 1 else ''})" if n else ""
+            print(f"{experiment.name}: {experiment.title}{checked}")
+        return 0
+    if args.all and args.names:
+        _fail(f"give experiment names or --all, not both; got --all and {' '.join(args.names)}")
+    chosen = list(registry.values()) if args.all else rp.select(registry, args.names)
+    if args.check:
+        return 0 if rp.check(chosen if args.names else list(registry.values()), root) else 1
+    if not chosen:
+        _fail("name the experiments to rerun, or give --all, --check or --list")
+    out = Path(args.out).resolve() if args.out else rp.default_out(root)
+    for experiment in chosen:
+        rp.reproduce(experiment, root, out, f"pglab reproduce {experiment.name}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pglab.experiments.report import report
 
@@ -564,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sweep": _sweep,
             "tune": _tune,
             "report": _report,
+            "reproduce": _reproduce,
             "record": _record,
             "variance": _variance,
             "export": _export,
@@ -576,7 +622,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(f"cannot access{where}: {error.strerror or error}", 1)
     except KeyboardInterrupt as interrupt:
         where = getattr(interrupt, "run_dirs", None)
-        if args.command in ("sweep", "tune"):
+        if args.command == "reproduce":
+            print(
+                "pglab: interrupted; run the same 'pglab reproduce' again to finish what is "
+                "missing (the runs of this commit resume)",
+                file=sys.stderr,
+            )
+        elif args.command in ("sweep", "tune"):
             print(
                 f"pglab: interrupted; run 'pglab {args.command} {args.spec}' again to finish "
                 "what is missing",

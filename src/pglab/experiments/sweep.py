@@ -71,9 +71,9 @@ import os
 import shutil
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -154,16 +154,16 @@ class Sweep:
         return "partial" if folder.exists() else "missing"
 
 
-def read_spec(path: Path, keys: set[str], label: str = "sweep spec") -> dict[str, Any]:
-    """The TOML table of a spec file, its top-level keys checked against ``keys``; a
-    missing file, bad TOML or an unknown key is one :class:`ConfigError` line."""
+def read_spec(path: Path, keys: set[str] | None, label: str = "sweep spec") -> dict[str, Any]:
+    """The TOML table of a spec file, its top-level keys checked against ``keys`` (None:
+    any); a missing file, bad TOML or an unknown key is one :class:`ConfigError` line."""
     if not path.is_file():
         raise ConfigError(f"{label} {str(path)!r} is not a file")
     try:
         spec = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{label} {str(path)!r} is not valid TOML: {error}") from None
-    unknown = sorted(set(spec) - keys)
+    unknown = sorted(set(spec) - keys) if keys is not None else []
     if unknown:
         raise ConfigError(
             f"{label} {str(path)!r}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(keys))}"
@@ -707,15 +707,18 @@ def run_sweep(
     dry_run: bool = False,
     echo: Callable[[str], None] = print,
     out: str | Path | None = None,
+    only: Collection[str] | None = None,
 ) -> bool:
     """Run the missing runs of the sweep in ``spec``; True when every run has succeeded.
 
     ``dry_run`` only lists the runs and whether each is done; ``out`` replaces the
-    spec's ``out`` folder.
+    spec's ``out`` folder; ``only`` keeps the runs of these names (a subset to check).
     """
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend must be local or ray; got {backend!r}")
     sweep = load_spec(spec, out)
+    if only is not None:
+        sweep = replace(sweep, runs=[r for r in sweep.runs if r.name in only])
     status = {run.name: sweep.status(run) for run in sweep.runs}
     if dry_run:
         for run in sweep.runs:

@@ -1,0 +1,344 @@
+"""``pglab reproduce``: rerun the sweeps behind the tables and plots of the docs, and
+write them back with the commit, the command and the machine that produced them.
+
+The experiments are listed in ``experiments/reproduce.toml`` of a source checkout, one
+table each::
+
+    [mp11]
+    title = "The MP11 line world"
+    sweeps = ["mp11/vpg.toml", "mp11/ppo.toml"]   # specs, relative to experiments/
+    by = ["algo", "lr"]                           # pglab report --by (optional)
+    smooth = 1                                    # pglab report --smooth (optional)
+    check = ["lr=0.004,seed=0", "seed=0"]         # runs that --check reruns (optional)
+    running_mean = [25, 475.0]                    # also: when each run's mean return of
+                                                  # its last 25 updates first reached 475
+
+``pglab reproduce mp11`` runs the specs (into ``runs/reproduce/<commit>/``, so that an
+interrupted reproduction resumes), reports on their group and writes
+
+- the table into the page that holds the markers ``<!-- reproduce: mp11 -->`` and
+  ``<!-- /reproduce: mp11 -->`` (in ``docs/``), below a line naming the commit, the
+  command and the machine;
+- the learning curves to ``docs/experiments/mp11.png``;
+- every run's final figures to ``docs/experiments/mp11.json``.
+
+``pglab reproduce --check`` reruns the runs named by each experiment's ``check`` (a
+deterministic subset: a few seeds at the experiment's full settings) into a temporary
+folder and compares their final figures with ``mp11.json``; any difference fails it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pglab.bench import code_version, machine
+from pglab.errors import ConfigError, PglabError
+from pglab.experiments.report import load_runs, report
+from pglab.experiments.sweep import load_spec, read_spec, run_sweep
+from pglab.paths import write_text_atomic
+
+#: The registry of reproducible experiments, relative to the checkout's root.
+REGISTRY = Path("experiments") / "reproduce.toml"
+#: Where the plots and the figures of each run go, relative to the checkout's root.
+FIGURES = Path("docs") / "experiments"
+#: A run's final figures that are recorded and checked.
+FIGURE_KEYS = ("eval_return_mean", "eval_return_std", "eval_success_rate", "total_steps")
+_ENTRY_KEYS = {"title", "sweeps", "by", "smooth", "check", "running_mean"}
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One table of the docs and the sweep specs behind it."""
+
+    name: str
+    title: str
+    sweeps: tuple[Path, ...]
+    by: tuple[str, ...]
+    smooth: int
+    check: tuple[str, ...]
+    #: (window, threshold): report when each run's running mean first reached it.
+    running_mean: tuple[int, float] | None = None
+
+
+def find_root(start: str | Path = ".") -> Path:
+    """The source checkout holding ``experiments/reproduce.toml``: ``start`` or a folder
+    above it."""
+    here = Path(start).resolve()
+    for folder in (here, *here.parents):
+        if (folder / REGISTRY).is_file():
+            return folder
+    raise PglabError(
+        f"pglab reproduce runs in a pglab source checkout; no {REGISTRY} in {str(here)!r} "
+        "or a folder above it"
+    )
+
+
+def load_registry(root: Path) -> dict[str, Experiment]:
+    """Every experiment of ``root``'s registry, checked (names, specs that exist, types)."""
+    path = root / REGISTRY
+    table = read_spec(path, None, "reproduce registry")
+    experiments = {}
+    for name, entry in table.items():
+        where = f"{REGISTRY} [{name}]"
+        if not _NAME.fullmatch(name) or not isinstance(entry, dict):
+            raise ConfigError(
+                f"{REGISTRY}: each entry is a table named in lowercase letters, digits and "
+                f"dashes; got {name!r}"
+            )
+        unknown = set(entry) - _ENTRY_KEYS
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                f"allowed: {', '.join(sorted(_ENTRY_KEYS))}"
+            )
+        sweeps = _strings(entry.get("sweeps"), f"{where} sweeps", required=True)
+        specs = tuple(path.parent / spec for spec in sweeps)
+        for spec in specs:
+            if not spec.is_file():
+                raise ConfigError(f"{where}: sweep spec {str(spec)!r} does not exist")
+        smooth = entry.get("smooth", 1)
+        if not isinstance(smooth, int) or isinstance(smooth, bool) or smooth < 1:
+            raise ConfigError(f"{where} smooth must be an integer >= 1; got {smooth!r}")
+        running = entry.get("running_mean")
+        if running is not None and not (
+            isinstance(running, list)
+            and len(running) == 2
+            and isinstance(running[0], int)
+            and running[0] >= 1
+            and isinstance(running[1], (int, float))
+        ):
+            raise ConfigError(
+                f"{where} running_mean must be [window (an integer >= 1), threshold]; "
+                f"got {running!r}"
+            )
+        experiments[name] = Experiment(
+            name=name,
+            title=str(entry.get("title", name)),
+            sweeps=specs,
+            by=tuple(_strings(entry.get("by"), f"{where} by")),
+            smooth=smooth,
+            check=tuple(_strings(entry.get("check"), f"{where} check")),
+            running_mean=(running[0], float(running[1])) if running else None,
+        )
+    return experiments
+
+
+def _strings(value: Any, where: str, required: bool = False) -> list[str]:
+    if value is None and not required:
+        return []
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a non-empty list of strings; got {value!r}")
+    return value
+
+
+def select(experiments: dict[str, Experiment], names: Sequence[str]) -> list[Experiment]:
+    """The experiments named (each must exist)."""
+    unknown = [n for n in names if n not in experiments]
+    if unknown:
+        raise ConfigError(
+            f"unknown experiment(s) {', '.join(unknown)}; the registry has: "
+            f"{', '.join(experiments)}"
+        )
+    return [experiments[n] for n in names]
+
+
+def group_dir(experiment: Experiment, out: Path) -> Path:
+    """The one run group every spec of ``experiment`` writes into, under ``out``."""
+    groups = {load_spec(spec, out).group_dir for spec in experiment.sweeps}
+    if len(groups) != 1:
+        names = ", ".join(sorted(g.name for g in groups))
+        raise ConfigError(
+            f"{REGISTRY} [{experiment.name}]: its sweeps write into several groups ({names}); "
+            "one table needs one group"
+        )
+    return groups.pop()
+
+
+def run_figures(group: Path) -> dict[str, dict[str, Any]]:
+    """Each finished run's final figures (:data:`FIGURE_KEYS`), by its folder name."""
+    return {
+        record.path.name: {key: record.summary.get(key) for key in FIGURE_KEYS}
+        for record in load_runs(group)
+    }
+
+
+def first_reaching(returns: Sequence[float], window: int, threshold: float) -> int | None:
+    r"""The first update :math:`u` (1-based) at which the mean of the last ``window``
+    updates' returns, :math:`\frac1w \sum_{i=u-w+1}^{u} G_i`, is at least
+    ``threshold``; None if it never is."""
+    total = 0.0
+    for u, value in enumerate(returns, start=1):
+        total += value
+        if u > window:
+            total -= returns[u - 1 - window]
+        if u >= window and total / window >= threshold:
+            return u
+    return None
+
+
+def running_mean_lines(group: Path, window: int, threshold: float) -> list[str]:
+    """Per configuration: how many runs reached the running mean, and when."""
+    reached: dict[str, list[int | None]] = {}
+    for record in load_runs(group):
+        label = re.sub(r",?seed=\d+$", "", record.path.name) or "all runs"
+        reached.setdefault(label, []).append(
+            first_reaching([float(x) for x in record.returns], window, threshold)
+        )
+    lines = []
+    for label, updates in reached.items():
+        hits = sorted(u for u in updates if u is not None)
+        when = (
+            f" (at update{'s' if len(hits) > 1 else ''} {', '.join(map(str, hits))})"
+            if hits
+            else ""
+        )
+        lines.append(
+            f"- {label}: {len(hits)} of {len(updates)} runs reach a {window}-update running "
+            f"mean return of {threshold:g}{when}"
+        )
+    return lines
+
+
+def reproduce(
+    experiment: Experiment,
+    root: Path,
+    out: Path,
+    command: str,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Run ``experiment``'s sweeps into ``out``, report them, and write its table, plot
+    and figures into the checkout at ``root``."""
+    for spec in experiment.sweeps:
+        if not run_sweep(spec, out=out, echo=echo):
+            raise PglabError(f"{experiment.name}: runs of {str(spec)!r} failed; see their folders")
+    group = group_dir(experiment, out)
+    folder = report(group, list(experiment.by) or None, experiment.smooth)
+    version = code_version()
+    figures = root / FIGURES
+    figures.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / "learning_curves.png", figures / f"{experiment.name}.png")
+    record = {
+        "experiment": experiment.name,
+        "code": version,
+        "command": command,
+        "machine": machine(),
+        "runs": run_figures(group),
+    }
+    write_text_atomic(
+        figures / f"{experiment.name}.json", json.dumps(record, indent=1) + "\n", figures
+    )
+    table = _table(folder / "report.md")
+    if experiment.running_mean:
+        table += "\n\n" + "\n".join(running_mean_lines(group, *experiment.running_mean))
+    header = (
+        f"*Produced by `{command}` at {version} on {record['machine']}.*\n\n"
+        f"{table}\n\n![{experiment.title}](experiments/{experiment.name}.png)"
+    )
+    page = _write_between_markers(root / "docs", experiment.name, header)
+    echo(f"{experiment.name}: {page}, {figures / (experiment.name + '.png')}")
+
+
+def _table(report_md: Path) -> str:
+    """The table of a report (and its footnote), without its title and image."""
+    lines = report_md.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| configuration"))
+    kept = [line for line in lines[start:] if not line.startswith("![")]
+    return "\n".join(kept).strip()
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- reproduce: {name} -->", f"<!-- /reproduce: {name} -->"
+
+
+def _write_between_markers(docs: Path, name: str, text: str) -> Path:
+    """Replace what stands between ``name``'s markers in the one page of ``docs`` that
+    holds them."""
+    begin, end = _markers(name)
+    pages = [p for p in sorted(docs.rglob("*.md")) if begin in p.read_text()]
+    if len(pages) != 1:
+        raise PglabError(
+            f"experiment {name!r}: expected one page under {str(docs)!r} with the markers "
+            f"'{begin}' and '{end}'; found {len(pages)}"
+        )
+    page = pages[0]
+    content = page.read_text()
+    head, _, rest = content.partition(begin)
+    if end not in rest:
+        raise PglabError(f"{str(page)!r}: '{begin}' has no closing '{end}'")
+    tail = rest.partition(end)[2]
+    write_text_atomic(page, f"{head}{begin}\n{text}\n{end}{tail}", docs)
+    return page
+
+
+def check(
+    experiments: Sequence[Experiment], root: Path, echo: Callable[[str], None] = print
+) -> bool:
+    """Rerun every experiment's ``check`` runs in a temporary folder and compare their
+    final figures with the committed ``<name>.json``; True when all agree."""
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="pglab-check-") as scratch:
+        for experiment in experiments:
+            if not experiment.check:
+                continue
+            committed = _committed(root, experiment)
+            out = Path(scratch) / experiment.name
+            for spec in experiment.sweeps:
+                wanted = {run.name for run in load_spec(spec, out).runs} & set(experiment.check)
+                if wanted and not run_sweep(spec, out=out, only=wanted, echo=lambda _: None):
+                    raise PglabError(f"{experiment.name}: a check run of {str(spec)!r} failed")
+            now = run_figures(group_dir(experiment, out))
+            for name in experiment.check:
+                problems = _differences(committed.get(name), now.get(name))
+                ok &= not problems
+                verdict = "ok" if not problems else "DIFFERS: " + "; ".join(problems)
+                echo(f"{experiment.name} {name}: {verdict}")
+    return ok
+
+
+def _committed(root: Path, experiment: Experiment) -> dict[str, dict[str, Any]]:
+    path = root / FIGURES / f"{experiment.name}.json"
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PglabError(
+            f"{str(path)!r}: no committed figures to check against ({error}); "
+            f"run 'pglab reproduce {experiment.name}' first"
+        ) from None
+    missing = [n for n in experiment.check if n not in runs]
+    if missing:
+        raise PglabError(f"{str(path)!r} has no run(s) {', '.join(missing)} to check against")
+    return runs
+
+
+def _differences(committed: dict[str, Any] | None, now: dict[str, Any] | None) -> list[str]:
+    """What differs between a run's committed and rerun figures (exact, as JSON keeps them)."""
+    if now is None:
+        return ["the run did not finish"]
+    problems = []
+    for key in FIGURE_KEYS:
+        a, b = (committed or {}).get(key), now.get(key)
+        same = a == b or (
+            isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+        )
+        if not same:
+            problems.append(f"{key} committed {a!r}, now {b!r}")
+    return problems
+
+
+def default_out(root: Path) -> Path:
+    """``runs/reproduce/<commit>``: the runs of one commit's code, resumable; a checkout
+    with changes gets a folder of its own each time."""
+    version = code_version().removeprefix("commit ").replace(" ", "-")
+    if version.endswith("-dirty"):  # never reuse the runs of code that has changed since
+        version += time.strftime("-%Y%m%d-%H%M%S")
+    return root / "runs" / "reproduce" / version

@@ -1,0 +1,135 @@
+"""``pglab reproduce``: tables written back between their markers with their provenance,
+and ``--check`` failing when a committed figure no longer comes from the code."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pglab.errors import ConfigError, PglabError
+from pglab.experiments import reproduce as rp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SPEC = """
+group = "tiny"
+seeds = 2
+
+[set]
+env = "pglab/LineWorld-v0"
+algo = "reinforce"
+weights = "fr"
+total_steps = 400
+stop_at_return = "none"
+eval_every = 0
+eval_episodes = 5
+checkpoint_every = 0
+"run.progress" = "off"
+
+[grid]
+lr = [0.01, 0.1]
+"""
+
+
+def checkout(tmp_path, entry='sweeps = ["tiny.toml"]\ncheck = ["lr=0.1,seed=1"]'):
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "tiny.toml").write_text(SPEC)
+    (tmp_path / "experiments" / "reproduce.toml").write_text(f"[tiny]\n{entry}\n")
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "page.md"
+    page.write_text(
+        "# Page\n\nbefore\n<!-- reproduce: tiny -->\nold table\n<!-- /reproduce: tiny -->\nafter\n"
+    )
+    return page
+
+
+def test_a_reproduced_table_replaces_what_stood_between_its_markers_and_names_its_commit(tmp_path):
+    page = checkout(tmp_path)
+    experiment = rp.load_registry(tmp_path)["tiny"]
+    rp.reproduce(
+        experiment, tmp_path, tmp_path / "runs", "pglab reproduce tiny", echo=lambda _: None
+    )
+    text = page.read_text()
+    assert text.startswith(
+        "# Page\n\nbefore\n<!-- reproduce: tiny -->\n*Produced by `pglab reproduce tiny` at "
+    )
+    assert text.endswith("<!-- /reproduce: tiny -->\nafter\n") and "old table" not in text
+    assert "| lr=0.1 | 2 |" in text and "![" in text
+    figures = json.loads((tmp_path / "docs" / "experiments" / "tiny.json").read_text())
+    assert set(figures["runs"]) == {f"lr={lr},seed={s}" for lr in (0.01, 0.1) for s in (0, 1)}
+    assert figures["command"] == "pglab reproduce tiny" and figures["machine"]
+    assert (tmp_path / "docs" / "experiments" / "tiny.png").stat().st_size > 0
+    # the check reruns its run from scratch and finds the same figures ...
+    lines = []
+    assert rp.check([experiment], tmp_path, echo=lines.append)
+    assert lines == ["tiny lr=0.1,seed=1: ok"]
+    # ... and fails, naming the run and the figure, when the committed one differs
+    figures["runs"]["lr=0.1,seed=1"]["eval_return_mean"] += 0.5
+    (tmp_path / "docs" / "experiments" / "tiny.json").write_text(json.dumps(figures))
+    lines.clear()
+    assert not rp.check([experiment], tmp_path, echo=lines.append)
+    assert lines[0].startswith("tiny lr=0.1,seed=1: DIFFERS: eval_return_mean committed ")
+
+
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ('sweeps = ["tiny.toml"]\ncolour = "red"', ["unknown key", "colour", "allowed"]),
+        ('sweeps = ["missing.toml"]', ["missing.toml", "does not exist"]),
+        ('sweeps = "tiny.toml"', ["sweeps must be a non-empty list of strings"]),
+        ('sweeps = ["tiny.toml"]\nrunning_mean = [0, 475]', ["running_mean must be", "[0, 475]"]),
+    ],
+)
+def test_a_bad_registry_entry_is_one_line_naming_it(tmp_path, entry, words):
+    checkout(tmp_path, entry)
+    with pytest.raises(ConfigError) as error:
+        rp.load_registry(tmp_path)
+    assert all(w in str(error.value) for w in words) and "\n" not in str(error.value)
+
+
+def test_a_check_without_committed_figures_says_what_to_run(tmp_path):
+    checkout(tmp_path)
+    with pytest.raises(PglabError, match="run 'pglab reproduce tiny' first"):
+        rp.check(list(rp.load_registry(tmp_path).values()), tmp_path)
+
+
+def test_the_first_update_of_a_running_mean_at_the_threshold():
+    assert rp.first_reaching([1, 2, 3, 4, 5], 2, 3.5) == 4  # (3 + 4) / 2
+    assert rp.first_reaching([5, 5], 3, 1.0) is None  # never a full window
+    assert rp.first_reaching([10, 0, 0, 10, 10], 2, 10.0) == 5
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["reproduce", "--all", "mp11"], ["names or --all", "mp11"]),
+        (["reproduce", "nonsense"], ["unknown experiment", "nonsense", "mp11"]),
+        (["reproduce"], ["name the experiments"]),
+    ],
+)
+def test_the_command_line_refuses_what_it_cannot_do_in_one_line(args, words):
+    done = subprocess.run(
+        [sys.executable, "-m", "pglab.cli", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert all(w in done.stderr for w in words)
+
+
+def test_outside_a_source_checkout_reproduce_says_where_it_looked(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "pglab.cli", "reproduce", "--list"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "experiments/reproduce.toml" in done.stderr
+
+
+def test_every_registered_experiment_names_specs_of_one_group_and_has_its_markers():
+    experiments = rp.load_registry(ROOT)
+    page = (ROOT / "docs" / "experiments.md").read_text()
+    for experiment in experiments.values():
+        rp.group_dir(experiment, ROOT / "runs")  # one group (raises otherwise)
+        assert f"<!-- reproduce: {experiment.name} -->" in page
