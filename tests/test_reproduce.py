@@ -73,6 +73,26 @@ def test_a_reproduced_table_replaces_what_stood_between_its_markers_and_names_it
     assert lines[0].startswith("tiny lr=0.1,seed=1: DIFFERS: eval_return_mean committed ")
 
 
+def test_an_experiment_of_command_lines_writes_the_table_they_produce(tmp_path):
+    train = (
+        "pglab train --env pglab/LineWorld-v0 --algo reinforce --weights fr --steps 400 "
+        "--out {out} --name one --set run.group=g --set run.progress=off --set eval_every=0 "
+        "--set stop_at_return=none --set checkpoint_every=0"
+    )
+    page = checkout(
+        tmp_path,
+        f'commands = ["{train}", "pglab report {{out}}/g"]\n'
+        'table = "{out}/g/report/report.md"\nplot = "{out}/g/report/learning_curves.png"',
+    )
+    experiment = rp.load_registry(tmp_path)["tiny"]
+    rp.reproduce(
+        experiment, tmp_path, tmp_path / "runs", "pglab reproduce tiny", echo=lambda _: None
+    )
+    text = page.read_text()
+    assert "*Produced by `pglab reproduce tiny` at " in text and "| configuration |" in text
+    assert (tmp_path / "docs" / "experiments" / "tiny.png").is_file()
+
+
 @pytest.mark.parametrize(
     "entry, words",
     [
@@ -80,6 +100,18 @@ def test_a_reproduced_table_replaces_what_stood_between_its_markers_and_names_it
         ('sweeps = ["missing.toml"]', ["missing.toml", "does not exist"]),
         ('sweeps = "tiny.toml"', ["sweeps must be a non-empty list of strings"]),
         ('sweeps = ["tiny.toml"]\nrunning_mean = [0, 475]', ["running_mean must be", "[0, 475]"]),
+        (
+            'commands = ["rm -rf /"]\ntable = "{out}/t.md"\nplot = "{out}/t.png"',
+            ["pglab command lines", "rm -rf"],
+        ),
+        (
+            'commands = ["pglab report x"]\ntable = "/etc/t.md"\nplot = "{out}/t.png"',
+            ["table must be a path under {out}/", "/etc/t.md"],
+        ),
+        (
+            'commands = ["pglab report x"]\ncheck = ["a"]\ntable = "{out}/t.md"\nplot = "{out}/t.png"',
+            ["takes title, commands, table and plot", "check"],
+        ),
     ],
 )
 def test_a_bad_registry_entry_is_one_line_naming_it(tmp_path, entry, words):
@@ -131,5 +163,6 @@ def test_every_registered_experiment_names_specs_of_one_group_and_has_its_marker
     experiments = rp.load_registry(ROOT)
     page = (ROOT / "docs" / "experiments.md").read_text()
     for experiment in experiments.values():
-        rp.group_dir(experiment, ROOT / "runs")  # one group (raises otherwise)
+        if not experiment.commands:
+            rp.group_dir(experiment, ROOT / "runs")  # one group (raises otherwise)
         assert f"<!-- reproduce: {experiment.name} -->" in page

@@ -13,6 +13,16 @@ table each::
     running_mean = [25, 475.0]                    # also: when each run's mean return of
                                                   # its last 25 updates first reached 475
 
+An experiment that is not a sweep (a run, then a study of it) gives ``commands``
+instead of ``sweeps``: pglab command lines run in order, where ``{out}`` stands for the
+experiment's own folder under the runs folder, and ``table`` and ``plot``, the
+markdown table and the picture they write::
+
+    [variance]
+    commands = ["pglab train ... --out {out}", "pglab variance {out}/... --out {out}/study"]
+    table = "{out}/study/variance.md"
+    plot = "{out}/study/variance.png"
+
 ``pglab reproduce mp11`` runs the specs (into ``runs/reproduce/<commit>/``, so that an
 interrupted reproduction resumes), reports on their group and writes
 
@@ -32,7 +42,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -52,7 +65,9 @@ REGISTRY = Path("experiments") / "reproduce.toml"
 FIGURES = Path("docs") / "experiments"
 #: A run's final figures that are recorded and checked.
 FIGURE_KEYS = ("eval_return_mean", "eval_return_std", "eval_success_rate", "total_steps")
-_ENTRY_KEYS = {"title", "sweeps", "by", "smooth", "check", "running_mean"}
+_ENTRY_KEYS = {
+    "title", "sweeps", "by", "smooth", "check", "running_mean", "commands", "table", "plot"
+}  # fmt: skip
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
@@ -68,6 +83,10 @@ class Experiment:
     check: tuple[str, ...]
     #: (window, threshold): report when each run's running mean first reached it.
     running_mean: tuple[int, float] | None = None
+    #: pglab command lines (instead of sweeps), and the table and plot they write.
+    commands: tuple[str, ...] = ()
+    table: str = ""
+    plot: str = ""
 
 
 def find_root(start: str | Path = ".") -> Path:
@@ -101,6 +120,10 @@ def load_registry(root: Path) -> dict[str, Experiment]:
                 f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
                 f"allowed: {', '.join(sorted(_ENTRY_KEYS))}"
             )
+        commands = _strings(entry.get("commands"), f"{where} commands")
+        if commands:
+            experiments[name] = _commands_entry(name, entry, commands, where)
+            continue
         sweeps = _strings(entry.get("sweeps"), f"{where} sweeps", required=True)
         specs = tuple(path.parent / spec for spec in sweeps)
         for spec in specs:
@@ -131,6 +154,56 @@ def load_registry(root: Path) -> dict[str, Experiment]:
             running_mean=(running[0], float(running[1])) if running else None,
         )
     return experiments
+
+
+def _commands_entry(
+    name: str, entry: dict[str, Any], commands: list[str], where: str
+) -> Experiment:
+    """An entry whose table comes from pglab command lines rather than sweeps."""
+    extra = {"sweeps", "by", "smooth", "check", "running_mean"} & set(entry)
+    if extra:
+        raise ConfigError(
+            f"{where}: an entry with commands takes title, commands, table and plot; "
+            f"got {', '.join(sorted(extra))} too"
+        )
+    for command in commands:
+        if not command.startswith("pglab "):
+            raise ConfigError(f"{where} commands must be pglab command lines; got {command!r}")
+    paths = {}
+    for key in ("table", "plot"):
+        value = entry.get(key)
+        if not isinstance(value, str) or not value.startswith("{out}/"):
+            raise ConfigError(f"{where} {key} must be a path under {{out}}/; got {value!r}")
+        paths[key] = value
+    return Experiment(
+        name=name,
+        title=str(entry.get("title", name)),
+        sweeps=(),
+        by=(),
+        smooth=1,
+        check=(),
+        commands=tuple(commands),
+        **paths,
+    )
+
+
+def _run_commands(experiment: Experiment, out: Path, echo: Callable[[str], None]) -> Path:
+    """Run the entry's command lines in a folder of its own under ``out`` (unless their
+    table is there already: an interrupted reproduction resumes); returns that folder."""
+    folder = out / experiment.name
+    if Path(experiment.table.format(out=folder)).is_file():
+        return folder
+    if folder.exists():  # what an interrupted attempt left: the commands start afresh
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for line in experiment.commands:
+        argv = [sys.executable, "-m", "pglab.cli", *shlex.split(line.format(out=folder))[1:]]
+        echo(f"{experiment.name}: {line.format(out=folder)}")
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise PglabError(f"{experiment.name}: {line!r} failed ({reason})")
+    return folder
 
 
 def _strings(value: Any, where: str, required: bool = False) -> list[str]:
@@ -218,26 +291,36 @@ def reproduce(
 ) -> None:
     """Run ``experiment``'s sweeps into ``out``, report them, and write its table, plot
     and figures into the checkout at ``root``."""
-    for spec in experiment.sweeps:
-        if not run_sweep(spec, out=out, echo=echo):
-            raise PglabError(f"{experiment.name}: runs of {str(spec)!r} failed; see their folders")
-    group = group_dir(experiment, out)
-    folder = report(group, list(experiment.by) or None, experiment.smooth)
+    if experiment.commands:
+        folder = _run_commands(experiment, out, echo)
+        table_file = Path(experiment.table.format(out=folder))
+        plot_file = Path(experiment.plot.format(out=folder))
+        runs: dict[str, dict[str, Any]] = {}
+    else:
+        for spec in experiment.sweeps:
+            if not run_sweep(spec, out=out, echo=echo):
+                raise PglabError(
+                    f"{experiment.name}: runs of {str(spec)!r} failed; see their folders"
+                )
+        group = group_dir(experiment, out)
+        folder = report(group, list(experiment.by) or None, experiment.smooth)
+        table_file, plot_file = folder / "report.md", folder / "learning_curves.png"
+        runs = run_figures(group)
     version = code_version()
     figures = root / FIGURES
     figures.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(folder / "learning_curves.png", figures / f"{experiment.name}.png")
+    shutil.copyfile(plot_file, figures / f"{experiment.name}.png")
     record = {
         "experiment": experiment.name,
         "code": version,
         "command": command,
         "machine": machine(),
-        "runs": run_figures(group),
+        "runs": runs,
     }
     write_text_atomic(
         figures / f"{experiment.name}.json", json.dumps(record, indent=1) + "\n", figures
     )
-    table = _table(folder / "report.md")
+    table = _table(table_file)
     if experiment.running_mean:
         table += "\n\n" + "\n".join(running_mean_lines(group, *experiment.running_mean))
     header = (
@@ -249,9 +332,9 @@ def reproduce(
 
 
 def _table(report_md: Path) -> str:
-    """The table of a report (and its footnote), without its title and image."""
+    """The table of a report (and what follows it), without its title and image."""
     lines = report_md.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| configuration"))
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     kept = [line for line in lines[start:] if not line.startswith("![")]
     return "\n".join(kept).strip()
 
