@@ -1,5 +1,6 @@
 """Videos of trained agents and the line world's trajectory plot."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,27 @@ def test_lineworld_plot_names_the_success_rate(lineworld_run, tmp_path, capsys):
     assert main(["eval", str(lineworld_run.path), "--episodes", "5", "--plot", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert "success rate" in capsys.readouterr().out
+
+
+def test_a_stochastic_plot_prints_the_success_rate_of_the_episodes_it_draws(
+    lineworld_run, tmp_path, capsys, monkeypatch
+):
+    import matplotlib.axes
+
+    titles = []
+    title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "set_title",
+        lambda ax, text, *a, **k: (titles.append(text), title(ax, text, *a, **k))[1],
+    )
+    args = ["eval", str(lineworld_run.path), "--episodes", "40", "--stochastic", "--json"]
+    assert main([*args, "--plot", str(tmp_path / "t.png")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert titles == [
+        f"pglab/LineWorld-v0: 40 episodes, success rate {printed['success_rate']:.0%}"
+    ]
+    assert len(printed["returns"]) == 40
 
 
 def test_plot_is_for_the_line_world_only(tmp_path, capsys):

@@ -540,15 +540,16 @@ def _eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         _fail(f"--episodes must be an integer >= 1; got {args.episodes}")
     agent = load(args.path, allow_import=args.allow_import, checkpoint=args.checkpoint)
-    if args.plot is not None:
+    if args.plot is not None:  # the figures printed are those of the episodes drawn
         from pglab.experiments.record import plot_lineworld
 
-        plot_lineworld(
+        result = plot_lineworld(
             agent, args.plot, args.episodes, seed=args.seed, deterministic=not args.stochastic
         )
-    result = evaluate(
-        agent, episodes=args.episodes, deterministic=not args.stochastic, seed=args.seed
-    )
+    else:
+        result = evaluate(
+            agent, episodes=args.episodes, deterministic=not args.stochastic, seed=args.seed
+        )
     if args.json:
         print(
             json.dumps(

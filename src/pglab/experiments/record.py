@@ -24,8 +24,10 @@ from pglab.envs.scores import SCORE_KEY, GameScore
 from pglab.envs.spaces import MASK_KEY
 from pglab.envs.wrappers import resolve_wrappers
 from pglab.errors import ConfigError, EnvError, PglabError
+from pglab.evaluate import EvalResult
 from pglab.logs import Progress
 from pglab.paths import write_atomic
+from pglab.rollout import EpisodeStats
 
 FORMATS = (".gif", ".mp4")
 
@@ -187,9 +189,10 @@ def _write_mp4(path: Path, play: Callable[[Sink], None], fps: int) -> None:
 
 def plot_lineworld(
     agent: Agent, out: str | Path, episodes: int = 20, *, seed: int = 0, deterministic: bool = True
-) -> float:
+) -> EvalResult:
     """Draw the agent's line-world trajectories (offset from the target against the step;
-    the L1 distance on a grid) with the success rate in the title; returns that rate."""
+    the L1 distance on a grid) with the success rate in the title; returns the statistics
+    of exactly the episodes drawn (what ``pglab eval --plot`` prints)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,16 +208,20 @@ def plot_lineworld(
     env = gym.make(agent.config.env.id, **agent.config.env.kwargs)
     dims = env.unwrapped.dimensions
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    successes = []
+    stats = EpisodeStats()
+    successes = stats.successes
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         path = [obs]
-        done, info = False, {}
+        done, info, total = False, {}, 0.0
         while not done:
-            obs, _, terminated, truncated, info = env.step(agent.act(obs, deterministic))
+            obs, reward, terminated, truncated, info = env.step(agent.act(obs, deterministic))
             path.append(obs)
+            total += float(reward)
             done = terminated or truncated
         successes.append(bool(info.get("success", False)))
+        stats.returns.append(total)
+        stats.lengths.append(len(path) - 1)
         track = np.array(path)
         offset = track[:, :dims] - track[:, dims:]
         y = offset[:, 0] if dims == 1 else np.abs(offset).sum(axis=1)
@@ -229,4 +236,4 @@ def plot_lineworld(
     fig.tight_layout()
     write_atomic(out, lambda temp: fig.savefig(temp, format=out.suffix[1:].lower()), out.parent)
     plt.close(fig)
-    return rate
+    return EvalResult.from_stats(stats)
