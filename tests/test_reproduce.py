@@ -127,6 +127,17 @@ def test_a_check_without_committed_figures_says_what_to_run(tmp_path):
         rp.check(list(rp.load_registry(tmp_path).values()), tmp_path)
 
 
+def test_a_metric_table_averages_each_runs_updates_then_the_runs(tmp_path):
+    for name, rows in {"a=1,seed=0": [(1, 2), (3, 2)], "a=1,seed=1": [(2, 1), ("", 5)]}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text("{}")
+        lines = ["x,y"] + [f"{x},{y}" for x, y in rows]
+        (tmp_path / name / "metrics.csv").write_text("\n".join(lines) + "\n")
+    table = rp.metric_table(tmp_path, ["x", "x/y"])
+    # x: runs' means 2 and 2; x/y: (0.5 + 1.5) / 2 = 1 and 2 / 1 = 2
+    assert table.splitlines()[2] == "| a=1 | 2 | 1.5 |"
+
+
 def test_the_first_update_of_a_running_mean_at_the_threshold():
     assert rp.first_reaching([1, 2, 3, 4, 5], 2, 3.5) == 4  # (3 + 4) / 2
     assert rp.first_reaching([5, 5], 3, 1.0) is None  # never a full window

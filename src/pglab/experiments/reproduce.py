@@ -12,6 +12,9 @@ table each::
     check = ["lr=0.004,seed=0", "seed=0"]         # runs that --check reruns (optional)
     running_mean = [25, 475.0]                    # also: when each run's mean return of
                                                   # its last 25 updates first reached 475
+    metrics = ["explained_variance", "value_loss_heldout/value_loss"]
+                                                  # also: each metric's (or ratio's) mean
+                                                  # over a run's updates, per configuration
 
 An experiment that is not a sweep (a run, then a study of it) gives ``commands``
 instead of ``sweeps``: pglab command lines run in order, where ``{out}`` stands for the
@@ -39,6 +42,7 @@ folder and compares their final figures with ``mp11.json``; any difference fails
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -66,7 +70,8 @@ FIGURES = Path("docs") / "experiments"
 #: A run's final figures that are recorded and checked.
 FIGURE_KEYS = ("eval_return_mean", "eval_return_std", "eval_success_rate", "total_steps")
 _ENTRY_KEYS = {
-    "title", "sweeps", "by", "smooth", "check", "running_mean", "commands", "table", "plot"
+    "title", "sweeps", "by", "smooth", "check", "running_mean", "metrics", "commands", "table",
+    "plot",
 }  # fmt: skip
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
@@ -83,6 +88,8 @@ class Experiment:
     check: tuple[str, ...]
     #: (window, threshold): report when each run's running mean first reached it.
     running_mean: tuple[int, float] | None = None
+    #: metrics.csv columns (or ratios ``a/b``) averaged over each run's updates.
+    metrics: tuple[str, ...] = ()
     #: pglab command lines (instead of sweeps), and the table and plot they write.
     commands: tuple[str, ...] = ()
     table: str = ""
@@ -152,6 +159,7 @@ def load_registry(root: Path) -> dict[str, Experiment]:
             smooth=smooth,
             check=tuple(_strings(entry.get("check"), f"{where} check")),
             running_mean=(running[0], float(running[1])) if running else None,
+            metrics=tuple(_strings(entry.get("metrics"), f"{where} metrics")),
         )
     return experiments
 
@@ -160,7 +168,7 @@ def _commands_entry(
     name: str, entry: dict[str, Any], commands: list[str], where: str
 ) -> Experiment:
     """An entry whose table comes from pglab command lines rather than sweeps."""
-    extra = {"sweeps", "by", "smooth", "check", "running_mean"} & set(entry)
+    extra = {"sweeps", "by", "smooth", "check", "running_mean", "metrics"} & set(entry)
     if extra:
         raise ConfigError(
             f"{where}: an entry with commands takes title, commands, table and plot; "
@@ -282,6 +290,38 @@ def running_mean_lines(group: Path, window: int, threshold: float) -> list[str]:
     return lines
 
 
+def metric_table(group: Path, metrics: Sequence[str]) -> str:
+    r"""Per configuration (a run's name without its seed): for each metric, the mean
+    over its runs of the run's mean over its updates, :math:`\frac1R \sum_r \frac1U
+    \sum_u m_{ru}`; a ratio ``a/b`` takes :math:`m_{ru} = a_{ru} / b_{ru}`. Updates
+    that log no value are left out."""
+    per_config: dict[str, list[list[float]]] = {}
+    for folder in sorted(p.parent for p in group.glob("*/summary.json")):
+        with open(folder / "metrics.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        label = re.sub(r",?seed=\d+$", "", folder.name) or "all runs"
+        means = []
+        for metric in metrics:
+            top, _, bottom = metric.partition("/")
+            values = [
+                float(row[top]) / float(row[bottom]) if bottom else float(row[top])
+                for row in rows
+                if row.get(top) and (not bottom or row.get(bottom))
+            ]
+            if not values:
+                raise PglabError(f"{str(folder)!r} logs no {metric!r} in metrics.csv")
+            means.append(sum(values) / len(values))
+        per_config.setdefault(label, []).append(means)
+    lines = [
+        "| configuration | " + " | ".join(f"mean {m}" for m in metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for label, runs in per_config.items():
+        cells = [f"{sum(col) / len(col):.3g}" for col in zip(*runs)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def reproduce(
     experiment: Experiment,
     root: Path,
@@ -323,6 +363,8 @@ def reproduce(
     table = _table(table_file)
     if experiment.running_mean:
         table += "\n\n" + "\n".join(running_mean_lines(group, *experiment.running_mean))
+    if experiment.metrics:
+        table += "\n\n" + metric_table(group, experiment.metrics)
     header = (
         f"*Produced by `{command}` at {version} on {record['machine']}.*\n\n"
         f"{table}\n\n![{experiment.title}](experiments/{experiment.name}.png)"
