@@ -177,3 +177,21 @@ def test_every_registered_experiment_names_specs_of_one_group_and_has_its_marker
         if not experiment.commands:
             rp.group_dir(experiment, ROOT / "runs")  # one group (raises otherwise)
         assert f"<!-- reproduce: {experiment.name} -->" in page
+
+
+def test_every_shipped_experiment_file_is_a_valid_sweep_spec_or_run_config():
+    """A spec with a typo would only fail when someone reruns it: each file under
+    experiments/ builds every run's config now (train configs: the one run's)."""
+    from pglab.config import build_config
+    from pglab.experiments.sweep import load_spec
+
+    files = sorted((ROOT / "experiments").rglob("*.toml"))
+    assert len(files) > 20
+    for path in files:
+        text = path.read_text()
+        if path.name == "reproduce.toml":
+            continue
+        if "[grid]" in text or "[[variants]]" in text or "seeds =" in text:
+            assert load_spec(path, ROOT / "runs").runs, path
+        else:
+            build_config(config_file=str(path))
