@@ -138,6 +138,20 @@ def test_a_metric_table_averages_each_runs_updates_then_the_runs(tmp_path):
     assert table.splitlines()[2] == "| a=1 | 2 | 1.5 |"
 
 
+def test_success_lines_count_the_runs_at_the_threshold_per_configuration(tmp_path):
+    checkout(tmp_path)
+    group = tmp_path / "g"
+    for name, rate in {"a=1,seed=0": 0.95, "a=1,seed=1": 0.5, "a=2,seed=0": 0.9}.items():
+        (group / name).mkdir(parents=True)
+        (group / name / "summary.json").write_text(json.dumps({"eval_success_rate": rate}))
+        (group / name / "metrics.csv").write_text("step,episode_return_mean\n1,0\n")
+        (group / name / "config.toml").write_text("")
+    assert rp.success_lines(group, 0.9) == [
+        "- a=1: 1 of 2 runs end with a success rate of at least 90%",
+        "- a=2: 1 of 1 runs end with a success rate of at least 90%",
+    ]
+
+
 def test_the_first_update_of_a_running_mean_at_the_threshold():
     assert rp.first_reaching([1, 2, 3, 4, 5], 2, 3.5) == 4  # (3 + 4) / 2
     assert rp.first_reaching([5, 5], 3, 1.0) is None  # never a full window

@@ -12,6 +12,8 @@ table each::
     check = ["lr=0.004,seed=0", "seed=0"]         # runs that --check reruns (optional)
     running_mean = [25, 475.0]                    # also: when each run's mean return of
                                                   # its last 25 updates first reached 475
+    success_at = 0.9                              # also: how many runs per configuration
+                                                  # end with a success rate of at least 90%
     metrics = ["explained_variance", "value_loss_heldout/value_loss"]
                                                   # also: each metric's (or ratio's) mean
                                                   # over a run's updates, per configuration
@@ -59,7 +61,7 @@ from typing import Any
 
 from pglab.bench import code_version, machine
 from pglab.errors import ConfigError, PglabError
-from pglab.experiments.report import load_runs, report
+from pglab.experiments.report import RunRecord, load_runs, report
 from pglab.experiments.sweep import load_spec, read_spec, run_sweep
 from pglab.paths import write_text_atomic
 
@@ -70,8 +72,8 @@ FIGURES = Path("docs") / "experiments"
 #: A run's final figures that are recorded and checked.
 FIGURE_KEYS = ("eval_return_mean", "eval_return_std", "eval_success_rate", "total_steps")
 _ENTRY_KEYS = {
-    "title", "sweeps", "by", "smooth", "check", "running_mean", "metrics", "commands", "table",
-    "plot",
+    "title", "sweeps", "by", "smooth", "check", "running_mean", "success_at", "metrics",
+    "commands", "table", "plot",
 }  # fmt: skip
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
@@ -88,6 +90,8 @@ class Experiment:
     check: tuple[str, ...]
     #: (window, threshold): report when each run's running mean first reached it.
     running_mean: tuple[int, float] | None = None
+    #: Count the runs whose final success rate is at least this (None: don't).
+    success_at: float | None = None
     #: metrics.csv columns (or ratios ``a/b``) averaged over each run's updates.
     metrics: tuple[str, ...] = ()
     #: pglab command lines (instead of sweeps), and the table and plot they write.
@@ -160,6 +164,7 @@ def load_registry(root: Path) -> dict[str, Experiment]:
             check=tuple(_strings(entry.get("check"), f"{where} check")),
             running_mean=(running[0], float(running[1])) if running else None,
             metrics=tuple(_strings(entry.get("metrics"), f"{where} metrics")),
+            success_at=_fraction(entry.get("success_at"), f"{where} success_at"),
         )
     return experiments
 
@@ -168,7 +173,8 @@ def _commands_entry(
     name: str, entry: dict[str, Any], commands: list[str], where: str
 ) -> Experiment:
     """An entry whose table comes from pglab command lines rather than sweeps."""
-    extra = {"sweeps", "by", "smooth", "check", "running_mean", "metrics"} & set(entry)
+    extra = {"sweeps", "by", "smooth", "check", "running_mean", "metrics", "success_at"}
+    extra &= set(entry)
     if extra:
         raise ConfigError(
             f"{where}: an entry with commands takes title, commands, table and plot; "
@@ -212,6 +218,14 @@ def _run_commands(experiment: Experiment, out: Path, echo: Callable[[str], None]
             reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise PglabError(f"{experiment.name}: {line!r} failed ({reason})")
     return folder
+
+
+def _fraction(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"{where} must be a number in (0, 1]; got {value!r}")
+    return float(value)
 
 
 def _strings(value: Any, where: str, required: bool = False) -> list[str]:
@@ -267,14 +281,34 @@ def first_reaching(returns: Sequence[float], window: int, threshold: float) -> i
     return None
 
 
-def running_mean_lines(group: Path, window: int, threshold: float) -> list[str]:
-    """Per configuration: how many runs reached the running mean, and when."""
-    reached: dict[str, list[int | None]] = {}
+def _by_configuration(group: Path) -> dict[str, list[RunRecord]]:
+    """The finished runs of ``group`` by configuration (a run's name without its seed)."""
+    configurations: dict[str, list[RunRecord]] = {}
     for record in load_runs(group):
         label = re.sub(r",?seed=\d+$", "", record.path.name) or "all runs"
-        reached.setdefault(label, []).append(
-            first_reaching([float(x) for x in record.returns], window, threshold)
+        configurations.setdefault(label, []).append(record)
+    return configurations
+
+
+def success_lines(group: Path, threshold: float) -> list[str]:
+    """Per configuration: how many runs end with a success rate of at least ``threshold``."""
+    lines = []
+    for label, records in _by_configuration(group).items():
+        rates = [r.summary.get("eval_success_rate") for r in records]
+        hits = sum(rate is not None and rate >= threshold for rate in rates)
+        lines.append(
+            f"- {label}: {hits} of {len(rates)} runs end with a success rate of at least "
+            f"{threshold:.0%}"
         )
+    return lines
+
+
+def running_mean_lines(group: Path, window: int, threshold: float) -> list[str]:
+    """Per configuration: how many runs reached the running mean, and when."""
+    reached = {
+        label: [first_reaching([float(x) for x in r.returns], window, threshold) for r in records]
+        for label, records in _by_configuration(group).items()
+    }
     lines = []
     for label, updates in reached.items():
         hits = sorted(u for u in updates if u is not None)
@@ -363,6 +397,8 @@ def reproduce(
     table = _table(table_file)
     if experiment.running_mean:
         table += "\n\n" + "\n".join(running_mean_lines(group, *experiment.running_mean))
+    if experiment.success_at:
+        table += "\n\n" + "\n".join(success_lines(group, experiment.success_at))
     if experiment.metrics:
         table += "\n\n" + metric_table(group, experiment.metrics)
     header = (
