@@ -209,3 +209,15 @@ def test_every_shipped_experiment_file_is_a_valid_sweep_spec_or_run_config():
             assert load_spec(path, ROOT / "runs").runs, path
         else:
             build_config(config_file=str(path))
+
+
+@pytest.mark.slow
+def test_the_committed_figures_still_come_from_the_code():
+    """`pglab reproduce --check`: the check runs of every experiment, rerun from scratch,
+    give the final figures committed in docs/experiments/ (a change to the training
+    numerics fails here until the figures are regenerated)."""
+    lines = []
+    assert rp.check(list(rp.load_registry(ROOT).values()), ROOT, echo=lines.append), "\n".join(
+        lines
+    )
+    assert len(lines) >= 6
