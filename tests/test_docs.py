@@ -84,7 +84,10 @@ SHELL_FILES = {
 }
 SHELL_FILES["experiments/seed-grid.toml"] = SHELL_FILES["experiments/my-sweep.toml"]
 #: Shell examples not run here, and why.
-NOT_RUN = {"--backend ray": "starts a Ray instance (tests/test_sweep.py runs the Ray backend)"}
+NOT_RUN = {
+    "--backend ray": "starts a Ray instance (tests/test_sweep.py runs the Ray backend)",
+    "pglab reproduce": "reruns the docs' experiments in the source checkout (test_reproduce.py)",
+}
 #: Runs an example needs that no earlier example trains: made first, by group folder.
 PREREQUISITES = {
     "pglab-LineWorld-v0": ["train", "--env", "pglab/LineWorld-v0", "--algo", "reinforce"]
