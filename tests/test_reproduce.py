@@ -133,6 +133,7 @@ def test_a_metric_table_averages_each_runs_updates_then_the_runs(tmp_path):
         (tmp_path / name / "summary.json").write_text("{}")
         lines = ["x,y"] + [f"{x},{y}" for x, y in rows]
         (tmp_path / name / "metrics.csv").write_text("\n".join(lines) + "\n")
+        (tmp_path / name / "config.toml").write_text("")
     table = rp.metric_table(tmp_path, ["x", "x/y"])
     # x: runs' means 2 and 2; x/y: (0.5 + 1.5) / 2 = 1 and 2 / 1 = 2
     assert table.splitlines()[2] == "| a=1 | 2 | 1.5 |"

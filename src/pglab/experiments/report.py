@@ -179,7 +179,8 @@ def curve_on_grid(record: RunRecord, grid: np.ndarray, smooth: int = 1) -> np.nd
     return np.interp(grid, record.steps, returns)
 
 
-def _label(options: dict[str, Any], keys: Sequence[str]) -> str:
+def configuration_label(options: dict[str, Any], keys: Sequence[str]) -> str:
+    """A run's configuration named by the values of ``keys`` (qualified options)."""
     parts = []
     for key in keys:
         value = options.get(key)
@@ -245,14 +246,14 @@ def report(group_dir: str | Path, by: Sequence[str] | None = None, smooth: int =
     swept = [_SWEEP_NAME.fullmatch(r.path.name) for r in records]
     if by:
         keys = [qualify(k, "--by") for k in by]
-        label = [_label(r.options, keys) for r in records]
+        label = [configuration_label(r.options, keys) for r in records]
         grouping = ", ".join(keys)
     elif all(swept):  # folders named by a sweep: the varied options, then the seed
         label = [m.group(1) or "all runs" for m in swept]
         grouping = "the options the sweep varied"
     else:
         keys = distinguishing_options(records, varying_options(records))
-        label = [_label(r.options, keys) for r in records]
+        label = [configuration_label(r.options, keys) for r in records]
         grouping = ", ".join(keys) or "nothing"
     for record, name in zip(records, label):
         groups.setdefault(name, []).append(record)

@@ -61,7 +61,7 @@ from typing import Any
 
 from pglab.bench import code_version, machine
 from pglab.errors import ConfigError, PglabError
-from pglab.experiments.report import RunRecord, load_runs, report
+from pglab.experiments.report import RunRecord, configuration_label, load_runs, report
 from pglab.experiments.sweep import load_spec, read_spec, run_sweep
 from pglab.paths import write_text_atomic
 
@@ -281,19 +281,26 @@ def first_reaching(returns: Sequence[float], window: int, threshold: float) -> i
     return None
 
 
-def _by_configuration(group: Path) -> dict[str, list[RunRecord]]:
-    """The finished runs of ``group`` by configuration (a run's name without its seed)."""
+def _by_configuration(group: Path, by: Sequence[str] = ()) -> dict[str, list[RunRecord]]:
+    """The finished runs of ``group`` by configuration: named by the options ``by`` as
+    the report names them, or else by a run's folder name without its seed."""
+    from pglab.config import qualify
+
+    keys = [qualify(k, "by") for k in by]
     configurations: dict[str, list[RunRecord]] = {}
     for record in load_runs(group):
-        label = re.sub(r",?seed=\d+$", "", record.path.name) or "all runs"
+        if keys:
+            label = configuration_label(record.options, keys)
+        else:
+            label = re.sub(r",?seed=\d+$", "", record.path.name) or "all runs"
         configurations.setdefault(label, []).append(record)
     return configurations
 
 
-def success_lines(group: Path, threshold: float) -> list[str]:
+def success_lines(group: Path, threshold: float, by: Sequence[str] = ()) -> list[str]:
     """Per configuration: how many runs end with a success rate of at least ``threshold``."""
     lines = []
-    for label, records in _by_configuration(group).items():
+    for label, records in _by_configuration(group, by).items():
         rates = [r.summary.get("eval_success_rate") for r in records]
         hits = sum(rate is not None and rate >= threshold for rate in rates)
         lines.append(
@@ -303,11 +310,13 @@ def success_lines(group: Path, threshold: float) -> list[str]:
     return lines
 
 
-def running_mean_lines(group: Path, window: int, threshold: float) -> list[str]:
+def running_mean_lines(
+    group: Path, window: int, threshold: float, by: Sequence[str] = ()
+) -> list[str]:
     """Per configuration: how many runs reached the running mean, and when."""
     reached = {
         label: [first_reaching([float(x) for x in r.returns], window, threshold) for r in records]
-        for label, records in _by_configuration(group).items()
+        for label, records in _by_configuration(group, by).items()
     }
     lines = []
     for label, updates in reached.items():
@@ -324,28 +333,28 @@ def running_mean_lines(group: Path, window: int, threshold: float) -> list[str]:
     return lines
 
 
-def metric_table(group: Path, metrics: Sequence[str]) -> str:
-    r"""Per configuration (a run's name without its seed): for each metric, the mean
-    over its runs of the run's mean over its updates, :math:`\frac1R \sum_r \frac1U
-    \sum_u m_{ru}`; a ratio ``a/b`` takes :math:`m_{ru} = a_{ru} / b_{ru}`. Updates
-    that log no value are left out."""
+def metric_table(group: Path, metrics: Sequence[str], by: Sequence[str] = ()) -> str:
+    r"""Per configuration (as :func:`success_lines` names them): for each metric, the
+    mean over its runs of the run's mean over its updates, :math:`\frac1R \sum_r
+    \frac1U \sum_u m_{ru}`; a ratio ``a/b`` takes :math:`m_{ru} = a_{ru} / b_{ru}`.
+    Updates that log no value are left out."""
     per_config: dict[str, list[list[float]]] = {}
-    for folder in sorted(p.parent for p in group.glob("*/summary.json")):
-        with open(folder / "metrics.csv", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        label = re.sub(r",?seed=\d+$", "", folder.name) or "all runs"
-        means = []
-        for metric in metrics:
-            top, _, bottom = metric.partition("/")
-            values = [
-                float(row[top]) / float(row[bottom]) if bottom else float(row[top])
-                for row in rows
-                if row.get(top) and (not bottom or row.get(bottom))
-            ]
-            if not values:
-                raise PglabError(f"{str(folder)!r} logs no {metric!r} in metrics.csv")
-            means.append(sum(values) / len(values))
-        per_config.setdefault(label, []).append(means)
+    for label, records in _by_configuration(group, by).items():
+        for record in records:
+            with open(record.path / "metrics.csv", newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            means = []
+            for metric in metrics:
+                top, _, bottom = metric.partition("/")
+                values = [
+                    float(row[top]) / float(row[bottom]) if bottom else float(row[top])
+                    for row in rows
+                    if row.get(top) and (not bottom or row.get(bottom))
+                ]
+                if not values:
+                    raise PglabError(f"{str(record.path)!r} logs no {metric!r} in metrics.csv")
+                means.append(sum(values) / len(values))
+            per_config.setdefault(label, []).append(means)
     lines = [
         "| configuration | " + " | ".join(f"mean {m}" for m in metrics) + " |",
         "|---|" + "---:|" * len(metrics),
@@ -396,11 +405,13 @@ def reproduce(
     )
     table = _table(table_file)
     if experiment.running_mean:
-        table += "\n\n" + "\n".join(running_mean_lines(group, *experiment.running_mean))
+        table += "\n\n" + "\n".join(
+            running_mean_lines(group, *experiment.running_mean, experiment.by)
+        )
     if experiment.success_at:
-        table += "\n\n" + "\n".join(success_lines(group, experiment.success_at))
+        table += "\n\n" + "\n".join(success_lines(group, experiment.success_at, experiment.by))
     if experiment.metrics:
-        table += "\n\n" + metric_table(group, experiment.metrics)
+        table += "\n\n" + metric_table(group, experiment.metrics, experiment.by)
     header = (
         f"*Produced by `{command}` at {version} on {record['machine']}.*\n\n"
         f"{table}\n\n![{experiment.title}](experiments/{experiment.name}.png)"
