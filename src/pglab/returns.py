@@ -38,7 +38,8 @@ Conventions (shared by every function here):
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -343,41 +344,21 @@ def takes_values(function: WeightFunction) -> bool:
     return any(name in names for name in CRITIC_ARGUMENTS)
 
 
-def custom_weights(
-    function: WeightFunction,
-    *,
-    rewards: Tensor,
-    terminated: Tensor,
-    truncated: Tensor,
-    gamma: float,
-    lam: float = 0.95,
-    values: Tensor | None = None,
-    next_values: Tensor | None = None,
-    valid: Tensor | None = None,
-) -> Tensor:
+def custom_weights(function: WeightFunction, given: Mapping[str, Any]) -> Tensor:
     r"""The weights of a function :math:`f` of the user's (``algo.weights =
     "package.module:name"``):
 
     .. math:: \Psi_t = f(r, d, u, \gamma, \lambda, V, V', m)_t \ \text{where } m_t,
         \qquad 0 \text{ elsewhere}
 
-    :math:`f` is called with the keyword arguments of :data:`WEIGHT_ARGUMENTS` that it
-    names (:func:`weight_parameters`), the same as :func:`policy_gradient_weights`
-    takes; ``values`` and ``next_values`` are None without a critic. It must return a
-    floating-point tensor of the rewards' shape ``[T, N]``, else
+    ``given`` holds every argument of :data:`WEIGHT_ARGUMENTS` (the keyword arguments of
+    :func:`policy_gradient_weights`; ``values`` and ``next_values`` are None without a
+    critic); :math:`f` is called with those it names (:func:`weight_parameters`). It
+    must return a floating-point tensor of the rewards' shape ``[T, N]``, else
     :class:`~pglab.errors.TrainingError`. Samples that are not transitions get 0
     whatever :math:`f` gives them.
     """
-    given = {
-        "rewards": rewards,
-        "terminated": terminated,
-        "truncated": truncated,
-        "gamma": gamma,
-        "lam": lam,
-        "values": values,
-        "next_values": next_values,
-        "valid": valid,
-    }
+    rewards, valid = given["rewards"], given["valid"]
     psi = function(**{name: given[name] for name in weight_parameters(function)})
     if not (isinstance(psi, Tensor) and psi.shape == rewards.shape and psi.is_floating_point()):
         got = (
@@ -412,17 +393,8 @@ def policy_gradient_weights(
     Shapes ``[T, N]``.
     """
     if callable(kind):
-        return custom_weights(
-            kind,
-            rewards=rewards,
-            terminated=terminated,
-            truncated=truncated,
-            gamma=gamma,
-            lam=lam,
-            values=values,
-            next_values=next_values,
-            valid=valid,
-        )
+        arguments = (rewards, terminated, truncated, gamma, lam, values, next_values, valid)
+        return custom_weights(kind, dict(zip(WEIGHT_ARGUMENTS, arguments)))
     episode_ends = terminated | truncated
     if kind == "r":
         return total_return(rewards, episode_ends, valid=valid)
