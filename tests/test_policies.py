@@ -67,6 +67,10 @@ def test_keyed_dropout_masks_are_a_function_of_the_key_and_drop_at_the_rate():
     layer.train()
     with dropout_keys(keys[:10]), pytest.raises(ValueError, match="one key per sample"):
         layer(x)
+    with dropout_keys(keys[:3]):  # features of any shape after the sample's axis
+        cube = layer(torch.ones(3, 5, 7))
+    with dropout_keys(keys[:3].flip(0)):
+        torch.testing.assert_close(layer(torch.ones(3, 5, 7)), cube.flip(0), rtol=0, atol=0)
 
 
 def test_categorical_head_matches_torch():

@@ -230,7 +230,7 @@ def test_an_actor_with_dropout_is_updated_under_the_masks_it_acted_with(algo):
     evaluation acts without dropout, drawing nothing from torch's stream."""
     from pglab.algos import make_algo
     from pglab.config import build_config
-    from pglab.nets import dropout_keys
+    from pglab.nets import under_masks
 
     torch.manual_seed(0)
     envs = make_vec_env("CartPole-v1", 2)
@@ -244,10 +244,12 @@ def test_an_actor_with_dropout_is_updated_under_the_masks_it_acted_with(algo):
     batch = collector.collect_steps(50)
     assert batch.dropout_keys is not None and batch.dropout_keys.shape == (50, 2)
     obs, actions = batch.obs.flatten(0, 1), batch.actions.flatten(0, 1)
-    actor.train()
-    with dropout_keys(batch.dropout_keys.flatten()):
+    assert not actor.training
+    with under_masks(actor, batch.dropout_keys.flatten()):
         keyed, _ = actor.log_prob_entropy(obs, actions)
+    assert not actor.training  # its mode is restored
     torch.testing.assert_close(keyed, batch.log_probs.flatten(), rtol=0, atol=1e-6)
+    actor.train()
     fresh, _ = actor.log_prob_entropy(obs, actions)  # other masks: another policy
     assert (fresh - keyed).abs().max() > 1e-3
     rule = make_algo(config, actor, critic)

@@ -69,6 +69,23 @@ def dropout_keys(keys: Tensor | None) -> Iterator[None]:
         _DROPOUT_KEYS.reset(token)
 
 
+@contextlib.contextmanager
+def under_masks(module: nn.Module, keys: Tensor | None) -> Iterator[None]:
+    """Within the block ``module`` drops units by ``keys`` (training mode, its own mode
+    restored after); with None nothing changes. How a batch's log-probabilities are
+    recomputed under the masks its steps acted with (``batch.dropout_keys``, flat)."""
+    if keys is None:
+        yield
+        return
+    was_training = module.training
+    module.train()
+    try:
+        with dropout_keys(keys):
+            yield
+    finally:
+        module.train(was_training)
+
+
 def draw_dropout_keys(count: int) -> Tensor:
     """``count`` fresh sample keys (from torch's random stream), int64 in
     :math:`[0, 2^{30})`."""
@@ -118,12 +135,13 @@ class KeyedDropout(nn.Dropout):
         keys = _DROPOUT_KEYS.get()
         if keys is None:
             return F.dropout(x, self.p, True)
-        if tuple(keys.shape) != tuple(x.shape[:-1]):
+        if tuple(keys.shape) != tuple(x.shape[: keys.dim()]):
             raise ValueError(
                 f"dropout keys of shape {tuple(keys.shape)} do not match features "
-                f"{tuple(x.shape)} (one key per sample)"
+                f"{tuple(x.shape)} (one key per sample, the leading axes)"
             )
-        keep = keyed_uniform(keys, self.salt, x.shape[-1]) >= self.p
+        units = x[(0,) * keys.dim()].numel() if x.numel() else 0  # per sample, any shape
+        keep = keyed_uniform(keys, self.salt, units).reshape(x.shape) >= self.p
         return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:

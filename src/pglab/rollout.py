@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from pglab.envs.normalize import Normalizer
 from pglab.envs.scores import SCORE_KEY
 from pglab.envs.spaces import ActionAdapter, ObsEncoder
 from pglab.mirror import NumpyActor
-from pglab.nets import ImageCNN, draw_dropout_keys, dropout_keys, has_keyed_dropout
+from pglab.nets import ImageCNN, draw_dropout_keys, has_keyed_dropout, under_masks
 from pglab.policies import Actor, Critic, TanhGaussianHead, evaluate_actions
 
 
@@ -118,7 +118,7 @@ class _Buffers:
             "valid": np.empty((capacity, n), dtype=bool),
         }
         if keyed:  # last, so that the rows put takes in order come first
-            self.arrays["dropout_keys"] = np.empty((capacity, n), dtype=np.int64)
+            self.arrays["dropout_keys"] = np.zeros((capacity, n), dtype=np.int64)
         self._rows = list(self.arrays.values())
 
     def put(self, t: int, *values: np.ndarray) -> None:
@@ -300,19 +300,10 @@ class Collector:
             device_obs = torch.from_numpy(self._obs).to(self.device)
             return self.actor.act(device_obs, deterministic).cpu().numpy()
 
-    @contextlib.contextmanager
-    def _dropping(self, keys: Tensor | None) -> Iterator[None]:
+    def _dropping(self, keys: Tensor | None) -> contextlib.AbstractContextManager:
         """Within the block the actor drops units by ``keys`` (None: no dropout, as the
         collector acts otherwise)."""
-        if keys is None:
-            yield
-            return
-        self.actor.train()
-        try:
-            with dropout_keys(keys.to(self.device)):
-                yield
-        finally:
-            self.actor.eval()
+        return under_masks(self.actor, None if keys is None else keys.to(self.device))
 
     def observe(
         self,

@@ -41,6 +41,7 @@ from pglab.envs import make_configured_env
 from pglab.errors import ConfigError, PglabError
 from pglab.logs import Progress
 from pglab.losses import policy_gradient_loss
+from pglab.nets import under_masks
 from pglab.paths import make_dirs, no_links_below, write_atomic, write_text_atomic
 from pglab.returns import (
     CRITIC_WEIGHTS,
@@ -126,9 +127,11 @@ def estimate(
     try:
         for _ in range(batches):
             batch = collector.collect_episodes(episodes)
-            log_probs, _ = actor.log_prob_entropy(
-                batch.obs.flatten(0, 1), batch.actions.flatten(0, 1)
-            )
+            keys = None if batch.dropout_keys is None else batch.dropout_keys.flatten()
+            with under_masks(actor, keys):  # the network that acted, masks included
+                log_probs, _ = actor.log_prob_entropy(
+                    batch.obs.flatten(0, 1), batch.actions.flatten(0, 1)
+                )
             log_probs = log_probs.view_as(batch.rewards)
             for kind in kinds:
                 psi = policy_gradient_weights(
