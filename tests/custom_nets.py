@@ -50,3 +50,14 @@ class NotAnActor(nn.Module):
 def warm_up(progress: float) -> float:
     """A learning-rate schedule of the user's own: a tenth at the start, whole from 50%."""
     return min(1.0, 0.1 + 1.8 * progress)
+
+
+class DroppingBody(nn.Module):
+    """A ReLU layer followed by torch's own dropout (not pglab's keyed one)."""
+
+    def __init__(self, obs_dim: int, width: int = 16) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(obs_dim, width), nn.ReLU(), nn.Dropout(0.3))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.layers(obs)

@@ -145,3 +145,14 @@ def test_a_schedule_of_ones_own_sets_the_learning_rate_and_is_checked_on_load(tm
         pglab.load(run.path)
     with pytest.raises(ConfigError, match="top of a module"):
         pglab.train("CartPole-v1", "ppo", out=str(tmp_path), lr_schedule=lambda p: 1.0, **TINY)
+
+
+def test_torch_dropout_in_a_users_body_is_warned_about(tmp_path, capsys):
+    """Its masks are not keyed: the update scores actions under masks they were not
+    drawn with. pglab's own dropout is keyed and draws no warning."""
+    from custom_nets import DroppingBody
+
+    pglab.train("CartPole-v1", "ppo", out=str(tmp_path), policy={"body": DroppingBody}, **TINY)
+    assert "holds torch's own dropout" in capsys.readouterr().err
+    pglab.train("CartPole-v1", "ppo", out=str(tmp_path), policy={"dropout": 0.3}, **TINY)
+    assert "dropout" not in capsys.readouterr().err

@@ -73,24 +73,52 @@ def test_a_reproduced_table_replaces_what_stood_between_its_markers_and_names_it
     assert lines[0].startswith("tiny lr=0.1,seed=1: DIFFERS: eval_return_mean committed ")
 
 
+TRAIN = (
+    "pglab train --env pglab/LineWorld-v0 --algo reinforce --weights fr --steps 400 "
+    "--out {out} --name one --set run.group=g --set run.progress=off --set eval_every=0 "
+    "--set stop_at_return=none --set checkpoint_every=0 --set env.kwargs={grid_size=5}"
+)
+COMMANDS = (
+    f'commands = ["{TRAIN}", "pglab report {{out}}/g"]\n'
+    'table = "{out}/g/report/report.md"\nplot = "{out}/g/report/learning_curves.png"'
+)
+
+
 def test_an_experiment_of_command_lines_writes_the_table_they_produce(tmp_path):
-    train = (
-        "pglab train --env pglab/LineWorld-v0 --algo reinforce --weights fr --steps 400 "
-        "--out {out} --name one --set run.group=g --set run.progress=off --set eval_every=0 "
-        "--set stop_at_return=none --set checkpoint_every=0"
-    )
-    page = checkout(
-        tmp_path,
-        f'commands = ["{train}", "pglab report {{out}}/g"]\n'
-        'table = "{out}/g/report/report.md"\nplot = "{out}/g/report/learning_curves.png"',
-    )
+    """Its folder may hold spaces, and its lines other braces than {out}."""
+    page = checkout(tmp_path, COMMANDS)
     experiment = rp.load_registry(tmp_path)["tiny"]
-    rp.reproduce(
-        experiment, tmp_path, tmp_path / "runs", "pglab reproduce tiny", echo=lambda _: None
-    )
+    out = tmp_path / "my runs"
+    rp.reproduce(experiment, tmp_path, out, "pglab reproduce tiny", echo=lambda _: None)
     text = page.read_text()
     assert "*Produced by `pglab reproduce tiny` at " in text and "| configuration |" in text
     assert (tmp_path / "docs" / "experiments" / "tiny.png").is_file()
+    assert "grid_size = 5" in (out / "tiny" / "g" / "one" / "config.toml").read_text()
+
+
+def test_a_folder_reproduce_did_not_make_is_never_removed(tmp_path):
+    checkout(tmp_path, COMMANDS)
+    experiment = rp.load_registry(tmp_path)["tiny"]
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "tiny" / "notes.txt").write_text("precious")
+    with pytest.raises(PglabError, match="was not made by pglab reproduce"):
+        rp.reproduce(experiment, tmp_path, tmp_path / "runs", "x", echo=lambda _: None)
+    assert (tmp_path / "runs" / "tiny" / "notes.txt").read_text() == "precious"
+
+
+def test_missing_markers_fail_before_any_run(tmp_path):
+    page = checkout(tmp_path)
+    page.write_text("# Page without markers\n")
+    experiment = rp.load_registry(tmp_path)["tiny"]
+    with pytest.raises(ConfigError, match="expected one page"):
+        rp.reproduce(experiment, tmp_path, tmp_path / "runs", "x", echo=lambda _: None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_check_of_experiments_without_check_runs_says_so(tmp_path):
+    checkout(tmp_path, 'sweeps = ["tiny.toml"]')
+    with pytest.raises(ConfigError, match="no check runs to rerun: tiny"):
+        rp.check(list(rp.load_registry(tmp_path).values()), tmp_path)
 
 
 @pytest.mark.parametrize(

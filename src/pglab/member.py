@@ -44,6 +44,7 @@ from pglab.errors import ConfigError, PglabError
 from pglab.evaluate import EvalResult
 from pglab.loggers import open_loggers
 from pglab.logs import MetricsLogger, Progress
+from pglab.nets import has_unkeyed_dropout
 from pglab.paths import make_dirs, write_text_atomic
 from pglab.pbt import apply_event, read_schedule
 from pglab.rollout import Batch, Collector, EpisodeStats
@@ -433,6 +434,12 @@ class Trainer:
         self.logger = MetricsLogger(run_dir, columns, resume_step, loggers)
         title = f"{run_label(self.config)} {self.config.env.id}"
         self.progress = Progress(progress or cfg.progress, cfg.total_steps, title, start=self.steps)
+        if has_unkeyed_dropout(self.actor):
+            self.progress.warn(
+                f"{self.warn_prefix}the actor holds torch's own dropout, which acts without "
+                "masks while collecting and draws fresh ones in the update (a biased "
+                "gradient); use pglab.nets.KeyedDropout in a network of your own"
+            )
         self._next_eval = self._next_multiple(cfg.eval_every)
         self._next_checkpoint = self._next_multiple(cfg.checkpoint_every)
 

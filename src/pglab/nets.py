@@ -153,6 +153,21 @@ def has_keyed_dropout(module: nn.Module) -> bool:
     return any(isinstance(m, KeyedDropout) and m.p > 0 for m in module.modules())
 
 
+#: torch's dropout layers, which draw their masks from torch's random stream.
+_TORCH_DROPOUTS = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout
+)  # fmt: skip
+
+
+def has_unkeyed_dropout(module: nn.Module) -> bool:
+    """Whether ``module`` holds one of torch's dropout layers (not a :class:`KeyedDropout`)
+    that drops anything: its masks in the update are not those it acted with."""
+    return any(
+        isinstance(m, _TORCH_DROPOUTS) and not isinstance(m, KeyedDropout) and m.p > 0
+        for m in module.modules()
+    )
+
+
 def output_dim(in_dim: int, hidden: Sequence[int]) -> int:
     """Width of the features that :func:`mlp` without ``out_dim`` produces."""
     return hidden[-1] if hidden else in_dim

@@ -63,7 +63,7 @@ from pglab.bench import code_version, machine
 from pglab.errors import ConfigError, PglabError
 from pglab.experiments.report import RunRecord, configuration_label, load_runs, report
 from pglab.experiments.sweep import load_spec, read_spec, run_sweep
-from pglab.paths import write_text_atomic
+from pglab.paths import write_atomic, write_text_atomic
 
 #: The registry of reproducible experiments, relative to the checkout's root.
 REGISTRY = Path("experiments") / "reproduce.toml"
@@ -76,6 +76,12 @@ _ENTRY_KEYS = {
     "commands", "table", "plot",
 }  # fmt: skip
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+class RunFailed(PglabError):
+    """A run or command of an experiment failed (a fault, not a user mistake)."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -201,22 +207,38 @@ def _commands_entry(
     )
 
 
+#: The file that marks a folder as made by :func:`_run_commands` (so it may remove it).
+MADE_HERE = ".pglab-reproduce"
+
+
+def _with_out(text: str, folder: Path) -> str:
+    """``text`` with its literal ``{out}`` replaced by ``folder`` (nothing else is a field)."""
+    return text.replace("{out}", str(folder))
+
+
 def _run_commands(experiment: Experiment, out: Path, echo: Callable[[str], None]) -> Path:
     """Run the entry's command lines in a folder of its own under ``out`` (unless their
     table is there already: an interrupted reproduction resumes); returns that folder."""
     folder = out / experiment.name
-    if Path(experiment.table.format(out=folder)).is_file():
+    if Path(_with_out(experiment.table, folder)).is_file():
         return folder
     if folder.exists():  # what an interrupted attempt left: the commands start afresh
+        if not (folder / MADE_HERE).is_file():
+            raise PglabError(
+                f"{experiment.name}: {str(folder)!r} exists and was not made by pglab "
+                "reproduce; pglab does not remove it (choose another --out)"
+            )
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    (folder / MADE_HERE).write_text("made by pglab reproduce; removed by it on a rerun\n")
     for line in experiment.commands:
-        argv = [sys.executable, "-m", "pglab.cli", *shlex.split(line.format(out=folder))[1:]]
-        echo(f"{experiment.name}: {line.format(out=folder)}")
+        words = [_with_out(word, folder) for word in shlex.split(line)]
+        argv = [sys.executable, "-m", "pglab.cli", *words[1:]]
+        echo(f"{experiment.name}: {shlex.join(words)}")
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            raise PglabError(f"{experiment.name}: {line!r} failed ({reason})")
+            raise RunFailed(f"{experiment.name}: {line!r} failed ({reason})")
     return folder
 
 
@@ -349,7 +371,7 @@ def metric_table(group: Path, metrics: Sequence[str], by: Sequence[str] = ()) ->
                 values = [
                     float(row[top]) / float(row[bottom]) if bottom else float(row[top])
                     for row in rows
-                    if row.get(top) and (not bottom or row.get(bottom))
+                    if row.get(top) and (not bottom or (row.get(bottom) and float(row[bottom])))
                 ]
                 if not values:
                     raise PglabError(f"{str(record.path)!r} logs no {metric!r} in metrics.csv")
@@ -374,10 +396,11 @@ def reproduce(
 ) -> None:
     """Run ``experiment``'s sweeps into ``out``, report them, and write its table, plot
     and figures into the checkout at ``root``."""
+    page = _page_with_markers(root / "docs", experiment.name)  # before hours of runs
     if experiment.commands:
         folder = _run_commands(experiment, out, echo)
-        table_file = Path(experiment.table.format(out=folder))
-        plot_file = Path(experiment.plot.format(out=folder))
+        table_file = Path(_with_out(experiment.table, folder))
+        plot_file = Path(_with_out(experiment.plot, folder))
         runs: dict[str, dict[str, Any]] = {}
     else:
         for spec in experiment.sweeps:
@@ -392,7 +415,10 @@ def reproduce(
     version = code_version()
     figures = root / FIGURES
     figures.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(plot_file, figures / f"{experiment.name}.png")
+    picture = plot_file.read_bytes()
+    write_atomic(
+        figures / f"{experiment.name}.png", lambda temp: temp.write_bytes(picture), figures
+    )
     record = {
         "experiment": experiment.name,
         "code": version,
@@ -416,14 +442,16 @@ def reproduce(
         f"*Produced by `{command}` at {version} on {record['machine']}.*\n\n"
         f"{table}\n\n![{experiment.title}](experiments/{experiment.name}.png)"
     )
-    page = _write_between_markers(root / "docs", experiment.name, header)
+    _write_between_markers(page, experiment.name, header)
     echo(f"{experiment.name}: {page}, {figures / (experiment.name + '.png')}")
 
 
 def _table(report_md: Path) -> str:
     """The table of a report (and what follows it), without its title and image."""
     lines = report_md.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if start is None:
+        raise RunFailed(f"{str(report_md)!r} holds no table")
     kept = [line for line in lines[start:] if not line.startswith("![")]
     return "\n".join(kept).strip()
 
@@ -432,24 +460,26 @@ def _markers(name: str) -> tuple[str, str]:
     return f"<!-- reproduce: {name} -->", f"<!-- /reproduce: {name} -->"
 
 
-def _write_between_markers(docs: Path, name: str, text: str) -> Path:
-    """Replace what stands between ``name``'s markers in the one page of ``docs`` that
-    holds them."""
+def _page_with_markers(docs: Path, name: str) -> Path:
+    """The one page under ``docs`` that holds ``name``'s markers."""
     begin, end = _markers(name)
     pages = [p for p in sorted(docs.rglob("*.md")) if begin in p.read_text()]
     if len(pages) != 1:
-        raise PglabError(
+        raise ConfigError(
             f"experiment {name!r}: expected one page under {str(docs)!r} with the markers "
             f"'{begin}' and '{end}'; found {len(pages)}"
         )
-    page = pages[0]
-    content = page.read_text()
-    head, _, rest = content.partition(begin)
-    if end not in rest:
-        raise PglabError(f"{str(page)!r}: '{begin}' has no closing '{end}'")
+    if end not in pages[0].read_text().partition(begin)[2]:
+        raise ConfigError(f"{str(pages[0])!r}: '{begin}' has no closing '{end}'")
+    return pages[0]
+
+
+def _write_between_markers(page: Path, name: str, text: str) -> None:
+    """Replace what stands between ``name``'s markers in ``page``."""
+    begin, end = _markers(name)
+    head, _, rest = page.read_text().partition(begin)
     tail = rest.partition(end)[2]
-    write_text_atomic(page, f"{head}{begin}\n{text}\n{end}{tail}", docs)
-    return page
+    write_text_atomic(page, f"{head}{begin}\n{text}\n{end}{tail}", page.parent)
 
 
 def check(
@@ -457,6 +487,9 @@ def check(
 ) -> bool:
     """Rerun every experiment's ``check`` runs in a temporary folder and compare their
     final figures with the committed ``<name>.json``; True when all agree."""
+    if not any(e.check for e in experiments):
+        names = ", ".join(e.name for e in experiments)
+        raise ConfigError(f"no check runs to rerun: {names} name(s) none under 'check'")
     ok = True
     with tempfile.TemporaryDirectory(prefix="pglab-check-") as scratch:
         for experiment in experiments:
@@ -467,7 +500,7 @@ def check(
             for spec in experiment.sweeps:
                 wanted = {run.name for run in load_spec(spec, out).runs} & set(experiment.check)
                 if wanted and not run_sweep(spec, out=out, only=wanted, echo=lambda _: None):
-                    raise PglabError(f"{experiment.name}: a check run of {str(spec)!r} failed")
+                    raise RunFailed(f"{experiment.name}: a check run of {str(spec)!r} failed")
             now = run_figures(group_dir(experiment, out))
             for name in experiment.check:
                 problems = _differences(committed.get(name), now.get(name))
@@ -508,9 +541,19 @@ def _differences(committed: dict[str, Any] | None, now: dict[str, Any] | None) -
 
 
 def default_out(root: Path) -> Path:
-    """``runs/reproduce/<commit>``: the runs of one commit's code, resumable; a checkout
-    with changes gets a folder of its own each time."""
-    version = code_version().removeprefix("commit ").replace(" ", "-")
-    if version.endswith("-dirty"):  # never reuse the runs of code that has changed since
-        version += time.strftime("-%Y%m%d-%H%M%S")
-    return root / "runs" / "reproduce" / version
+    """``runs/reproduce/<commit>``: the runs of one commit's code and specs, resumable;
+    a checkout with changes to ``src/`` or ``experiments/`` (or outside git) gets a
+    folder of its own each time, so that no run of other code or options is reused."""
+    version = code_version()
+    try:
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src", "experiments"],
+            cwd=root, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        clean = changed.returncode == 0 and not changed.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        clean = False
+    name = version.removeprefix("commit ").removesuffix("-dirty").replace(" ", "-")
+    if not (clean and version.startswith("commit ") and not version.endswith("-dirty")):
+        name += time.strftime("-changed-%Y%m%d-%H%M%S")
+    return root / "runs" / "reproduce" / name
