@@ -7,7 +7,7 @@ import torch
 
 import pglab
 from pglab.config import build_config
-from pglab.errors import ConfigError
+from pglab.errors import ConfigError, PglabError
 from pglab.population import (
     Population,
     check_population,
@@ -134,6 +134,23 @@ def test_the_first_process_is_dealt_a_quarter_share_more_and_every_run_once():
         shares = deal(count, jobs)
         assert len(shares) == min(count, jobs) and all(shares)
         assert sorted(i for share in shares for i in share) == list(range(count))
+
+
+def test_runs_of_an_env_named_by_import_path_come_back_from_their_processes(tmp_path):
+    """The user named the module in this process: its runs' agents load back from their
+    folders without an allow list (a folder read later still needs one)."""
+    runs = pglab.train(
+        "faulty_envs:Countdown",
+        algo="reinforce",
+        seeds=[0, 1],
+        jobs=2,
+        total_steps=60,
+        out=str(tmp_path),
+        progress="off",
+    )
+    assert [r.summary["seed"] for r in runs] == [0, 1] and all(r.agent for r in runs)
+    with pytest.raises(PglabError, match="allow-import faulty_envs"):
+        pglab.load(runs[0].path)
 
 
 def test_processes_and_sequential_fallback(tmp_path):

@@ -14,10 +14,10 @@ from torch import Tensor, nn
 
 from pglab.checkpoint import checkpoint_path, load_checkpoint
 from pglab.config import BODIES, Config
-from pglab.envs import check_env_import, make_configured_env
+from pglab.envs import check_env_import, env_module, make_configured_env
 from pglab.envs.normalize import Normalizer
 from pglab.envs.spaces import ActionAdapter, ObsEncoder, mask_source, space_from_data
-from pglab.envs.wrappers import check_import, check_wrapper_imports, import_named
+from pglab.envs.wrappers import check_import, check_wrapper_imports, import_named, wrapper_module
 from pglab.errors import CheckpointError, PglabError
 from pglab.nets import ImagePart, compute_images_in
 from pglab.policies import (
@@ -70,6 +70,13 @@ def stored_config(state: dict[str, Any], source: str, allow_import: Iterable[str
         )
     check_env_import(config.env.id, allow_import, source)
     check_wrapper_imports(config.env.wrappers, allow_import, source)
+    for option, name in _own_code(config).items():
+        check_import(name, option, allow_import, source, CheckpointError)
+    return config
+
+
+def _own_code(config: Config) -> dict[str, str]:
+    """The options of ``config`` that name a user's class or function by import path."""
     p = config.policy
     own = {
         "policy.body": p.body if p.body not in BODIES else "",
@@ -79,10 +86,17 @@ def stored_config(state: dict[str, Any], source: str, allow_import: Iterable[str
         "algo.clip_schedule": config.algo.clip_schedule,
         "algo.weights": config.algo.weights,
     }
-    for option, name in own.items():
-        if ":" in name or "." in name:  # a user's class or function, by its import path
-            check_import(name, option, allow_import, source, CheckpointError)
-    return config
+    return {option: name for option, name in own.items() if ":" in name or "." in name}
+
+
+def named_modules(config: Config) -> list[str]:
+    """Every module ``config`` names for import (its env, wrappers, classes and
+    functions of the user's): what a run the user configured in this process may load
+    back from its own files (see :func:`stored_config`)."""
+    names = [env_module(config.env.id)]
+    names += [wrapper_module(entry["name"]) for entry in config.env.wrappers]
+    names += [wrapper_module(name) for name in _own_code(config).values()]
+    return sorted({name for name in names if name})
 
 
 def load_weights(module: Any, tensors: Any, source: str, what: str) -> None:

@@ -482,7 +482,7 @@ def _train_in_processes(configs: list[Config], jobs: int) -> list[Run]:
     """Deal ``configs`` over ``jobs`` processes (a population in each, see :func:`deal`):
     this one trains the first share while new processes start (they import torch
     anew) and train the others."""
-    from pglab.agent import load
+    from pglab.agent import load, named_modules
 
     dealt = deal(len(configs), jobs)
     shares = [[configs[i] for i in share] for share in dealt]
@@ -498,5 +498,7 @@ def _train_in_processes(configs: list[Config], jobs: int) -> list[Run]:
     runs: list[Run | None] = [None] * len(configs)
     for share, result in zip(dealt, results):
         for i, (path, summary, _) in zip(share, result):
-            runs[i] = Run(Path(path), load(path), summary)
+            # the user configured these runs here: their own modules may load back
+            agent = load(path, allow_import=named_modules(configs[i]))
+            runs[i] = Run(Path(path), agent, summary)
     return runs
