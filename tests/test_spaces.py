@@ -197,6 +197,43 @@ def test_a_bfloat16_cnn_gives_float32_features_near_the_float32_ones_and_keeps_i
     assert all(p.dtype == torch.float32 for p in cnn.parameters())
 
 
+def test_a_bfloat16_cnn_without_gradients_rounds_its_weights_once_and_gives_the_same_features():
+    """Acting and scoring (eval mode, no gradients) pass through cached bfloat16 weights,
+    rounded again after a mode switch or a change of a parameter; the update's autocast
+    pass gives the very same numbers."""
+    torch.manual_seed(0)
+    cnn = ImageCNN(ImagePart(0, (84, 84, 4)), units=32)
+    compute_images_in(cnn, "bfloat16")
+    cnn.eval()
+    obs = torch.randint(0, 256, (6, 4 * 84 * 84), dtype=torch.uint8)  # the env's bytes
+    with torch.inference_mode():
+        cached = cnn(obs)
+    rounded = cnn._rounded
+    with torch.no_grad():
+        assert torch.equal(cnn(obs), cached) and cnn._rounded is rounded  # reused
+    assert torch.equal(cnn(obs).detach(), cached)  # autocast, with gradients
+    with torch.no_grad():
+        cnn.fc[0].weight.mul_(1.5)  # an optimizer step changes a parameter in place
+        stepped = cnn(obs)
+    assert cnn._rounded is not rounded and torch.equal(stepped, cnn(obs).detach())
+    assert not torch.equal(stepped, cached)
+    cnn.train()  # an update: the cache is gone, and training passes never use it
+    assert cnn._rounded is None
+    with torch.no_grad():
+        cnn(obs)
+    assert cnn._rounded is None
+
+
+def test_bytes_and_floats_give_the_same_frames_in_either_layout():
+    for shape in [(84, 84, 4), (4, 84, 84), (84, 84)]:
+        part = ImagePart(0, shape)
+        raw = torch.randint(0, 256, (5, part.size), dtype=torch.uint8)
+        frames = part.frames(raw, channels_last=True)
+        assert frames.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(frames, part.frames(raw.float(), channels_last=True))
+        assert torch.equal(frames, part.frames(raw))
+
+
 def test_bfloat16_precision_without_an_image_body_is_refused_in_one_line(tmp_path):
     with pytest.raises(PglabError, match="policy.precision = 'bfloat16' applies to .* image"):
         pglab.train("CartPole-v1", "ppo", out=str(tmp_path), precision="bfloat16", **TINY)

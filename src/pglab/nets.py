@@ -220,6 +220,10 @@ class ImagePart:
             last = values.dim() - 1  # axes counted from the front: ONNX's Transpose needs that
             values = values.movedim(last, last - 2)
         values = values.reshape(-1, *self.chw)
+        if channels_last and values.dtype == torch.uint8:  # the env's bytes: a float copy
+            # laid out NHWC, divided in place (the same numbers, far faster than a
+            # division from bytes into an NHWC output)
+            return values.to(torch.float32, memory_format=torch.channels_last).div_(self.divide_by)
         if channels_last:
             out = torch.empty(
                 values.shape, dtype=torch.result_type(values, self.divide_by),
@@ -287,15 +291,45 @@ class ImageCNN(nn.Module):
         self.fc = nn.Sequential(nn.Linear(flat, units), nn.ReLU())
         self.channels_last = min(height, width) >= CHANNELS_LAST_MIN
         self.precision = "float32"
+        #: The weights rounded to ``precision`` for passes without gradients, with the
+        #: parameters' versions they were rounded at (see :meth:`_rounded_weights`).
+        self._rounded: tuple[tuple, dict[str, Tensor], dict[str, Tensor]] | None = None
 
     def forward(self, obs: Tensor) -> Tensor:
         lead = obs.shape[:-1]
         exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
         frames = self.part.frames(obs, channels_last=self.channels_last and not exporting)
         mixed = self.precision != "float32" and not exporting
-        with torch.autocast(frames.device.type, PRECISIONS[self.precision], enabled=mixed):
-            features = self.fc(self.conv(frames))
+        if mixed and not self.training and not torch.is_grad_enabled():  # acting, scoring
+            conv, fc = self._rounded_weights()
+            dtype = PRECISIONS[self.precision]
+            hidden = torch.func.functional_call(self.conv, conv, (frames.to(dtype),))
+            features = torch.func.functional_call(self.fc, fc, (hidden,))
+        else:
+            with torch.autocast(frames.device.type, PRECISIONS[self.precision], enabled=mixed):
+                features = self.fc(self.conv(frames))
         return features.float().reshape(*lead, -1)
+
+    def train(self, mode: bool = True) -> ImageCNN:
+        """Switch mode, forgetting the rounded weights: every update runs in training mode
+        and every collection starts in eval mode, so none outlives a step."""
+        self._rounded = None
+        return super().train(mode)
+
+    def _rounded_weights(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The convolutions' and the dense layer's parameters rounded to ``precision``,
+        as autocast rounds them at every pass, for passes in eval mode without gradients
+        (acting, scoring a batch): acting runs hundreds of passes between two updates,
+        and rounding the dense layer's 1.6M weights at each of them cost more than the
+        pass. They are rounded again after a mode switch (see :meth:`train`) or when a
+        parameter changes in place or is replaced (its version or storage)."""
+        versions = tuple((p._version, p.data_ptr()) for p in self.parameters())
+        if self._rounded is None or self._rounded[0] != versions:
+            dtype = PRECISIONS[self.precision]
+            conv = {k: p.detach().to(dtype) for k, p in self.conv.named_parameters()}
+            fc = {k: p.detach().to(dtype) for k, p in self.fc.named_parameters()}
+            self._rounded = (versions, conv, fc)
+        return self._rounded[1], self._rounded[2]
 
 
 def compute_images_in(module: nn.Module, precision: str) -> int:
