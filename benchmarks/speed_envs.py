@@ -59,6 +59,7 @@ from pglab.bench import (
     provenance,
     ratio,
     run_child,
+    without_log_folder,
 )
 
 HERE = Path(__file__).resolve()
@@ -212,7 +213,7 @@ def _sb3_cheetah(seed: int, steps: int, episodes: int) -> dict[str, Any]:
         device="cpu", verbose=0,
     )  # fmt: skip
     start = time.perf_counter()
-    model.learn(steps)
+    without_log_folder(model).learn(steps)
     seconds = time.perf_counter() - start
     figures: dict[str, Any] = {"steps_per_second": model.num_timesteps / seconds}
     if episodes:
@@ -260,7 +261,7 @@ def sb3_atari(steps: int, threads: int) -> dict[str, Any]:
         device="cpu", verbose=0,
     )  # fmt: skip
     start = time.perf_counter()
-    model.learn(steps)
+    without_log_folder(model).learn(steps)
     return {"steps_per_second": model.num_timesteps / (time.perf_counter() - start)}
 
 

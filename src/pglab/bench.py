@@ -170,6 +170,15 @@ def linear(value: float) -> Callable[[float], float]:
     return lambda remaining: remaining * value  # SB3 passes the fraction of training left
 
 
+def without_log_folder(model: Any) -> Any:
+    """``model`` (Stable-Baselines3's) with a logger that writes nothing: by default each
+    ``learn`` leaves an empty ``SB3-<time>`` folder in the temporary directory."""
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(None, []))
+    return model
+
+
 def sb3_ppo(seed: int, solve: bool) -> dict[str, Any]:
     """Stable-Baselines3 PPO with the zoo settings, evaluated by its EvalCallback."""
     from stable_baselines3 import PPO
@@ -205,7 +214,7 @@ def sb3_ppo(seed: int, solve: bool) -> dict[str, Any]:
             verbose=0,
         )
     learn = time.perf_counter()
-    model.learn(BUDGET, callback=callback)
+    without_log_folder(model).learn(BUDGET, callback=callback)
     end = time.perf_counter()
     solved = solve and callback.best_mean_reward >= TARGET
     return {
