@@ -2,7 +2,7 @@
 
 Each seed trains from scratch for the whole budget (no early stop) with the shipped
 preset (plus any ``--set``), evaluating every ``run.eval_every`` steps. The table
-gives, per seed and over seeds, the final deterministic evaluation over
+gives, per seed and over seeds, the final deterministic (or ``--stochastic``) evaluation over
 ``--episodes`` episodes (fresh env seeds), the first step at which a periodic
 evaluation reached the threshold, and the wall time.
 
@@ -115,7 +115,9 @@ def row_of(args: argparse.Namespace, run: object, threshold: float | None, wall:
     """A trained run's row: its final evaluation, first step at the threshold, curve."""
     summary = run.summary
     seed = summary["seed"]
-    result = pglab.evaluate(run.agent, episodes=args.episodes, seed=100_000 + seed)
+    result = pglab.evaluate(
+        run.agent, episodes=args.episodes, seed=100_000 + seed, deterministic=not args.stochastic
+    )
     return {
         "seed": seed,
         "final_mean": result.mean,
@@ -190,6 +192,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True, help="budget per seed")
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--episodes", type=int, default=100, help="final evaluation episodes")
+    parser.add_argument(
+        "--stochastic",
+        action="store_true",
+        help="final evaluation samples actions (as a published figure evaluated that way did)",
+    )
     parser.add_argument("--threshold", type=float, default=None, help="default: the env's")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -230,6 +237,7 @@ def main() -> None:
         "episodes": args.episodes,
         "threshold": threshold,
         "presets": preset_digest(args.algo, args.env, kwargs),
+        **({"stochastic": True} if args.stochastic else {}),  # (older rows: deterministic)
     }
     rows = {}
     if not args.fresh:
@@ -270,7 +278,8 @@ def main() -> None:
         "",
         f"preset: {rows[0]['preset']}; extra options: {' '.join(args.set) or 'none'}",
         "",
-        f"final evaluation: deterministic, {args.episodes} episodes per seed after the whole "
+        f"final evaluation: {'stochastic' if args.stochastic else 'deterministic'}, "
+        f"{args.episodes} episodes per seed after the whole "
         f"budget; threshold: {threshold if threshold is not None else 'none'} (first periodic "
         "evaluation to reach it)",
         "",
