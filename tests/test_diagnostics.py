@@ -56,6 +56,29 @@ def test_exploding_gradient_and_flat_advantages_and_non_finite():
     assert monitor.reported == {"grad", "flat", "non-finite"}
 
 
+def test_vanishing_gradients_after_five_updates_far_below_the_start():
+    monitor = HealthMonitor()
+    assert feed(monitor, [{"grad_norm": 2.0}] * 10 + [{"grad_norm": 1e-4}] * 4) == []
+    (warning,) = monitor.check({"grad_norm": 1e-4}, 1)
+    assert "vanished" in warning and "activation" in warning
+    assert feed(HealthMonitor(), [{"grad_norm": 2.0}] * 10 + [{"grad_norm": 0.01}] * 20) == []
+
+
+def test_ratios_far_from_one_for_three_updates():
+    monitor = HealthMonitor()
+    assert feed(monitor, [{"clip_fraction": 0.2}] * 10 + [{"clip_fraction": 0.5}] * 2) == []
+    (warning,) = monitor.check({"clip_fraction": 0.45}, 1)
+    assert "45% of the probability ratios" in warning and "target_kl" in warning
+
+
+def test_value_loss_on_the_scale_of_unnormalised_returns():
+    monitor = HealthMonitor()
+    rows = [{"value_loss": 5e4}, {"value_loss": 300.0}] + [{"value_loss": 2e4}] * 2
+    assert feed(monitor, rows) == []  # a spike is not a pattern
+    (warning,) = monitor.check({"value_loss": 4e4}, 1)
+    assert "RMS error of 200" in warning and "normalize_reward" in warning
+
+
 def test_a_batch_is_finite_unless_a_value_is_inf_or_nan_even_when_its_sum_overflows():
     import torch
 

@@ -15,6 +15,13 @@ critic useless      explained variance below 0 for 10 updates in a row     criti
                     (after the first 20)                                   epochs, value_hidden,
                                                                            normalise rewards
 exploding gradient  gradient norm above 20x the median so far (after 10)   max_grad_norm, lower lr
+vanishing gradient  gradient norm below 1e-3 x the median of the first 10  check the loss's scale and
+                    updates, for 5 updates in a row                        the activations (tanh
+                                                                           saturation), raise the lr
+ratio far from 1    PPO: over 30% of the samples' probability ratios       lower lr, fewer epochs,
+                    outside the clip range for 3 updates in a row          set target_kl
+value scale         the critic's loss above 1e4 (an RMS error above 100)   normalise rewards, lower
+                    for 3 updates in a row                                 vf_coef
 flat advantages     standard deviation of the weights below 1e-6           reward scale, check the
                                                                            env's rewards
 non-finite values   any metric NaN or infinite                             lower lr, clip gradients,
@@ -40,6 +47,11 @@ class HealthMonitor:
         self._first: dict[str, float] = {}
         self._streak: dict[str, int] = {}
         self._grad_norms: list[float] = []
+
+    #: the share of PPO's ratios outside the clip range that counts as far from 1
+    CLIP_FRACTION_LIMIT = 0.3
+    #: a value loss above this (an RMS error above 100) says the returns are unscaled
+    VALUE_LOSS_LIMIT = 1e4
 
     def _streak_of(self, name: str, condition: bool) -> int:
         self._streak[name] = self._streak.get(name, 0) + 1 if condition else 0
@@ -103,7 +115,31 @@ class HealthMonitor:
                         f"gradient norm {norm:.3g} is {norm / median:.0f}x its median at step "
                         f"{step:,}: {remedy}"
                     )
+            if len(self._grad_norms) >= 10:
+                start = statistics.median(self._grad_norms[:10])
+                if self._streak_of("vanish", start > 0 and norm < 1e-3 * start) >= 5:
+                    found["vanish"] = (
+                        f"gradient norm {norm:.3g} is below 1e-3 of its start ({start:.3g}) for "
+                        f"5 updates at step {step:,}: the gradients vanished; check the loss's "
+                        "scale and saturated activations (policy.activation), or raise algo.lr"
+                    )
             self._grad_norms.append(norm)
+
+        clipped = values.get("clip_fraction", 0.0)
+        if self._streak_of("ratio", clipped > self.CLIP_FRACTION_LIMIT) >= 3:
+            found["ratio"] = (
+                f"{clipped:.0%} of the probability ratios lie outside the clip range for 3 updates "
+                f"at step {step:,}: the policy moves too far from the one that collected the "
+                "batch; lower algo.lr or algo.epochs, or set algo.target_kl"
+            )
+
+        value_loss = values.get("value_loss", 0.0)
+        if self._streak_of("value", value_loss > self.VALUE_LOSS_LIMIT) >= 3:
+            found["value"] = (
+                f"value loss {value_loss:.3g} (an RMS error of {math.sqrt(value_loss):.3g}) for 3 "
+                f"updates at step {step:,}: the returns are on a large scale, so the critic's "
+                "gradient swamps the policy's; set env.normalize_reward or lower algo.vf_coef"
+            )
 
         if "weights_var" in values and math.sqrt(max(values["weights_var"], 0.0)) < 1e-6:
             found["flat"] = (
