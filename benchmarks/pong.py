@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import command_line, machine
+from machine import provenance
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -84,9 +84,7 @@ def write_report(
     lines = [
         "# REINFORCE on Pong from pixels (preset reinforce/ALE/Pong-v5)",
         "",
-        f"command: `{command_line()}`",
-        "",
-        f"machine: {machine()}",
+        *provenance(),
         "",
         f"run: `{' '.join(train) or run_dir}`, stopped after {wall / 60:.1f} min "
         f"({last[0]:,} steps, {last[1]:,} episodes)",
