@@ -18,7 +18,7 @@ exploding gradient  gradient norm above 20x the median so far (after 10)   max_g
 vanishing gradient  gradient norm below 1e-3 x the median of the first 10  check the loss's scale and
                     updates, for 5 updates in a row                        the activations (tanh
                                                                            saturation), raise the lr
-ratio far from 1    PPO: over 30% of the samples' probability ratios       lower lr, fewer epochs,
+ratio far from 1    PPO: over half the samples' probability ratios         lower lr, fewer epochs,
                     outside the clip range for 3 updates in a row          set target_kl
 value scale         the critic's loss above 1e4 (an RMS error above 100)   normalise rewards, lower
                     for 3 updates in a row                                 vf_coef
@@ -49,7 +49,7 @@ class HealthMonitor:
         self._grad_norms: list[float] = []
 
     #: the share of PPO's ratios outside the clip range that counts as far from 1
-    CLIP_FRACTION_LIMIT = 0.3
+    CLIP_FRACTION_LIMIT = 0.5
     #: a value loss above this (an RMS error above 100) says the returns are unscaled
     VALUE_LOSS_LIMIT = 1e4
 
