@@ -81,6 +81,7 @@ def write_report(
     first, last = points[0], points[-1]
     best = max(points, key=lambda p: p[2])
     every = max(1, len(points) // 20)
+    shown = points[::every] if points[::every][-1] == last else [*points[::every], last]
     lines = [
         "# REINFORCE on Pong from pixels (preset reinforce/ALE/Pong-v5)",
         "",
@@ -91,8 +92,7 @@ def write_report(
         "",
         "| step | episodes | running mean return (last 100 episodes) |",
         "|---:|---:|---:|",
-        *[f"| {s:,} | {e:,} | {m:.2f} |" for s, e, m in points[::every]],
-        f"| {last[0]:,} | {last[1]:,} | {last[2]:.2f} |",
+        *[f"| {s:,} | {e:,} | {m:.2f} |" for s, e, m in shown],
         "",
         f"**first batch: {first[2]:.2f}; after {wall / 60:.0f} min: {last[2]:.2f}; "
         f"best: {best[2]:.2f} at step {best[0]:,}** (a random policy scores about -20.5; "
