@@ -149,6 +149,36 @@ def test_a_bad_registry_entry_is_one_line_naming_it(tmp_path, entry, words):
     assert all(w in str(error.value) for w in words) and "\n" not in str(error.value)
 
 
+def test_a_cpu_kind_with_pinned_figures_is_checked_against_them_and_others_are_not(tmp_path):
+    """Another kind of CPU rounds differently: `--check --pin-cpu` keeps its own figures,
+    which its later checks compare with, while the docs' figures stay the reference of
+    every other kind."""
+    checkout(tmp_path)
+    experiments = list(rp.load_registry(tmp_path).values())
+    rp.reproduce(experiments[0], tmp_path, tmp_path / "runs", "x", echo=lambda _: None)
+    figures = tmp_path / "docs" / "experiments" / "tiny.json"
+    record = json.loads(figures.read_text())
+    record["runs"]["lr=0.1,seed=1"]["total_steps"] += 1  # as if made on another CPU
+    figures.write_text(json.dumps(record))
+    lines: list[str] = []
+    assert not rp.check(experiments, tmp_path, echo=lines.append)
+    assert rp.check(experiments, tmp_path, echo=lines.append, pin=True)
+    pinned = json.loads((tmp_path / rp.CPU_REFERENCES).read_text())
+    assert list(pinned) == [rp.cpu_kind()] and "code" in pinned[rp.cpu_kind()]
+    assert rp.check(experiments, tmp_path, echo=lines.append)
+    pinned[rp.cpu_kind()]["experiments"]["tiny"]["lr=0.1,seed=1"]["total_steps"] += 1
+    (tmp_path / rp.CPU_REFERENCES).write_text(json.dumps({"Other CPU, AVX512": {}, **pinned}))
+    assert not rp.check(experiments, tmp_path, echo=lines.append)  # this kind's, not the docs'
+
+
+def test_pin_cpu_without_check_is_refused_in_one_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "pglab.cli", "reproduce", "--pin-cpu", "mp11"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--pin-cpu" in done.stderr
+
+
 def test_a_check_without_committed_figures_says_what_to_run(tmp_path):
     checkout(tmp_path)
     with pytest.raises(PglabError, match="run 'pglab reproduce tiny' first"):

@@ -239,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rerun the check runs and compare (exit 1 if any differ)",
     )
+    rep.add_argument(
+        "--pin-cpu",
+        action="store_true",
+        help="with --check: keep the reruns' figures as this kind of CPU's reference in "
+        "docs/experiments/check-figures-by-cpu.json instead of comparing (only at a commit "
+        "whose check passes on the machine that made the figures)",
+    )
     rep.add_argument("--list", action="store_true", help="list the experiments")
     rep.add_argument("--out", help="folder for the runs (default: runs/reproduce/<commit>)")
 
@@ -479,8 +486,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.all and args.names:
         _fail(f"give experiment names or --all, not both; got --all and {' '.join(args.names)}")
     chosen = list(registry.values()) if args.all else rp.select(registry, args.names)
+    if args.pin_cpu and not args.check:
+        _fail("--pin-cpu keeps the figures of a --check; give both, or neither")
     if args.check:
-        return 0 if rp.check(chosen if args.names else list(registry.values()), root) else 1
+        chosen = chosen if args.names else list(registry.values())
+        return 0 if rp.check(chosen, root, pin=args.pin_cpu) else 1
     if not chosen:
         _fail("name the experiments to rerun, or give --all, --check or --list")
     out = Path(args.out).resolve() if args.out else rp.default_out(root)

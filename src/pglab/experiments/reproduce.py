@@ -69,6 +69,9 @@ from pglab.paths import write_atomic, write_text_atomic
 REGISTRY = Path("experiments") / "reproduce.toml"
 #: Where the plots and the figures of each run go, relative to the checkout's root.
 FIGURES = Path("docs") / "experiments"
+#: The check runs' figures on other kinds of CPU than the one that made the docs (see
+#: :func:`check`), by :func:`cpu_kind`.
+CPU_REFERENCES = FIGURES / "check-figures-by-cpu.json"
 #: A run's final figures that are recorded and checked.
 FIGURE_KEYS = ("eval_return_mean", "eval_return_std", "eval_success_rate", "total_steps")
 _ENTRY_KEYS = {
@@ -482,31 +485,79 @@ def _write_between_markers(page: Path, name: str, text: str) -> None:
     write_text_atomic(page, f"{head}{begin}\n{text}\n{end}{tail}", page.parent)
 
 
+def cpu_kind() -> str:
+    """The CPU model and the vector instructions torch's kernels use here ("AMD EPYC,
+    AVX2"): machines of one kind round alike, so their check runs agree bit for bit;
+    another kind (AVX-512 instead of AVX2, another vendor's BLAS path) rounds a few
+    float32 sums differently, and a learning run amplifies that into other figures."""
+    import torch
+
+    return f"{machine().split(',')[0]}, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def _cpu_references(root: Path) -> dict[str, Any]:
+    path = root / CPU_REFERENCES
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise PglabError(f"{str(path)!r} is not a JSON object of check figures: {error}") from None
+
+
 def check(
-    experiments: Sequence[Experiment], root: Path, echo: Callable[[str], None] = print
+    experiments: Sequence[Experiment],
+    root: Path,
+    echo: Callable[[str], None] = print,
+    pin: bool = False,
 ) -> bool:
     """Rerun every experiment's ``check`` runs in a temporary folder and compare their
-    final figures with the committed ``<name>.json``; True when all agree."""
+    final figures with the committed ones; True when all agree.
+
+    The committed figures are ``<name>.json``'s, from the machine that made the docs'
+    tables, unless :data:`CPU_REFERENCES` holds figures for this machine's
+    :func:`cpu_kind`. With ``pin``, the reruns' figures become this kind's entry there
+    instead (compare nothing): do that only at a commit whose check passes on the
+    figures' own machine, so that the entry is the same code's figures rounded here."""
     if not any(e.check for e in experiments):
         names = ", ".join(e.name for e in experiments)
         raise ConfigError(f"no check runs to rerun: {names} name(s) none under 'check'")
     ok = True
+    kind = cpu_kind()
+    references = _cpu_references(root)
+    here = references.get(kind, {}).get("experiments", {})
+    pinned: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="pglab-check-") as scratch:
         for experiment in experiments:
             if not experiment.check:
                 continue
-            committed = _committed(root, experiment)
+            committed = here.get(experiment.name) or _committed(root, experiment)
             out = Path(scratch) / experiment.name
             for spec in experiment.sweeps:
                 wanted = {run.name for run in load_spec(spec, out).runs} & set(experiment.check)
                 if wanted and not run_sweep(spec, out=out, only=wanted, echo=lambda _: None):
                     raise RunFailed(f"{experiment.name}: a check run of {str(spec)!r} failed")
             now = run_figures(group_dir(experiment, out))
+            if pin:
+                missing = [name for name in experiment.check if name not in now]
+                if missing:
+                    raise RunFailed(f"{experiment.name}: check run(s) {missing} did not finish")
+                pinned[experiment.name] = {name: now[name] for name in experiment.check}
+                continue
             for name in experiment.check:
                 problems = _differences(committed.get(name), now.get(name))
                 ok &= not problems
                 verdict = "ok" if not problems else "DIFFERS: " + "; ".join(problems)
                 echo(f"{experiment.name} {name}: {verdict}")
+    if pin:
+        references[kind] = {
+            "code": code_version(),
+            "machine": machine(),
+            "experiments": {**here, **pinned},
+        }
+        path = root / CPU_REFERENCES
+        write_text_atomic(path, json.dumps(references, indent=1) + "\n", path.parent)
+        echo(f"check figures of {kind!r} written to {path}")
     return ok
 
 
