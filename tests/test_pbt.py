@@ -172,6 +172,42 @@ def test_ray_pbt_perturbations_stay_within_the_search_space():
     assert _within_bounds(perturbed, search) == {"lam": 1.0, "lr": 1e-4, "epochs": 8, "head": "b"}
 
 
+def test_a_pbt_population_stopped_within_its_first_round_resumes_to_its_budget(
+    tmp_path, monkeypatch
+):
+    """A stop after the first round's events but before every member's round checkpoint
+    (as a kill -9 can land) resumes: the member the round did not reach restarts from
+    its starting checkpoint and its unsaved events are dropped."""
+    from pglab.member import Trainer
+
+    class Crash(Exception):
+        pass
+
+    spec = tmp_path / "pbt.toml"
+    spec.write_text(SPEC.format(out=tmp_path / "runs"))
+    folder = tmp_path / "runs" / "pbt" / "pbt"
+    save, round_saves = Trainer.save, []
+
+    def crash_in_the_first_round(self, run_dir):
+        if self.steps > 0:  # a round's checkpoint, not a starting one
+            round_saves.append(run_dir)
+            if len(round_saves) == 2:  # one member has its round checkpoint, three do not
+                raise Crash
+        save(self, run_dir)
+
+    monkeypatch.setattr(Trainer, "save", crash_in_the_first_round)
+    with pytest.raises(Crash):
+        run_tune(spec, echo=lambda _: None)
+    monkeypatch.setattr(Trainer, "save", save)
+    assert any(read_schedule(s).events for s in folder.glob(f"member-*/{SCHEDULE_FILE}"))
+    run_tune(spec, echo=lambda _: None)
+    for member in sorted(folder.glob("member-*")):
+        steps = [int(r["step"]) for r in _rows(member)]
+        assert steps == sorted(set(steps)) and steps[-1] >= 4096, member.name
+        events = [int(e["step"]) for e in read_schedule(member / SCHEDULE_FILE).events]
+        assert events == sorted(set(events)) and all(s in steps for s in events), member.name
+
+
 def test_a_pbt_population_killed_after_a_round_resumes_to_its_budget(tmp_path):
     import os
     import signal

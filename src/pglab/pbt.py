@@ -23,9 +23,9 @@ values, and at each event's step loads the donor's state and the new values, whi
 reproduces the member's numbers exactly (a member's run does not depend on the
 population around it; ``tests/test_pbt.py`` pins it).
 
-After each round every member is checkpointed, and its checkpoint records the step of
-the last event applied, so a population interrupted (Ctrl-C, kill -9) resumes with
-schedules and checkpoints that agree.
+Every member is checkpointed when it starts and after each round, and its checkpoint
+records the step of the last event applied, so a population interrupted (Ctrl-C,
+kill -9), even within a round, resumes with schedules and checkpoints that agree.
 """
 
 from __future__ import annotations
@@ -168,19 +168,25 @@ class PBT:
         self.log: list[dict[str, Any]] = []
 
     def begin(self, population: Any) -> None:
-        """Before training: a new member's schedule file holds its starting values; a
-        resumed member's loses the events its checkpoint does not include, and a round
-        that an interruption cut short runs now."""
-        for trainer in population.trainers:
+        """Before training: a new member's schedule file holds its starting values and
+        its checkpoint its starting state (so a population stopped before or within its
+        first round resumes: a member the round did not reach restarts from step 0); a
+        resumed member's schedule loses the events its checkpoint does not include, and
+        a round that an interruption cut short runs now."""
+        for m, trainer in enumerate(population.trainers):
             path = trainer.run_dir / SCHEDULE_FILE
-            if path.is_file():
+            new = not path.is_file()
+            if new:
+                schedule = Schedule(trainer.hyperparameters(TUNABLE))
+            else:
                 schedule = read_schedule(path)
                 schedule.events = [
                     e for e in schedule.events if int(e["step"]) <= trainer.schedule_step
                 ]
-            else:
-                schedule = Schedule(trainer.hyperparameters(TUNABLE))
             write_text_atomic(path, schedule.to_json(), trainer.run_dir)
+            if new:
+                with population.member_rng(m):
+                    trainer.save(trainer.run_dir)
         live = [m for m, t in enumerate(population.trainers) if not t.finished()]
         if live and self._due([population.trainers[m] for m in live]):
             self.round(population, live)
